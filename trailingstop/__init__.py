@@ -1,0 +1,3 @@
+"""trailingstop: crypto trailing stops as Kubernetes custom resources."""
+
+__version__ = "0.1.0"

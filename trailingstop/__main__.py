@@ -1,0 +1,3 @@
+from trailingstop.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,500 @@
+"""The project's contracts (DESIGN §3 and §5): the TrailingStop spec and status, and every bus message.
+
+Rules that hold everywhere:
+
+* Prices and quantities are :class:`~decimal.Decimal` in Python and decimal *strings* on the wire
+  and in the resource. A float is refused: it has already lost the exchange's digits.
+* Every bus message carries ``"v": 1``; times on the bus are epoch milliseconds, times in the
+  resource status are RFC 3339 strings (what ``kubectl`` shows).
+* Validation errors read like ``trailingPercent must be > 0 and < 100, got "0"``; use
+  :func:`describe_errors` to turn a :class:`pydantic.ValidationError` into such lines.
+
+The CRD schema in ``crds/`` is generated from the constants below (see
+``trailingstop.operator.crd``), so the API server and this module accept exactly the same specs.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+API_GROUP = "trailingstop.dev"
+API_VERSION = "v1"
+KIND = "TrailingStop"
+PLURAL = "trailingstops"
+WIRE_VERSION = 1
+
+Side = Literal["SELL", "BUY"]
+Mode = Literal["Simulate", "Testnet", "Live"]
+Phase = Literal["Pending", "Armed", "Tracking", "Triggered", "Filled", "Rejected", "Failed"]
+FINAL_PHASES: frozenset[str] = frozenset({"Filled", "Rejected", "Failed"})
+
+# --- field rules shared with the CRD schema (contract) ---------------------------------------
+# Decimal strings: plain digits with an optional fraction; no sign, exponent or spaces.
+# "> 0" is checked as "has a non-zero digit", which is exact for strings of this shape, so the
+# CRD's CEL rule and this module agree to the last digit.
+SYMBOL_PATTERN = r"^[A-Z0-9]{2,20}$"
+QUANTITY_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?$"
+PRICE_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?$"
+# At most two integer digits makes "< 100" a property of the pattern itself.
+TRAILING_PERCENT_PATTERN = r"^[0-9]{1,2}(\.[0-9]{1,8})?$"
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_NAME_MAX = 253
+NONZERO_DIGIT = "[1-9]"
+
+MESSAGES = {
+    "symbol": "symbol must be 2-20 upper-case letters or digits, like BTCUSDT",
+    "quantity": "quantity must be a decimal string > 0, like \"0.001\"",
+    "trailingPercent": "trailingPercent must be > 0 and < 100, with at most 8 decimals",
+    "activationPrice": "activationPrice must be a decimal string > 0, like \"65000\"",
+    "credentialsSecretRef": "credentialsSecretRef is required unless mode is Simulate",
+    "immutable": "{field} is immutable: delete the TrailingStop and create a new one",
+}
+
+CLIENT_ORDER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,36}$"
+
+
+# --- decimals --------------------------------------------------------------------------------
+
+
+def to_wire(number: Decimal) -> str:
+    """The canonical decimal string: fixed-point, no exponent, no trailing zeros."""
+    if number == 0:
+        return "0"
+    return format(number.normalize(), "f")
+
+
+def _decimal_checker(pattern: str, message: str, *, positive: bool) -> Any:
+    compiled = re.compile(pattern)
+
+    def check(value: Any) -> Decimal:
+        if isinstance(value, Decimal):
+            value = format(value, "f")
+        if isinstance(value, bool) or not isinstance(value, str):
+            shown = repr(value)
+            raise PydanticCustomError(
+                "decimal_string",
+                f"{message}, got the {type(value).__name__} {shown}: write it as a quoted string",
+            )
+        if not compiled.match(value) or (positive and not re.search(NONZERO_DIGIT, value)):
+            raise PydanticCustomError("decimal_value", f'{message}, got "{value}"')
+        return Decimal(value)
+
+    return BeforeValidator(check)
+
+
+def _wire_decimal() -> PlainSerializer:
+    return PlainSerializer(to_wire, return_type=str, when_used="always")
+
+
+def _check_wire_decimal(value: Any) -> Decimal:
+    """Any non-negative finite decimal string (bus messages: exchange prices, computed levels)."""
+    if isinstance(value, Decimal):
+        number = value
+    elif isinstance(value, str):
+        try:
+            number = Decimal(value)
+        except ArithmeticError:
+            raise PydanticCustomError("decimal_string", f'must be a decimal string, got "{value}"') from None
+    else:
+        raise PydanticCustomError(
+            "decimal_string", f"must be a decimal string, got the {type(value).__name__} {value!r}"
+        )
+    if not number.is_finite() or number < 0:
+        raise PydanticCustomError("decimal_value", f'must be a finite decimal >= 0, got "{value}"')
+    return number
+
+
+Quantity = Annotated[
+    Decimal, _decimal_checker(QUANTITY_PATTERN, MESSAGES["quantity"], positive=True), _wire_decimal()
+]
+TrailingPercent = Annotated[
+    Decimal,
+    _decimal_checker(TRAILING_PERCENT_PATTERN, MESSAGES["trailingPercent"], positive=True),
+    _wire_decimal(),
+]
+ActivationPrice = Annotated[
+    Decimal, _decimal_checker(PRICE_PATTERN, MESSAGES["activationPrice"], positive=True), _wire_decimal()
+]
+WireDecimal = Annotated[Decimal, BeforeValidator(_check_wire_decimal), _wire_decimal()]
+
+
+def _check_symbol(value: str) -> str:
+    if not re.match(SYMBOL_PATTERN, value):
+        raise PydanticCustomError("symbol", f'{MESSAGES["symbol"]}, got "{value}"')
+    return value
+
+
+Symbol = Annotated[str, AfterValidator(_check_symbol)]
+
+
+# --- base models -----------------------------------------------------------------------------
+
+
+class _CamelModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid"
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """JSON-ready dict with camelCase keys, decimals as strings, None fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class Message(_CamelModel):
+    """A bus message. Unknown fields are ignored so that a newer sender can add optional fields."""
+
+    model_config = ConfigDict(extra="ignore")
+    v: Literal[1] = WIRE_VERSION
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> Any:
+        return cls.model_validate_json(body)
+
+
+# --- the TrailingStop resource (DESIGN §3) ---------------------------------------------------
+
+
+class SecretRef(_CamelModel):
+    name: Annotated[str, Field(min_length=1, max_length=SECRET_NAME_MAX, pattern=SECRET_NAME_PATTERN)]
+
+
+class TrailingStopSpec(_CamelModel):
+    """``spec`` of a TrailingStop. Field rules mirror the CRD schema and its CEL rules."""
+
+    symbol: Symbol
+    side: Side
+    quantity: Quantity
+    trailing_percent: TrailingPercent
+    activation_price: ActivationPrice | None = None
+    mode: Mode = "Simulate"
+    credentials_secret_ref: SecretRef | None = None
+
+    @model_validator(mode="after")
+    def _credentials_unless_simulate(self) -> TrailingStopSpec:
+        if self.mode != "Simulate" and self.credentials_secret_ref is None:
+            raise PydanticCustomError(
+                "credentials", f"{MESSAGES['credentialsSecretRef']} (mode is {self.mode})"
+            )
+        return self
+
+    @property
+    def route(self) -> str:
+        """The executor route: one executor per credentials Secret and mode."""
+        return executor_route(self.mode, self.credentials_secret_ref.name if self.credentials_secret_ref else None)
+
+
+class OrderError(_CamelModel):
+    """An exchange rejection, with Binance's own code and message."""
+
+    code: int
+    message: str
+
+
+class OrderStatus(_CamelModel):
+    """``status.order``: the order placed for a triggered stop."""
+
+    client_order_id: str
+    order_id: int | None = None
+    status: str
+    executed_qty: WireDecimal | None = None
+    avg_price: WireDecimal | None = None
+    cummulative_quote_qty: WireDecimal | None = None
+    error: OrderError | None = None
+    updated_at: str | None = None
+
+
+class Condition(_CamelModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class TrailingStopStatus(_CamelModel):
+    """``status`` of a TrailingStop: where the stop stands. Times are RFC 3339."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: Phase = "Pending"
+    observed_generation: int | None = None
+    message: str | None = None
+    activated_at: str | None = None
+    activated_price: WireDecimal | None = None
+    activated_trade_id: int | None = None
+    reference_price: WireDecimal | None = None
+    stop_price: WireDecimal | None = None
+    last_price: WireDecimal | None = None
+    last_price_at: str | None = None
+    last_trade_id: int | None = None
+    triggered_at: str | None = None
+    trigger_price: WireDecimal | None = None
+    trigger_trade_id: int | None = None
+    order: OrderStatus | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+# --- bus messages (DESIGN §5) ----------------------------------------------------------------
+
+
+class PriceTick(Message):
+    """One trade of a symbol, as seen by marketdata. Routing key: the symbol."""
+
+    symbol: Symbol
+    price: WireDecimal
+    qty: WireDecimal
+    trade_id: int
+    trade_time: int
+    received_at: int
+    source: str
+
+
+class SavedState(_CamelModel):
+    """A stop's progress, saved in the CR status and handed back to a restarting orchestrator."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    activated: bool = False
+    activated_at: int | None = None
+    activated_price: WireDecimal | None = None
+    activated_trade_id: int | None = None
+    reference_price: WireDecimal | None = None
+    triggered: bool = False
+    triggered_at: int | None = None
+    trigger_price: WireDecimal | None = None
+    trigger_trade_id: int | None = None
+    last_trade_id: int | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SavedState:
+        if self.activated and self.reference_price is None:
+            raise PydanticCustomError("saved_state", "an activated stop needs its referencePrice")
+        if self.triggered and not self.activated:
+            raise PydanticCustomError("saved_state", "a triggered stop must have been activated")
+        return self
+
+
+class StopRef(_CamelModel):
+    """Which TrailingStop a message is about."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    uid: Annotated[str, Field(min_length=1, max_length=128)]
+    namespace: str = ""
+    name: str = ""
+
+
+class StopDefinition(StopRef):
+    """What an orchestrator needs to run a stop: the spec, identity, route and saved state."""
+
+    generation: int = 1
+    symbol: Symbol
+    side: Side
+    quantity: Quantity
+    trailing_percent: TrailingPercent
+    activation_price: ActivationPrice | None = None
+    mode: Mode = "Simulate"
+    route: str = "simulate"
+    state: SavedState | None = None
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: TrailingStopSpec,
+        *,
+        uid: str,
+        namespace: str,
+        name: str,
+        generation: int = 1,
+        state: SavedState | None = None,
+    ) -> StopDefinition:
+        return cls(
+            uid=uid,
+            namespace=namespace,
+            name=name,
+            generation=generation,
+            symbol=spec.symbol,
+            side=spec.side,
+            quantity=spec.quantity,
+            trailing_percent=spec.trailing_percent,
+            activation_price=spec.activation_price,
+            mode=spec.mode,
+            route=spec.route,
+            state=state,
+        )
+
+
+class StopCommand(Message):
+    """Operator -> orchestrator (``stop.commands``, routing key = symbol)."""
+
+    op: Literal["upsert", "cancel"]
+    stop: StopDefinition
+
+
+StopEventType = Literal["armed", "activated", "reference", "triggered", "invalid", "cancelled", "sync"]
+
+
+class StopEvent(Message):
+    """Orchestrator -> operator (``stop.events``, routing key ``<symbol>.<type>``).
+
+    ``sync`` is the request of a starting orchestrator (no uid): the operator answers with an
+    upsert of every stop of the symbol. ``invalid`` carries the reason in ``message``.
+    """
+
+    type: StopEventType
+    symbol: Symbol
+    uid: str | None = None
+    namespace: str | None = None
+    name: str | None = None
+    generation: int | None = None
+    price: WireDecimal | None = None
+    reference_price: WireDecimal | None = None
+    stop_price: WireDecimal | None = None
+    trade_id: int | None = None
+    trade_time: int | None = None
+    at: int
+    message: str | None = None
+
+    @property
+    def routing_key(self) -> str:
+        return f"{self.symbol}.{self.type}"
+
+
+class PlaceOrder(Message):
+    """Orchestrator -> executor (``order.commands``, routing key = executor route)."""
+
+    client_order_id: Annotated[str, Field(pattern=CLIENT_ORDER_ID_PATTERN)]
+    uid: str
+    namespace: str = ""
+    name: str = ""
+    symbol: Symbol
+    side: Side
+    quantity: Quantity
+    type: Literal["MARKET"] = "MARKET"
+    mode: Mode
+    route: str
+    trigger_price: WireDecimal
+    triggered_at: int
+    trigger_trade_id: int | None = None
+
+
+OrderResultStatus = Literal[
+    "NEW",
+    "PARTIALLY_FILLED",
+    "FILLED",
+    "CANCELED",
+    "PENDING_CANCEL",
+    "REJECTED",
+    "EXPIRED",
+    "EXPIRED_IN_MATCH",
+    "SIMULATED",
+]
+
+
+class OrderResult(Message):
+    """Executor -> everyone (``order.events``, fanout)."""
+
+    client_order_id: str
+    uid: str
+    namespace: str = ""
+    name: str = ""
+    symbol: Symbol
+    side: Side
+    status: OrderResultStatus
+    mode: Mode = "Simulate"
+    order_id: int | None = None
+    executed_qty: WireDecimal | None = None
+    avg_price: WireDecimal | None = None
+    cummulative_quote_qty: WireDecimal | None = None
+    error: OrderError | None = None
+    at: int
+
+    @property
+    def filled(self) -> bool:
+        return self.status in ("FILLED", "SIMULATED")
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def ms_to_rfc3339(ms: int) -> str:
+    """Epoch milliseconds as RFC 3339 UTC, millisecond precision (``2019-10-11T00:00:11.620Z``)."""
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def rfc3339_to_ms(text: str) -> int:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return int(moment.timestamp() * 1000)
+
+
+def client_order_id(uid: str) -> str:
+    """The one clientOrderId a stop's order will ever have (<= 36 chars of [A-Za-z0-9_-])."""
+    try:
+        return "ts-" + uuid.UUID(uid).hex
+    except ValueError:
+        cleaned = re.sub(r"[^A-Za-z0-9_-]", "-", uid)
+        return ("ts-" + cleaned)[:36]
+
+
+def executor_route(mode: str, secret_name: str | None) -> str:
+    """``simulate`` for Simulate, else ``<mode>-<secret>`` (lower case)."""
+    if mode == "Simulate":
+        return "simulate"
+    return f"{mode.lower()}-{secret_name}"
+
+
+def describe_errors(error: ValidationError, prefix: str = "") -> list[str]:
+    """One readable line per problem: ``spec.trailingPercent must be > 0 and < 100, got "0"``."""
+    lines = []
+    for item in error.errors(include_url=False):
+        location = ".".join(str(part) for part in item["loc"] if part not in ("function-after",))
+        location = f"{prefix}.{location}" if prefix and location else (prefix or location)
+        lines.append(_describe_one(location, item))
+    return lines
+
+
+def _describe_one(location: str, item: Any) -> str:
+    kind, message = item["type"], item["msg"]
+    field = location.rsplit(".", 1)[-1] if location else ""
+    if kind in ("decimal_value", "decimal_string", "symbol"):
+        # Our own messages already start with the field name; anchor them at the full path.
+        return f"{location.removesuffix(field)}{message}" if field and message.startswith(field) else f"{location} {message}"
+    if kind == "missing":
+        return f"{location} is required"
+    if kind == "extra_forbidden":
+        return f"{location} is not a field of this object (check its spelling)"
+    if kind == "literal_error":
+        expected = item.get("ctx", {}).get("expected", "")
+        return f"{location} must be one of {expected}, got {item['input']!r}"
+    if kind in ("credentials", "saved_state"):
+        return f"{location + ': ' if location else ''}{message}"
+    if location:
+        return f"{location}: {message}"
+    return message

@@ -1,0 +1,540 @@
+"""The trailing-stop engine: many stops on one symbol, exact DESIGN §4 semantics, no I/O.
+
+Feed it trades with :meth:`Engine.on_trade`; it returns what happened (activations and triggers).
+Reference changes are coalesced: :meth:`Engine.drain_reference_changes` reports each stop whose
+reference moved since the last drain, once.
+
+Why it is fast
+--------------
+A tick must not cost more because many stops sit idle, so nothing here loops over stops:
+
+* Prices are *oriented* per side: ``x = p`` for SELL and ``x = -p`` for BUY. Then both sides read
+  the same: the reference is the running maximum of ``x``, the stop level is ``R * f`` with
+  ``f = 1 - d`` (SELL) or ``1 + d`` (BUY), a stop triggers when ``x <= R * f``, and a stop with
+  activation price ``A`` activates when ``x >= a`` with ``a`` the oriented ``A``.
+* Pending stops sit in a heap by ``a``; a tick pops only the ones it activates.
+* Active stops with the same reference form a *group*. A new extreme ``x`` merges every group with
+  ``R < x`` into one (smaller into larger, so each stop moves O(log n) times in all); a heap by
+  ``R`` finds those groups.
+* Inside a group the smallest trail triggers first. A heap over groups keyed by their best stop
+  level answers "does anything trigger at ``x``?" by looking at its top.
+
+Stale heap entries are skipped lazily (version numbers) rather than searched for and removed.
+All arithmetic is :class:`~decimal.Decimal` under a context that traps inexact results, so a stop
+level is exact (``110 * 0.99 == 108.9``) and a rounding error raises instead of deciding.
+"""
+
+from __future__ import annotations
+
+import decimal
+import heapq
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal
+
+Side = Literal["SELL", "BUY"]
+EventKind = Literal["armed", "activated", "reference", "triggered"]
+StopPhase = Literal["armed", "tracking", "triggered"]
+
+_EXACT = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
+_HUNDRED = Decimal(100)
+_ONE = Decimal(1)
+_NO_EVENTS: tuple[EngineEvent, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EngineEvent:
+    """Something that happened to a stop. Prices are real (not oriented) decimals."""
+
+    kind: EventKind
+    stop_id: str
+    price: Decimal | None = None  # the trade that activated / triggered it
+    reference: Decimal | None = None
+    stop_price: Decimal | None = None
+    trade_id: int | None = None
+    time: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StopState:
+    """Where one stop stands; also what is saved to, and restored from, the resource status."""
+
+    stop_id: str
+    side: Side
+    trailing_percent: Decimal
+    activation_price: Decimal | None
+    phase: StopPhase
+    reference: Decimal | None = None
+    stop_price: Decimal | None = None
+    activated_price: Decimal | None = None
+    activated_trade_id: int | None = None
+    activated_at: int | None = None
+    trigger_price: Decimal | None = None
+    trigger_trade_id: int | None = None
+    triggered_at: int | None = None
+
+
+def stop_level(side: Side, reference: Decimal, trailing_percent: Decimal) -> Decimal:
+    """``R * (1 - p/100)`` for SELL, ``R * (1 + p/100)`` for BUY, exactly."""
+    return _EXACT.multiply(reference, _factor(side, trailing_percent))
+
+
+def _factor(side: Side, trailing_percent: Decimal) -> Decimal:
+    trail = _EXACT.divide(trailing_percent, _HUNDRED)
+    return _EXACT.subtract(_ONE, trail) if side == "SELL" else _EXACT.add(_ONE, trail)
+
+
+class _Stop:
+    __slots__ = (
+        "activated_at",
+        "activated_price",
+        "activated_trade_id",
+        "activation",
+        "book",
+        "factor",
+        "final_reference",
+        "final_stop_price",
+        "group",
+        "phase",
+        "side",
+        "stop_id",
+        "trail",
+        "trigger_price",
+        "trigger_trade_id",
+        "triggered_at",
+        "version",
+    )
+
+    def __init__(self, stop_id: str, side: Side) -> None:
+        self.stop_id = stop_id
+        self.side: Side = side
+        self.trail = Decimal(0)
+        self.factor = _ONE
+        self.activation: Decimal | None = None
+        self.phase: StopPhase = "armed"
+        self.group: _Group | None = None
+        self.version = 0  # bumped whenever the stop's heap entries become stale
+        self.book: _SideBook | None = None
+        self.activated_at: int | None = None
+        self.activated_price: Decimal | None = None
+        self.activated_trade_id: int | None = None
+        self.triggered_at: int | None = None
+        self.trigger_price: Decimal | None = None
+        self.trigger_trade_id: int | None = None
+        self.final_reference: Decimal | None = None  # reference and stop level at the trigger
+        self.final_stop_price: Decimal | None = None
+
+
+class _Group:
+    """Active stops of one side sharing the same (oriented) reference ``R``."""
+
+    __slots__ = ("alive", "dirty", "entries", "reference", "size", "version")
+
+    def __init__(self, reference: Decimal) -> None:
+        self.reference = reference
+        # Heap of (trail, seq, stop version, stop): the smallest trail has the highest stop level.
+        self.entries: list[tuple[Decimal, int, int, _Stop]] = []
+        self.size = 0
+        self.version = 0
+        self.alive = True
+        self.dirty = False
+
+    def best(self) -> _Stop | None:
+        """The live stop with the highest stop level, dropping stale entries on the way."""
+        entries = self.entries
+        while entries:
+            _, _, version, stop = entries[0]
+            if stop.version == version and stop.group is self:
+                return stop
+            heapq.heappop(entries)
+        return None
+
+    def live_stops(self) -> Iterator[_Stop]:
+        for _, _, version, stop in self.entries:
+            if stop.version == version and stop.group is self:
+                yield stop
+
+
+class _SideBook:
+    """All stops of one side, in oriented prices (see the module docstring)."""
+
+    __slots__ = ("by_reference", "dirty", "groups", "immediate", "pending", "seq", "sign", "triggers")
+
+    def __init__(self, sign: int, seq: Iterator[int]) -> None:
+        self.sign = sign
+        self.seq = seq
+        self.pending: list[tuple[Decimal, int, int, _Stop]] = []  # (a, seq, version, stop)
+        self.immediate: list[tuple[int, _Stop]] = []  # no activation price: next trade activates
+        self.groups: dict[Decimal, _Group] = {}
+        self.by_reference: list[tuple[Decimal, int, _Group]] = []  # min-heap of R
+        # Min-heap of (-level, seq, group version, group): top = highest stop level.
+        self.triggers: list[tuple[Decimal, int, int, _Group]] = []
+        self.dirty: list[_Group] = []
+
+    # --- placing stops ---------------------------------------------------------------------
+
+    def arm(self, stop: _Stop) -> None:
+        stop.phase = "armed"
+        stop.book = self
+        stop.group = None
+        if stop.activation is None:
+            self.immediate.append((stop.version, stop))
+        else:
+            a = stop.activation if self.sign > 0 else -stop.activation
+            heapq.heappush(self.pending, (a, next(self.seq), stop.version, stop))
+
+    def track(self, stop: _Stop, reference: Decimal) -> None:
+        """Put an active stop into the group of oriented reference ``reference``."""
+        stop.phase = "tracking"
+        stop.book = self
+        group = self.groups.get(reference)
+        if group is None:
+            group = self.groups[reference] = _Group(reference)
+            heapq.heappush(self.by_reference, (reference, next(self.seq), group))
+        self._join(group, stop)
+        self._offer(group)
+
+    def _join(self, group: _Group, stop: _Stop) -> None:
+        stop.group = group
+        group.size += 1
+        heapq.heappush(group.entries, (stop.trail, next(self.seq), stop.version, stop))
+
+    def leave(self, stop: _Stop) -> None:
+        """Forget a stop's place (its heap entries go stale); keeps group sizes right."""
+        group = stop.group
+        stop.version += 1
+        stop.group = None
+        if group is not None:
+            group.size -= 1
+            if group.size == 0:
+                self._drop(group)
+
+    def _drop(self, group: _Group) -> None:
+        group.alive = False
+        group.version += 1
+        if self.groups.get(group.reference) is group:
+            del self.groups[group.reference]
+
+    def _offer(self, group: _Group) -> None:
+        """(Re)publish a group's best stop level to the trigger heap."""
+        best = group.best()
+        group.version += 1
+        if best is None:
+            return
+        level = _EXACT.multiply(group.reference, best.factor)
+        heapq.heappush(self.triggers, (-level, next(self.seq), group.version, group))
+
+    # --- the tick ----------------------------------------------------------------------------
+
+    def on_price(
+        self,
+        x: Decimal,
+        minus_x: Decimal,
+        price: Decimal,
+        trade_id: int | None,
+        time: int | None,
+        out: list[EngineEvent],
+    ) -> None:
+        by_reference = self.by_reference
+        if by_reference and by_reference[0][0] < x:
+            self._raise_reference(x)
+        triggers = self.triggers
+        if triggers and triggers[0][0] <= minus_x:
+            self._trigger(x, price, trade_id, time, out)
+        pending = self.pending
+        if (pending and pending[0][0] <= x) or self.immediate:
+            self._activate(x, price, trade_id, time, out)
+
+    def _raise_reference(self, x: Decimal) -> None:
+        """Every group with R < x now has R = x: merge them, smaller into larger."""
+        merging: list[_Group] = []
+        by_reference = self.by_reference
+        while by_reference and by_reference[0][0] < x:
+            _, _, group = heapq.heappop(by_reference)
+            if group.alive:
+                merging.append(group)
+        if not merging:
+            return
+        target = self.groups.get(x)
+        if target is not None:
+            merging.append(target)
+        survivor = max(merging, key=lambda g: g.size)
+        for group in merging:
+            if group is survivor:
+                continue
+            for stop in list(group.live_stops()):
+                group.size -= 1
+                stop.version += 1
+                self._join(survivor, stop)
+            self._drop(group)
+        if survivor.reference != x:
+            del self.groups[survivor.reference]
+            survivor.reference = x
+            self.groups[x] = survivor
+            heapq.heappush(by_reference, (x, next(self.seq), survivor))
+        self._offer(survivor)
+        if not survivor.dirty:
+            survivor.dirty = True
+            self.dirty.append(survivor)
+
+    def _trigger(
+        self, x: Decimal, price: Decimal, trade_id: int | None, time: int | None, out: list[EngineEvent]
+    ) -> None:
+        triggers = self.triggers
+        touched: list[_Group] = []
+        while triggers and triggers[0][0] <= -x:
+            _, _, version, group = heapq.heappop(triggers)
+            if not group.alive or version != group.version:
+                continue
+            while (stop := group.best()) is not None:
+                level = _EXACT.multiply(group.reference, stop.factor)
+                if not x <= level:
+                    break
+                self._fire(stop, group, level, price, trade_id, time, out)
+            if group.alive:
+                touched.append(group)
+        for group in touched:
+            self._offer(group)
+
+    def _fire(
+        self,
+        stop: _Stop,
+        group: _Group,
+        level: Decimal,
+        price: Decimal,
+        trade_id: int | None,
+        time: int | None,
+        out: list[EngineEvent],
+    ) -> None:
+        reference = group.reference * self.sign
+        self.leave(stop)
+        stop.phase = "triggered"
+        stop.book = None
+        stop.trigger_price = price
+        stop.trigger_trade_id = trade_id
+        stop.triggered_at = time
+        stop.final_reference = reference
+        stop.final_stop_price = level * self.sign
+        out.append(
+            EngineEvent("triggered", stop.stop_id, price, reference, stop.final_stop_price, trade_id, time)
+        )
+
+    def _activate(
+        self, x: Decimal, price: Decimal, trade_id: int | None, time: int | None, out: list[EngineEvent]
+    ) -> None:
+        activating: list[_Stop] = []
+        pending = self.pending
+        while pending and pending[0][0] <= x:
+            _, _, version, stop = heapq.heappop(pending)
+            if stop.version == version and stop.phase == "armed" and stop.book is self:
+                activating.append(stop)
+        for version, stop in self.immediate:
+            if stop.version == version and stop.phase == "armed" and stop.book is self:
+                activating.append(stop)
+        self.immediate.clear()
+        for stop in activating:
+            stop.version += 1
+            stop.activated_price = price
+            stop.activated_trade_id = trade_id
+            stop.activated_at = time
+            self.track(stop, x)
+            level = _EXACT.multiply(x, stop.factor) * self.sign
+            out.append(EngineEvent("activated", stop.stop_id, price, price, level, trade_id, time))
+
+
+class Engine:
+    """Trailing stops of one symbol. Not thread-safe; one engine per symbol and process."""
+
+    def __init__(self, symbol: str = "") -> None:
+        self.symbol = symbol
+        seq = itertools.count()
+        self._sell = _SideBook(1, seq)
+        self._buy = _SideBook(-1, seq)
+        self._stops: dict[str, _Stop] = {}
+        self.last_trade_id: int | None = None
+        self.last_price: Decimal | None = None
+        self.last_time: int | None = None
+        self.duplicates = 0  # trades dropped as duplicate or out of order
+
+    # --- stops -----------------------------------------------------------------------------
+
+    def upsert(
+        self,
+        stop_id: str,
+        side: Side,
+        trailing_percent: Decimal,
+        activation_price: Decimal | None = None,
+    ) -> list[EngineEvent]:
+        """Add a stop, or change a live one's trail or activation price, keeping its reference.
+
+        A new stop is armed: it activates on the next trade that reaches its activation price
+        (or on the next trade at all without one). Changing a triggered stop is refused with
+        :class:`StopAlreadyTriggered`; changing the side with :class:`ValueError`.
+        """
+        _check_trail(trailing_percent)
+        stop = self._stops.get(stop_id)
+        if stop is None:
+            stop = self._stops[stop_id] = _Stop(stop_id, side)
+        elif stop.side != side:
+            raise ValueError(f"stop {stop_id}: side is immutable ({stop.side} -> {side})")
+        elif stop.phase == "triggered":
+            raise StopAlreadyTriggered(stop_id)
+        book = self._book(side)
+        stop.trail = trailing_percent
+        stop.factor = _factor(side, trailing_percent)
+        stop.activation = activation_price
+        if stop.phase == "tracking" and stop.group is not None:
+            reference = stop.group.reference
+            book.leave(stop)
+            book.track(stop, reference)
+            return [self._reference_event(stop)]
+        book.leave(stop)
+        book.arm(stop)
+        return [EngineEvent("armed", stop_id)]
+
+    def restore(self, state: StopState) -> None:
+        """Put back a stop from saved state (after a restart): armed, tracking or triggered."""
+        _check_trail(state.trailing_percent)
+        if state.stop_id in self._stops:
+            self.cancel(state.stop_id)
+        stop = self._stops[state.stop_id] = _Stop(state.stop_id, state.side)
+        stop.trail = state.trailing_percent
+        stop.factor = _factor(state.side, state.trailing_percent)
+        stop.activation = state.activation_price
+        stop.activated_price = state.activated_price
+        stop.activated_trade_id = state.activated_trade_id
+        stop.activated_at = state.activated_at
+        book = self._book(state.side)
+        if state.phase == "triggered":
+            stop.phase = "triggered"
+            stop.final_reference = state.reference
+            stop.final_stop_price = state.stop_price
+            stop.trigger_price = state.trigger_price
+            stop.trigger_trade_id = state.trigger_trade_id
+            stop.triggered_at = state.triggered_at
+        elif state.phase == "tracking":
+            if state.reference is None:
+                raise ValueError(f"stop {state.stop_id}: a tracking stop needs its reference price")
+            book.track(stop, state.reference * book.sign)
+        else:
+            book.arm(stop)
+
+    def cancel(self, stop_id: str) -> bool:
+        """Remove a stop. Returns False if it was unknown."""
+        stop = self._stops.pop(stop_id, None)
+        if stop is None:
+            return False
+        if stop.book is not None:
+            stop.book.leave(stop)
+        stop.version += 1
+        stop.book = None
+        return True
+
+    def __contains__(self, stop_id: object) -> bool:
+        return stop_id in self._stops
+
+    def __len__(self) -> int:
+        return len(self._stops)
+
+    def stop_ids(self) -> list[str]:
+        return list(self._stops)
+
+    def state(self, stop_id: str) -> StopState:
+        """A stop's current state (KeyError if unknown)."""
+        stop = self._stops[stop_id]
+        reference, stop_price = stop.final_reference, stop.final_stop_price
+        if stop.phase == "tracking" and stop.group is not None and stop.book is not None:
+            sign = stop.book.sign
+            reference = stop.group.reference * sign
+            stop_price = _EXACT.multiply(stop.group.reference, stop.factor) * sign
+        return StopState(
+            stop_id=stop.stop_id,
+            side=stop.side,
+            trailing_percent=stop.trail,
+            activation_price=stop.activation,
+            phase=stop.phase,
+            reference=reference,
+            stop_price=stop_price,
+            activated_price=stop.activated_price,
+            activated_trade_id=stop.activated_trade_id,
+            activated_at=stop.activated_at,
+            trigger_price=stop.trigger_price,
+            trigger_trade_id=stop.trigger_trade_id,
+            triggered_at=stop.triggered_at,
+        )
+
+    def active_count(self) -> int:
+        return sum(1 for stop in self._stops.values() if stop.phase != "triggered")
+
+    # --- trades ------------------------------------------------------------------------------
+
+    def on_trade(
+        self, price: Decimal, trade_id: int | None = None, time: int | None = None
+    ) -> list[EngineEvent] | tuple[EngineEvent, ...]:
+        """Apply one trade (in trade order). Returns activations and triggers, in that order of
+        occurrence per side. A trade id at or below the last one seen is dropped and counted."""
+        if trade_id is not None:
+            last = self.last_trade_id
+            if last is not None and trade_id <= last:
+                self.duplicates += 1
+                return _NO_EVENTS
+            self.last_trade_id = trade_id
+        self.last_price = price
+        self.last_time = time
+        out: list[EngineEvent] = []
+        sell, buy = self._sell, self._buy
+        minus_price = -price  # the BUY side's oriented price, negated once per tick
+        if sell.by_reference or sell.pending or sell.immediate:
+            sell.on_price(price, minus_price, price, trade_id, time, out)
+        if buy.by_reference or buy.pending or buy.immediate:
+            buy.on_price(minus_price, price, price, trade_id, time, out)
+        return out or _NO_EVENTS
+
+    def drain_reference_changes(self) -> list[EngineEvent]:
+        """One ``reference`` event per tracking stop whose reference moved since the last drain."""
+        events: list[EngineEvent] = []
+        for book in (self._sell, self._buy):
+            for group in book.dirty:
+                group.dirty = False
+                if not group.alive:
+                    continue
+                for stop in group.live_stops():
+                    events.append(self._reference_event(stop))
+            book.dirty.clear()
+        return events
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _book(self, side: Side) -> _SideBook:
+        if side == "SELL":
+            return self._sell
+        if side == "BUY":
+            return self._buy
+        raise ValueError(f"side must be SELL or BUY, got {side!r}")
+
+    def _reference_event(self, stop: _Stop) -> EngineEvent:
+        state = self.state(stop.stop_id)
+        return EngineEvent(
+            "reference",
+            stop.stop_id,
+            self.last_price,
+            state.reference,
+            state.stop_price,
+            self.last_trade_id,
+            self.last_time,
+        )
+
+
+class StopAlreadyTriggered(Exception):
+    """A triggered stop is final: it cannot be changed and never fires again."""
+
+    def __init__(self, stop_id: str) -> None:
+        super().__init__(f"stop {stop_id} has already triggered; it cannot be changed")
+        self.stop_id = stop_id
+
+
+def _check_trail(trailing_percent: Decimal) -> None:
+    if not (0 < trailing_percent < 100):
+        raise ValueError(f'trailingPercent must be > 0 and < 100, got "{trailing_percent}"')
