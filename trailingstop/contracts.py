@@ -43,7 +43,9 @@ WIRE_VERSION = 1
 
 Side = Literal["SELL", "BUY"]
 Mode = Literal["Simulate", "Testnet", "Live"]
-Phase = Literal["Pending", "Armed", "Tracking", "Triggered", "Filled", "Rejected", "Failed"]
+# Invalid: the exchange would refuse the stop's order (e.g. quantity off the symbol's stepSize);
+# not final: fixing the spec arms the stop again.
+Phase = Literal["Pending", "Armed", "Tracking", "Triggered", "Filled", "Rejected", "Failed", "Invalid"]
 FINAL_PHASES: frozenset[str] = frozenset({"Filled", "Rejected", "Failed"})
 
 # --- field rules shared with the CRD schema (contract) ---------------------------------------
@@ -162,7 +164,7 @@ class Message(_CamelModel):
     """A bus message. Unknown fields are ignored so that a newer sender can add optional fields."""
 
     model_config = ConfigDict(extra="ignore")
-    v: Literal[1] = WIRE_VERSION
+    v: Literal[1] = 1
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
@@ -347,20 +349,43 @@ class StopDefinition(StopRef):
 
 
 class StopCommand(Message):
-    """Operator -> orchestrator (``stop.commands``, routing key = symbol)."""
+    """Operator -> orchestrator (``stop.commands``, routing key = symbol).
 
-    op: Literal["upsert", "cancel"]
-    stop: StopDefinition
+    ``synced`` closes the operator's answer to a sync request: every stop of the symbol has been
+    sent, so the orchestrator may start acting on ticks.
+    """
+
+    op: Literal["upsert", "cancel", "synced"]
+    symbol: Symbol
+    stop: StopDefinition | None = None
+
+    @model_validator(mode="after")
+    def _stop_unless_synced(self) -> StopCommand:
+        if self.op != "synced" and self.stop is None:
+            raise PydanticCustomError("command", f"a {self.op} command needs its stop")
+        if self.stop is not None and self.stop.symbol != self.symbol:
+            raise PydanticCustomError("command", "stop.symbol must equal the command's symbol")
+        return self
+
+    @classmethod
+    def upsert(cls, stop: StopDefinition) -> StopCommand:
+        return cls(op="upsert", symbol=stop.symbol, stop=stop)
+
+    @classmethod
+    def cancel(cls, stop: StopDefinition) -> StopCommand:
+        return cls(op="cancel", symbol=stop.symbol, stop=stop)
 
 
-StopEventType = Literal["armed", "activated", "reference", "triggered", "invalid", "cancelled", "sync"]
+StopEventType = Literal["armed", "activated", "reference", "price", "triggered", "invalid", "sync"]
 
 
 class StopEvent(Message):
     """Orchestrator -> operator (``stop.events``, routing key ``<symbol>.<type>``).
 
-    ``sync`` is the request of a starting orchestrator (no uid): the operator answers with an
-    upsert of every stop of the symbol. ``invalid`` carries the reason in ``message``.
+    Per stop: ``armed``, ``activated``, ``reference`` (coalesced), ``triggered``, ``invalid`` (the
+    reason in ``message``). Per symbol (no uid): ``price``, the last trade, at most once per
+    flush interval, and ``sync``, the request of a starting orchestrator, which the operator
+    answers with an upsert of every stop of the symbol followed by ``synced``.
     """
 
     type: StopEventType
@@ -485,7 +510,9 @@ def _describe_one(location: str, item: Any) -> str:
     field = location.rsplit(".", 1)[-1] if location else ""
     if kind in ("decimal_value", "decimal_string", "symbol"):
         # Our own messages already start with the field name; anchor them at the full path.
-        return f"{location.removesuffix(field)}{message}" if field and message.startswith(field) else f"{location} {message}"
+        if field and message.startswith(field):
+            return f"{location.removesuffix(field)}{message}"
+        return f"{location} {message}"
     if kind == "missing":
         return f"{location} is required"
     if kind == "extra_forbidden":
@@ -493,7 +520,7 @@ def _describe_one(location: str, item: Any) -> str:
     if kind == "literal_error":
         expected = item.get("ctx", {}).get("expected", "")
         return f"{location} must be one of {expected}, got {item['input']!r}"
-    if kind in ("credentials", "saved_state"):
+    if kind in ("credentials", "saved_state", "command"):
         return f"{location + ': ' if location else ''}{message}"
     if location:
         return f"{location}: {message}"

@@ -1,0 +1,178 @@
+"""``trailingstop run``: the whole system in one process, no cluster and no broker.
+
+Manifests become stops of per-symbol :class:`~trailingstop.orchestration.SymbolOrchestrator`s (the
+orchestrator worker's own logic), orders go to the :class:`~trailingstop.exchange.simulated.SimulatedExchange`
+(the executor's Simulate route), and statuses follow the same reducer the operator uses. Each
+phase change is printed as it happens; the end is a table shaped like ``kubectl get trailingstops``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from trailingstop.contracts import (
+    FINAL_PHASES,
+    OrderResult,
+    PriceTick,
+    StopCommand,
+    StopDefinition,
+    StopEvent,
+    TrailingStopStatus,
+    ms_to_rfc3339,
+    now_ms,
+)
+from trailingstop.exchange.simulated import SimulatedExchange
+from trailingstop.manifests import Manifest
+from trailingstop.orchestration import Outcome, SymbolOrchestrator
+from trailingstop.status import apply_order_result, apply_stop_event
+from trailingstop.table import render_table, stop_row
+from trailingstop.trades import Trade
+
+# (symbol, trade) pairs, in trade order per symbol.
+TradeStream = AsyncIterator[tuple[str, Trade]]
+OrderPlacer = Callable[[object], "asyncio.Future[OrderResult] | OrderResult"]
+
+
+@dataclass
+class LocalStop:
+    manifest: Manifest
+    status: TrailingStopStatus
+    created_at: int | None = None  # ms on the data clock
+
+    @property
+    def final(self) -> bool:
+        return self.status.phase in FINAL_PHASES
+
+
+class EmbeddedRun:
+    """Stops from manifests, driven by trades; prints transitions to ``out``."""
+
+    def __init__(self, manifests: list[Manifest], out: TextIO, verbose: bool = False) -> None:
+        self.out = out
+        self.verbose = verbose
+        self.stops = {m.uid: LocalStop(m, TrailingStopStatus()) for m in manifests}
+        self.exchange = SimulatedExchange()
+        self._clock = 0  # the data clock: time of the last trade, ms
+        self.orchestrators = {
+            symbol: SymbolOrchestrator(symbol, clock=lambda: self._clock)
+            for symbol in sorted({m.spec.symbol for m in manifests})
+        }
+
+    @property
+    def symbols(self) -> list[str]:
+        return list(self.orchestrators)
+
+    def all_final(self) -> bool:
+        return all(stop.final for stop in self.stops.values())
+
+    def start(self, at: int) -> None:
+        """Hand every stop to its orchestrator (what the operator does on create)."""
+        self._clock = at
+        for stop in self.stops.values():
+            stop.created_at = at
+            manifest = stop.manifest
+            definition = StopDefinition.from_spec(
+                manifest.spec, uid=manifest.uid, namespace=manifest.namespace, name=manifest.name,
+                generation=manifest.generation,
+            )
+            self._handle(self.orchestrators[manifest.spec.symbol].apply(StopCommand.upsert(definition)))
+
+    def on_trade(self, symbol: str, trade: Trade) -> None:
+        self._clock = trade.time
+        orchestrator = self.orchestrators[symbol]
+        tick = PriceTick(
+            symbol=symbol,
+            price=trade.price,
+            qty=trade.qty,
+            trade_id=trade.trade_id,
+            trade_time=trade.time,
+            received_at=trade.time,
+            source="replay",
+        )
+        self._handle(orchestrator.on_tick(tick))
+        if self.verbose:
+            self._apply_events([e for e in orchestrator.flush() if e.type == "reference"])
+
+    def finish(self) -> None:
+        """Apply the last coalesced references and prices so the table shows where stops stand."""
+        for orchestrator in self.orchestrators.values():
+            self._apply_events(orchestrator.flush())
+
+    async def run(self, trades: TradeStream, speed: float = 0) -> None:
+        started = False
+        previous_time: int | None = None
+        async for symbol, trade in trades:
+            if not started:
+                self.start(trade.time)
+                started = True
+            if speed > 0 and previous_time is not None and trade.time > previous_time:
+                await asyncio.sleep((trade.time - previous_time) / 1000 / speed)
+            previous_time = trade.time
+            if symbol in self.orchestrators:
+                self.on_trade(symbol, trade)
+            if self.all_final():
+                break
+        if not started:
+            self.start(now_ms())
+        self.finish()
+
+    def table(self) -> str:
+        end = self._clock
+        rows = [stop_row(s.manifest, s.status, end - (s.created_at or end)) for s in self.stops.values()]
+        return render_table(rows, show_namespace=len({s.manifest.namespace for s in self.stops.values()}) > 1)
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _handle(self, outcome: Outcome) -> None:
+        self._apply_events(outcome.events)
+        for order in outcome.orders:
+            self._apply_result(self.exchange.place(order, at=self._clock))
+
+    def _apply_events(self, events: list[StopEvent]) -> None:
+        now = ms_to_rfc3339(self._clock)
+        for event in events:
+            targets = [self.stops[event.uid]] if event.uid in self.stops else []
+            if event.uid is None:  # per-symbol price: every stop of the symbol
+                targets = [s for s in self.stops.values() if s.manifest.spec.symbol == event.symbol]
+            for stop in targets:
+                before = stop.status
+                stop.status = apply_stop_event(before, event, now)
+                self._report(stop, before, event)
+
+    def _apply_result(self, result: OrderResult) -> None:
+        stop = self.stops[result.uid]
+        before = stop.status
+        stop.status = apply_order_result(before, result, ms_to_rfc3339(self._clock))
+        if stop.status.phase != before.phase:
+            self._print(stop, before.phase, stop.status.message or result.status)
+
+    def _report(self, stop: LocalStop, before: TrailingStopStatus, event: StopEvent) -> None:
+        status = stop.status
+        if status.phase != before.phase:
+            self._print(stop, before.phase, _describe(event, stop))
+        elif self.verbose and event.type == "reference" and status.reference_price != before.reference_price:
+            self._print(stop, None, f"reference {event.reference_price}, stop {event.stop_price}")
+
+    def _print(self, stop: LocalStop, before: str | None, what: str) -> None:
+        change = f"{before} -> {stop.status.phase}" if before else stop.status.phase
+        print(f"{ms_to_rfc3339(self._clock)}  {stop.manifest.key:<28} {change:<22} {what}", file=self.out, flush=True)
+
+
+def _describe(event: StopEvent, stop: LocalStop) -> str:
+    spec = stop.manifest.spec
+    if event.type == "armed":
+        if spec.activation_price is None:
+            return "activates on the next trade"
+        comparison = ">=" if spec.side == "SELL" else "<="
+        return f"waiting for price {comparison} {spec.activation_price}"
+    if event.type == "activated":
+        return f"activated at {event.price} (trade {event.trade_id}); stop {event.stop_price}"
+    if event.type == "triggered":
+        return (f"price {event.price} reached stop {event.stop_price} "
+                f"(reference {event.reference_price}, trade {event.trade_id})")
+    if event.type == "invalid":
+        return event.message or "invalid"
+    return event.type

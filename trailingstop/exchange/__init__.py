@@ -1,0 +1,1 @@
+"""Exchanges: Binance (python-binance) and the simulated exchange, plus Binance's symbol filters."""

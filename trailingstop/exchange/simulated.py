@@ -1,0 +1,55 @@
+"""The simulated exchange: fills a MARKET order at the trigger price and says so.
+
+Used by the executor's Simulate route and by ``trailingstop run``. It keeps Binance's one rule that
+matters for exactly-once: one clientOrderId, one order. Placing the same clientOrderId again
+returns the order already made instead of making a second one.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from trailingstop.contracts import OrderResult, PlaceOrder, now_ms
+from trailingstop.exchange.filters import SymbolFilters
+
+
+class SimulatedExchange:
+    def __init__(self, filters: dict[str, SymbolFilters] | None = None) -> None:
+        self._filters = filters or {}
+        self._orders: dict[str, OrderResult] = {}
+        self._ids = itertools.count(1)
+
+    def place(self, order: PlaceOrder, at: int | None = None) -> OrderResult:
+        """Fill ``order`` at its trigger price (status SIMULATED); idempotent per clientOrderId."""
+        existing = self._orders.get(order.client_order_id)
+        if existing is not None:
+            return existing
+        quantity = order.quantity
+        filters = self._filters.get(order.symbol)
+        if filters is not None:
+            quantity = filters.floor_quantity(quantity)
+        price = order.trigger_price
+        result = OrderResult(
+            client_order_id=order.client_order_id,
+            uid=order.uid,
+            namespace=order.namespace,
+            name=order.name,
+            symbol=order.symbol,
+            side=order.side,
+            status="SIMULATED",
+            mode=order.mode,
+            order_id=next(self._ids),
+            executed_qty=quantity,
+            avg_price=price,
+            cummulative_quote_qty=quantity * price,
+            at=now_ms() if at is None else at,
+        )
+        self._orders[order.client_order_id] = result
+        return result
+
+    def order(self, client_order_id: str) -> OrderResult | None:
+        return self._orders.get(client_order_id)
+
+    @property
+    def order_count(self) -> int:
+        return len(self._orders)

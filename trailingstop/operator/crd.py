@@ -1,0 +1,248 @@
+"""The TrailingStop CustomResourceDefinition, built from the contracts.
+
+``crds/trailingstops.trailingstop.dev.yaml`` (and the chart's copy) is this function's output,
+committed; a test fails when they drift. Patterns, the "> 0" rules and their messages come from
+:mod:`trailingstop.contracts`, so ``kubectl apply`` and ``trailingstop run`` refuse the same specs
+with the same words.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from trailingstop.contracts import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    MESSAGES,
+    NONZERO_DIGIT,
+    PLURAL,
+    PRICE_PATTERN,
+    QUANTITY_PATTERN,
+    SECRET_NAME_MAX,
+    SECRET_NAME_PATTERN,
+    SYMBOL_PATTERN,
+    TRAILING_PERCENT_PATTERN,
+)
+from trailingstop.table import PRINTER_COLUMNS
+
+CRD_NAME = f"{PLURAL}.{API_GROUP}"
+CRD_FILE = f"{CRD_NAME}.yaml"
+
+
+def _string(description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "description": description, **extra}
+
+
+def _positive_decimal(description: str, pattern: str, message: str, max_length: int) -> dict[str, Any]:
+    return _string(
+        description,
+        pattern=pattern,
+        maxLength=max_length,
+        **{"x-kubernetes-validations": [{"rule": f"self.matches('{NONZERO_DIGIT}')", "message": message}]},
+    )
+
+
+def _immutable(schema: dict[str, Any], field: str) -> dict[str, Any]:
+    rule = {"rule": "self == oldSelf", "message": MESSAGES["immutable"].format(field=field)}
+    schema.setdefault("x-kubernetes-validations", []).append(rule)
+    return schema
+
+
+def spec_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "What to protect and how: the stop follows the price and places a MARKET order "
+        "when the price moves trailingPercent against the best price since activation.",
+        "required": ["symbol", "side", "quantity", "trailingPercent"],
+        "properties": {
+            "symbol": _immutable(
+                _string("Binance Spot symbol, e.g. BTCUSDT. Immutable.", pattern=SYMBOL_PATTERN, maxLength=20),
+                "symbol",
+            ),
+            "side": _immutable(
+                _string(
+                    "SELL: sell when the price falls trailingPercent from its high since activation. "
+                    "BUY: buy when the price rises trailingPercent from its low. Immutable.",
+                    enum=["SELL", "BUY"],
+                ),
+                "side",
+            ),
+            "quantity": _positive_decimal(
+                "Order quantity in the base asset, a decimal string > 0 such as \"0.001\". "
+                "It must fit the symbol's LOT_SIZE stepSize and minQty.",
+                QUANTITY_PATTERN, MESSAGES["quantity"], 41,
+            ),
+            "trailingPercent": _positive_decimal(
+                "Trailing distance in percent, a decimal string, 0 < x < 100 with at most 8 decimals "
+                "(\"1.5\" = 1.5 %).",
+                TRAILING_PERCENT_PATTERN, MESSAGES["trailingPercent"], 11,
+            ),
+            "activationPrice": _positive_decimal(
+                "Optional. Trailing starts only once a trade reaches this price (SELL: >=, BUY: <=). "
+                "Without it the stop activates on the first trade.",
+                PRICE_PATTERN, MESSAGES["activationPrice"], 41,
+            ),
+            "mode": _string(
+                "Simulate (default): fills are simulated at the trigger price. Testnet: orders go to the "
+                "Binance Spot Testnet. Live: real orders on Binance.",
+                enum=["Simulate", "Testnet", "Live"],
+                default="Simulate",
+            ),
+            "credentialsSecretRef": {
+                "type": "object",
+                "description": "Secret in the same namespace with keys apiKey and apiSecret. Required "
+                "unless mode is Simulate. The keys are passed to the executor as environment variables only.",
+                "required": ["name"],
+                "properties": {
+                    "name": _string("Name of the Secret.", pattern=SECRET_NAME_PATTERN, maxLength=SECRET_NAME_MAX),
+                },
+            },
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.mode == 'Simulate' || has(self.credentialsSecretRef)",
+                "message": MESSAGES["credentialsSecretRef"],
+            }
+        ],
+    }
+
+
+def _time(description: str) -> dict[str, Any]:
+    return _string(description, format="date-time")
+
+
+def _decimal(description: str) -> dict[str, Any]:
+    return _string(description + " (decimal string)")
+
+
+def _integer(description: str) -> dict[str, Any]:
+    return {"type": "integer", "format": "int64", "description": description}
+
+
+def status_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "Where the stop stands, written by the operator.",
+        "properties": {
+            "phase": _string(
+                "Pending (not yet seen by an orchestrator), Armed (waiting for activation), Tracking, "
+                "Triggered (order sent), Filled, Rejected (by the exchange), Failed, or Invalid (the "
+                "exchange would refuse the order; fix the spec).",
+                enum=["Pending", "Armed", "Tracking", "Triggered", "Filled", "Rejected", "Failed", "Invalid"],
+            ),
+            "observedGeneration": _integer("The spec generation this status reflects."),
+            "message": _string("Human-readable detail about the phase."),
+            "activatedAt": _time("Time of the trade that activated the stop."),
+            "activatedPrice": _decimal("Price of the trade that activated the stop"),
+            "activatedTradeId": _integer("Binance aggregate trade id that activated the stop."),
+            "referencePrice": _decimal("Highest (SELL) or lowest (BUY) price since activation"),
+            "stopPrice": _decimal("The stop level: reference * (1 - p/100) for SELL, * (1 + p/100) for BUY"),
+            "lastPrice": _decimal("Last trade price seen"),
+            "lastPriceAt": _time("Time of the last trade seen."),
+            "lastTradeId": _integer("Aggregate trade id of the last trade reflected in this status."),
+            "triggeredAt": _time("Time of the trade that triggered the stop."),
+            "triggerPrice": _decimal("Price of the trade that triggered the stop"),
+            "triggerTradeId": _integer("Aggregate trade id that triggered the stop."),
+            "order": {
+                "type": "object",
+                "description": "The one order placed for this stop.",
+                "properties": {
+                    "clientOrderId": _string("Derived from this resource's uid: one order per stop, ever."),
+                    "orderId": _integer("Binance order id."),
+                    "status": _string("PENDING until the exchange answers; then Binance's order status, "
+                                      "or SIMULATED."),
+                    "executedQty": _decimal("Filled quantity"),
+                    "avgPrice": _decimal("Average fill price"),
+                    "cummulativeQuoteQty": _decimal("Quote asset spent or received"),
+                    "error": {
+                        "type": "object",
+                        "description": "The exchange's rejection.",
+                        "properties": {
+                            "code": {"type": "integer", "description": "Binance error code, e.g. -2010."},
+                            "message": _string("Binance error message."),
+                        },
+                    },
+                    "updatedAt": _time("When the order status was last updated."),
+                },
+            },
+            "conditions": {
+                "type": "array",
+                "description": "Ready, Activated, Triggered and Filled.",
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+                "items": {
+                    "type": "object",
+                    "required": ["type", "status", "reason", "lastTransitionTime"],
+                    "properties": {
+                        "type": _string("Condition type."),
+                        "status": _string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
+                        "reason": _string("One-word reason in CamelCase."),
+                        "message": _string("Human-readable detail."),
+                        "lastTransitionTime": _time("When the status last changed."),
+                        "observedGeneration": _integer("The spec generation the condition reflects."),
+                    },
+                },
+            },
+        },
+    }
+
+
+def crd() -> dict[str, Any]:
+    columns = [
+        {
+            "name": c.name,
+            "type": c.type,
+            "jsonPath": c.json_path,
+            **({"description": c.description} if c.description else {}),
+            **({"priority": c.priority} if c.priority else {}),
+        }
+        for c in PRINTER_COLUMNS
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/name": "trailingstop-operator"}},
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": KIND.lower(),
+                "shortNames": ["ts"],
+                "categories": ["trading"],
+            },
+            "versions": [
+                {
+                    "name": API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A trailing stop on a Binance Spot symbol.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema(),
+                                "status": status_schema(),
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    header = "# Generated by `trailingstop crd` from trailingstop/contracts.py; do not edit by hand.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=120)
