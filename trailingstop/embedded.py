@@ -129,7 +129,7 @@ class EmbeddedRun:
     def _handle(self, outcome: Outcome) -> None:
         self._apply_events(outcome.events)
         for order in outcome.orders:
-            self._apply_result(self.exchange.place(order, at=self._clock))
+            self._apply_result(self.exchange.place(order))
 
     def _apply_events(self, events: list[StopEvent]) -> None:
         now = ms_to_rfc3339(self._clock)

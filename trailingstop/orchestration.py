@@ -7,6 +7,7 @@ RabbitMQ; ``trailingstop run`` wraps it with a trade file. Both therefore decide
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,13 @@ class SymbolOrchestrator:
         self._clock = clock
         self._flushed_trade_id: int | None = None
         self._last_tick: PriceTick | None = None
+        # Restored stops waiting for the engine to reach their saved lastTradeId: (id, uid).
+        self._parked: list[tuple[int, str]] = []
+        self._parked_ids: set[str] = set()
+
+    @property
+    def last_trade_id(self) -> int | None:
+        return self.engine.last_trade_id
 
     # --- commands ----------------------------------------------------------------------------
 
@@ -62,31 +70,62 @@ class SymbolOrchestrator:
         if command.op == "synced" or command.stop is None:
             return Outcome()
         if command.op == "cancel":
-            self.engine.cancel(command.stop.uid)
-            self.stops.pop(command.stop.uid, None)
+            self._forget(command.stop.uid)
             return Outcome()
         return self._upsert(command.stop)
 
     def _upsert(self, stop: StopDefinition) -> Outcome:
         problem = self._problem(stop, stop.activation_price or self.engine.last_price)
         if problem is not None:
-            self.engine.cancel(stop.uid)
-            self.stops.pop(stop.uid, None)
+            self._forget(stop.uid)
             return Outcome(events=[self._event("invalid", stop, message=problem)])
-        known = stop.uid in self.engine
         self.stops[stop.uid] = stop
-        if not known and stop.state is not None and stop.state.activated:
-            self.engine.restore(_restored_state(stop))
-            state = self.engine.state(stop.uid)
-            return Outcome(events=[] if state.phase == "triggered" else [self._state_event("reference", stop, state)])
+        if stop.uid in self.engine:
+            return self._change(stop)
+        if stop.uid in self._parked_ids:
+            return Outcome()  # the new definition is used when it joins
+        saved = stop.state
+        last = self.engine.last_trade_id
+        if (
+            saved is not None
+            and not saved.triggered
+            and saved.last_trade_id is not None
+            and (last is None or last < saved.last_trade_id)
+        ):
+            heapq.heappush(self._parked, (saved.last_trade_id, stop.uid))
+            self._parked_ids.add(stop.uid)
+            return Outcome()
+        return self._join(stop)
+
+    def _change(self, stop: StopDefinition) -> Outcome:
+        """A spec change of a stop the engine runs: its reference is kept."""
         try:
-            happened = self.engine.upsert(
-                stop.uid, stop.side, stop.trailing_percent, stop.activation_price
-            )
+            happened = self.engine.upsert(stop.uid, stop.side, stop.trailing_percent, stop.activation_price)
         except StopAlreadyTriggered:
             log.info("stop %s/%s has triggered; its spec change is ignored", stop.namespace, stop.name)
             return Outcome()
         return self._outcome(happened)
+
+    def _join(self, stop: StopDefinition) -> Outcome:
+        """Hand a stop to the engine: from its saved state if it has one, else armed afresh."""
+        saved = stop.state
+        if saved is not None and (saved.activated or saved.triggered):
+            self.engine.restore(_restored_state(stop))
+            state = self.engine.state(stop.uid)
+            if state.phase == "triggered":
+                return Outcome()
+            return Outcome(events=[self._state_event("reference", stop, state)])
+        return self._outcome(self.engine.upsert(stop.uid, stop.side, stop.trailing_percent, stop.activation_price))
+
+    def _forget(self, uid: str) -> None:
+        self.engine.cancel(uid)
+        self.stops.pop(uid, None)
+        self._parked_ids.discard(uid)
+
+    def resume_after_restore(self) -> None:
+        """After a sync: trades up to the oldest saved lastTradeId were seen by every stop."""
+        if self.engine.last_trade_id is None and self._parked:
+            self.engine.last_trade_id = min(trade_id for trade_id, uid in self._parked if uid in self._parked_ids)
 
     def _problem(self, stop: StopDefinition, price: Decimal | None) -> str | None:
         if stop.symbol != self.symbol:
@@ -103,11 +142,27 @@ class SymbolOrchestrator:
     # --- ticks -------------------------------------------------------------------------------
 
     def on_tick(self, tick: PriceTick) -> Outcome:
+        joined = self._unpark(tick.trade_id) if self._parked else None
         happened = self.engine.on_trade(tick.price, tick.trade_id, tick.trade_time)
         self._last_tick = tick
-        if not happened:
+        if not happened and not joined:
             return Outcome()
-        return self._outcome(happened)
+        outcome = self._outcome(happened)
+        if joined:
+            outcome.events[:0] = joined.events
+        return outcome
+
+    def _unpark(self, trade_id: int) -> Outcome | None:
+        """Stops whose saved state is as of a trade before this one join the engine now."""
+        joined = None
+        while self._parked and self._parked[0][0] < trade_id:
+            _, uid = heapq.heappop(self._parked)
+            if uid not in self._parked_ids:
+                continue  # cancelled while parked
+            self._parked_ids.discard(uid)
+            outcome = self._join(self.stops[uid])
+            joined = outcome if joined is None else Outcome(joined.events + outcome.events, joined.orders)
+        return joined
 
     @property
     def duplicates(self) -> int:

@@ -7,9 +7,9 @@ returns the order already made instead of making a second one.
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 
-from trailingstop.contracts import OrderResult, PlaceOrder, now_ms
+from trailingstop.contracts import OrderResult, PlaceOrder
 from trailingstop.exchange.filters import SymbolFilters
 
 
@@ -17,10 +17,14 @@ class SimulatedExchange:
     def __init__(self, filters: dict[str, SymbolFilters] | None = None) -> None:
         self._filters = filters or {}
         self._orders: dict[str, OrderResult] = {}
-        self._ids = itertools.count(1)
 
-    def place(self, order: PlaceOrder, at: int | None = None) -> OrderResult:
-        """Fill ``order`` at its trigger price (status SIMULATED); idempotent per clientOrderId."""
+    def place(self, order: PlaceOrder) -> OrderResult:
+        """Fill ``order`` at its trigger price (status SIMULATED); idempotent per clientOrderId.
+
+        The result depends on the order alone (the fill is dated at the trigger, the order id
+        comes from the clientOrderId), so an executor that restarts and simulates a redelivered
+        order again publishes the very same result, which the operator recognises as written.
+        """
         existing = self._orders.get(order.client_order_id)
         if existing is not None:
             return existing
@@ -38,11 +42,11 @@ class SimulatedExchange:
             side=order.side,
             status="SIMULATED",
             mode=order.mode,
-            order_id=next(self._ids),
+            order_id=simulated_order_id(order.client_order_id),
             executed_qty=quantity,
             avg_price=price,
             cummulative_quote_qty=quantity * price,
-            at=now_ms() if at is None else at,
+            at=order.triggered_at,
         )
         self._orders[order.client_order_id] = result
         return result
@@ -53,3 +57,9 @@ class SimulatedExchange:
     @property
     def order_count(self) -> int:
         return len(self._orders)
+
+
+def simulated_order_id(client_order_id: str) -> int:
+    """A stable positive 53-bit order id for a clientOrderId (JSON-safe as a number)."""
+    digest = hashlib.sha256(client_order_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 11

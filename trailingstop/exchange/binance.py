@@ -1,0 +1,421 @@
+"""Binance Spot through python-binance: a gap-free trade feed and exactly-once MARKET orders.
+
+Settings come from the environment (the pod gets the keys from a Secret via ``secretKeyRef``):
+
+==================================  ============================================================
+``BINANCE_API_KEY``                 API key (Testnet/Live executors only); never logged
+``BINANCE_API_SECRET``              API secret; never logged
+``TRAILINGSTOP_BINANCE_API_URL``    REST base, e.g. ``https://api.binance.com/api`` (overrides)
+``TRAILINGSTOP_BINANCE_STREAM_URL`` WebSocket base, e.g. ``wss://stream.binance.com:9443/``
+==================================  ============================================================
+
+python-binance appends ``/v3/<path>`` to the REST base and ``ws/<symbol>@aggTrade`` to the stream
+base, so pointing both at a Binance-compatible server (the tests' fake) is a matter of these two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, localcontext
+from typing import Any
+
+import aiohttp
+from binance import AsyncClient, BinanceSocketManager
+from binance.exceptions import (
+    BinanceAPIException,
+    BinanceRequestException,
+    BinanceWebsocketUnableToConnect,
+    ReadLoopClosed,
+)
+
+from trailingstop.contracts import OrderError, OrderResult, PlaceOrder, now_ms
+from trailingstop.exchange.filters import SymbolFilters
+from trailingstop.trades import Trade, trade_from_payload
+
+log = logging.getLogger(__name__)
+
+LIVE_API_URL = "https://api.binance.com/api"
+LIVE_STREAM_URL = "wss://stream.binance.com:9443/"
+TESTNET_API_URL = "https://testnet.binance.vision/api"
+TESTNET_STREAM_URL = "wss://stream.testnet.binance.vision/"
+AGG_TRADES_LIMIT = 1000
+
+# Binance codes after which the order's fate is unknown: query, never resend blindly.
+UNKNOWN_STATUS_CODES = frozenset({-1007, -1001, -1006})
+ORDER_DOES_NOT_EXIST = -2013
+DUPLICATE_ORDER = -2010  # also "insufficient balance"; told apart by the message
+TIMESTAMP_OUTSIDE_WINDOW = -1021
+
+
+@dataclass(frozen=True)
+class BinanceSettings:
+    api_url: str = LIVE_API_URL
+    stream_url: str = LIVE_STREAM_URL
+    api_key: str | None = None
+    api_secret: str | None = None
+    request_timeout: float = 10.0
+
+    @classmethod
+    def from_env(cls, mode: str = "Live", environ: Mapping[str, str] | None = None) -> BinanceSettings:
+        env = os.environ if environ is None else environ
+        testnet = mode == "Testnet"
+        api_url = TESTNET_API_URL if testnet else LIVE_API_URL
+        stream_url = TESTNET_STREAM_URL if testnet else LIVE_STREAM_URL
+        return cls(
+            api_url=env.get("TRAILINGSTOP_BINANCE_API_URL") or api_url,
+            stream_url=env.get("TRAILINGSTOP_BINANCE_STREAM_URL") or stream_url,
+            api_key=env.get("BINANCE_API_KEY") or None,
+            api_secret=env.get("BINANCE_API_SECRET") or None,
+            request_timeout=float(env.get("TRAILINGSTOP_BINANCE_TIMEOUT", "10")),
+        )
+
+    def __repr__(self) -> str:  # keys stay out of every repr, hence out of logs and tracebacks
+        keys = "set" if self.api_key else "none"
+        return f"BinanceSettings(api_url={self.api_url!r}, stream_url={self.stream_url!r}, keys={keys})"
+
+
+async def connect_client(settings: BinanceSettings) -> AsyncClient:
+    """An AsyncClient aimed at ``settings.api_url``, with its clock offset to the server measured."""
+    client = AsyncClient(settings.api_key, settings.api_secret)
+    client.API_URL = settings.api_url.rstrip("/")
+    client.REQUEST_TIMEOUT = settings.request_timeout
+    try:
+        await client.ping()
+        server = await client.get_server_time()
+        client.timestamp_offset = server["serverTime"] - int(time.time() * 1000)
+    except BaseException:
+        await client.close_connection()
+        raise
+    return client
+
+
+async def symbol_filters(client: AsyncClient, symbol: str) -> SymbolFilters:
+    info = await client.get_symbol_info(symbol)
+    if info is None:
+        raise ValueError(f"{symbol} is not a Binance symbol")
+    return SymbolFilters.from_exchange_info(info)
+
+
+async def agg_trades(client: AsyncClient, symbol: str, from_id: int, to_id: int | None = None) -> AsyncIterator[Trade]:
+    """Trades ``from_id`` .. ``to_id`` (inclusive; to the newest when None) over REST, in order."""
+    next_id = from_id
+    while to_id is None or next_id <= to_id:
+        batch = await client.get_aggregate_trades(symbol=symbol, fromId=next_id, limit=AGG_TRADES_LIMIT)
+        if not batch:
+            return
+        for payload in batch:
+            trade = trade_from_payload(payload)
+            if to_id is not None and trade.trade_id > to_id:
+                return
+            yield trade
+            next_id = trade.trade_id + 1
+        if len(batch) < AGG_TRADES_LIMIT:
+            return
+
+
+# --- the trade feed ------------------------------------------------------------------------------
+
+
+class TradeFeed:
+    """One symbol's aggTrades with no gap: WebSocket first, REST for whatever it missed.
+
+    python-binance reconnects by itself and puts ``{"e": "error"}`` markers in the stream (skipped
+    here); when it gives up, its read loop ends and the socket is recreated. A socket that stays
+    open but silent is never noticed by the library, so after ``silence`` seconds without a
+    message the feed asks REST for trades after the last one: if there are some, the socket is
+    dead and is replaced; if not, the market is just quiet. Aggregate trade ids are consecutive
+    per symbol, so any jump in ids is a gap and is backfilled before the trade after it.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        symbol: str,
+        stream_url: str,
+        *,
+        silence: float = 30.0,
+        last_trade_id: int | None = None,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.client = client
+        self.symbol = symbol
+        self.stream_url = stream_url
+        self.silence = silence
+        self.last_trade_id = last_trade_id
+        self.max_backoff = max_backoff
+        self.connected = False
+        self.last_message_at = time.monotonic()
+        self.connections = 0
+        self.backfilled = 0
+
+    async def trades(self) -> AsyncIterator[Trade]:
+        backoff = 0.5
+        while True:
+            socket = self._socket()
+            try:
+                async with socket as stream:
+                    self.connections += 1
+                    self.connected = True
+                    backoff = 0.5
+                    async for trade in self._read(stream):
+                        yield trade
+            except (TimeoutError, BinanceWebsocketUnableToConnect, ReadLoopClosed, OSError) as exc:
+                log.warning("%s trade stream lost (%r); reconnecting", self.symbol, exc, extra={"symbol": self.symbol})
+            finally:
+                self.connected = False
+            async for trade in self._catch_up():
+                yield trade
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    def _socket(self) -> Any:
+        manager = BinanceSocketManager(self.client, max_queue_size=10_000)
+        manager.STREAM_URL = self.stream_url
+        return manager.aggtrade_socket(self.symbol)
+
+    async def _read(self, stream: Any) -> AsyncIterator[Trade]:
+        """Trades from one socket until it dies (returns) or goes silent while trades happen."""
+        while True:
+            try:
+                message = await asyncio.wait_for(stream.recv(), self.silence)
+            except TimeoutError:
+                missed = False
+                async for trade in self._catch_up():
+                    missed = True
+                    yield trade
+                if missed:
+                    log.warning("%s socket silent while trades happened; replacing it", self.symbol,
+                                extra={"symbol": self.symbol})
+                    return
+                continue
+            self.last_message_at = time.monotonic()
+            if not isinstance(message, dict) or message.get("e") == "error":
+                log.info("%s stream reported %s", self.symbol, message, extra={"symbol": self.symbol})
+                continue
+            trade = trade_from_payload(message)
+            async for accepted in self._in_order(trade):
+                yield accepted
+
+    async def _in_order(self, trade: Trade) -> AsyncIterator[Trade]:
+        last = self.last_trade_id
+        if last is not None and trade.trade_id <= last:
+            return
+        if last is not None and trade.trade_id > last + 1:
+            async for missed in self._backfill(last + 1, trade.trade_id - 1):
+                yield missed
+        self.last_trade_id = trade.trade_id
+        yield trade
+
+    async def _catch_up(self) -> AsyncIterator[Trade]:
+        """Trades after the last one seen, over REST (nothing when none was seen yet)."""
+        if self.last_trade_id is None:
+            return
+        try:
+            async for trade in self._backfill(self.last_trade_id + 1, None):
+                yield trade
+        except (TimeoutError, BinanceAPIException, BinanceRequestException, aiohttp.ClientError) as exc:
+            log.warning("%s backfill failed (%r); will retry", self.symbol, exc, extra={"symbol": self.symbol})
+
+    async def _backfill(self, from_id: int, to_id: int | None) -> AsyncIterator[Trade]:
+        async for trade in agg_trades(self.client, self.symbol, from_id, to_id):
+            if self.last_trade_id is not None and trade.trade_id <= self.last_trade_id:
+                continue
+            self.last_trade_id = trade.trade_id
+            self.backfilled += 1
+            yield trade
+
+
+async def live_trades(symbols: list[str], settings: BinanceSettings) -> AsyncIterator[tuple[str, Trade]]:
+    """Live trades of several symbols, merged (each symbol in its own order)."""
+    client = await connect_client(settings)
+    queue: asyncio.Queue[tuple[str, Trade]] = asyncio.Queue(maxsize=10_000)
+
+    async def pump(symbol: str) -> None:
+        async for trade in TradeFeed(client, symbol, settings.stream_url).trades():
+            await queue.put((symbol, trade))
+
+    tasks = [asyncio.create_task(pump(symbol)) for symbol in symbols]
+    try:
+        while True:
+            yield await queue.get()
+    finally:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await client.close_connection()
+
+
+# --- exactly-once orders ---------------------------------------------------------------------------
+
+
+class RateLimited(Exception):
+    def __init__(self, status: int, retry_after: float) -> None:
+        super().__init__(f"HTTP {status}: retry after {retry_after}s")
+        self.status = status
+        self.retry_after = retry_after
+
+
+class BinanceExecutor:
+    """Places one MARKET order per clientOrderId, whatever happens (DESIGN §6).
+
+    Binance accepts a reused clientOrderId once the earlier order has filled, so a resend after a
+    crash or a lost answer could place a second order. Hence: look the id up first; place only if
+    Binance has never seen it; after a timeout, HTTP 5xx or -1007 the outcome is unknown, so look
+    it up again instead of resending.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        route: str,
+        *,
+        retry_delay: float = 0.5,
+        max_retry_delay: float = 30.0,
+        on_rate_limit: Any = None,
+        on_latency: Any = None,
+    ) -> None:
+        self.client = client
+        self.route = route
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self._filters: dict[str, SymbolFilters] = {}
+        self._on_rate_limit = on_rate_limit or (lambda status: None)
+        self._on_latency = on_latency or (lambda call, seconds: None)
+
+    async def execute(self, order: PlaceOrder) -> OrderResult:
+        delay = self.retry_delay
+        while True:
+            try:
+                existing = await self._query(order)
+                if existing is not None:
+                    return existing
+                return await self._place(order)
+            except RateLimited as limited:
+                self._on_rate_limit(limited.status)
+                log.warning("Binance rate limit (HTTP %s); waiting %.1fs", limited.status, limited.retry_after,
+                            extra={"clientOrderId": order.client_order_id})
+                await asyncio.sleep(limited.retry_after)
+            except _OutcomeUnknown as unknown:
+                log.warning("order %s: outcome unknown (%s); querying again in %.1fs",
+                            order.client_order_id, unknown, delay, extra={"clientOrderId": order.client_order_id})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_retry_delay)
+
+    async def _query(self, order: PlaceOrder) -> OrderResult | None:
+        try:
+            found = await self._call("get_order", symbol=order.symbol, origClientOrderId=order.client_order_id)
+        except BinanceAPIException as exc:
+            if exc.code == ORDER_DOES_NOT_EXIST:
+                return None
+            error = self._classify(exc)
+            if isinstance(error, OrderError):
+                return self._rejected(order, error)
+            raise error from exc
+        return self._result(order, found)
+
+    async def _place(self, order: PlaceOrder) -> OrderResult:
+        quantity = await self._quantity(order)
+        try:
+            placed = await self._call(
+                "create_order",
+                symbol=order.symbol,
+                side=order.side,
+                type="MARKET",
+                quantity=format(quantity, "f"),
+                newClientOrderId=order.client_order_id,
+                newOrderRespType="FULL",
+            )
+        except BinanceAPIException as exc:
+            if exc.code == DUPLICATE_ORDER and "Duplicate" in (exc.message or ""):
+                raise _OutcomeUnknown("duplicate order: it exists, look it up") from exc
+            if exc.code == TIMESTAMP_OUTSIDE_WINDOW:
+                await self._resync_clock()
+                raise _OutcomeUnknown("clock drift; resynced") from exc
+            error = self._classify(exc)
+            if isinstance(error, OrderError):
+                return self._rejected(order, error)
+            raise error from exc
+        return self._result(order, placed)
+
+    async def _quantity(self, order: PlaceOrder) -> Decimal:
+        filters = self._filters.get(order.symbol)
+        if filters is None:
+            info = await self._call("get_symbol_info", symbol=order.symbol)
+            if info is not None:
+                filters = self._filters[order.symbol] = SymbolFilters.from_exchange_info(info)
+        return filters.floor_quantity(order.quantity) if filters is not None else order.quantity
+
+    async def _call(self, call: str, **params: Any) -> Any:
+        started = time.monotonic()
+        try:
+            return await getattr(self.client, call)(**params)
+        except (TimeoutError, aiohttp.ClientError, BinanceRequestException) as exc:
+            raise _OutcomeUnknown(f"{call}: {exc!r}") from exc
+        except BinanceAPIException as exc:
+            if exc.status_code in (429, 418):
+                raise RateLimited(exc.status_code, _retry_after(exc)) from exc
+            raise
+        finally:
+            self._on_latency(call, time.monotonic() - started)
+
+    def _classify(self, exc: BinanceAPIException) -> OrderError | Exception:
+        """A definite rejection (OrderError) or an unknown outcome (an exception to retry on)."""
+        if exc.status_code >= 500 or exc.code in UNKNOWN_STATUS_CODES:
+            return _OutcomeUnknown(f"HTTP {exc.status_code}, code {exc.code}: {exc.message}")
+        return OrderError(code=int(exc.code or 0), message=str(exc.message or "unknown error"))
+
+    async def _resync_clock(self) -> None:
+        server = await self._call("get_server_time")
+        self.client.timestamp_offset = server["serverTime"] - int(time.time() * 1000)
+
+    def _rejected(self, order: PlaceOrder, error: OrderError) -> OrderResult:
+        return OrderResult(
+            client_order_id=order.client_order_id, uid=order.uid, namespace=order.namespace, name=order.name,
+            symbol=order.symbol, side=order.side, status="REJECTED", mode=order.mode, error=error, at=now_ms(),
+        )
+
+    def _result(self, order: PlaceOrder, payload: Mapping[str, Any]) -> OrderResult:
+        executed = Decimal(payload.get("executedQty", "0"))
+        quote = Decimal(payload.get("cummulativeQuoteQty", "0"))
+        return OrderResult(
+            client_order_id=order.client_order_id,
+            uid=order.uid,
+            namespace=order.namespace,
+            name=order.name,
+            symbol=order.symbol,
+            side=order.side,
+            status=payload.get("status", "NEW"),
+            mode=order.mode,
+            order_id=payload.get("orderId"),
+            executed_qty=executed,
+            avg_price=_average(quote, executed),
+            cummulative_quote_qty=quote,
+            at=payload.get("updateTime") or payload.get("transactTime") or now_ms(),
+        )
+
+
+class _OutcomeUnknown(Exception):
+    """The exchange may or may not have the order: look it up before anything else."""
+
+
+def _average(quote: Decimal, executed: Decimal) -> Decimal | None:
+    if executed <= 0:
+        return None
+    with localcontext() as context:
+        context.prec = 28  # an average price for display, not a decision
+        return (quote / executed).normalize()
+
+
+def _retry_after(exc: BinanceAPIException) -> float:
+    headers = getattr(exc.response, "headers", None) or {}
+    try:
+        return max(1.0, float(headers.get("Retry-After", "1")))
+    except ValueError:
+        return 1.0

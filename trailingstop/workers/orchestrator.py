@@ -1,0 +1,182 @@
+"""``trailingstop worker orchestrator --symbol S``: one symbol's stops, over RabbitMQ.
+
+Start-up (DESIGN §6, the CR status is the durable state):
+
+1. declare the symbol's tick queue (ticks wait there, bounded) and consume its command queue;
+2. publish a ``sync`` request; the operator answers with an upsert per stop, carrying the state
+   saved in its status, then ``synced`` (or, with no operator answering, go on after a timeout);
+3. consume ticks. Aggregate trade ids are consecutive per symbol, so a tick whose id jumps past
+   the last one applied means trades were missed (a restart, a broker restart, a full queue):
+   they are fetched over REST and applied first. Each restored stop resumes after its own saved
+   ``lastTradeId``, so no trade is applied to a stop twice.
+
+A triggered stop's PlaceOrder is confirmed by the broker before the tick that triggered it is
+acked, and a redelivered tick is a duplicate id, so the engine never fires twice. Reference and
+price updates are coalesced and published every ``TRAILINGSTOP_FLUSH_INTERVAL`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from binance import AsyncClient
+from binance.exceptions import BinanceAPIException, BinanceRequestException
+
+from trailingstop import telemetry
+from trailingstop.bus import Bus, command_queue, tick_queue
+from trailingstop.contracts import PriceTick, StopCommand, now_ms
+from trailingstop.exchange.binance import BinanceSettings, agg_trades, connect_client, symbol_filters
+from trailingstop.health import HealthServer
+from trailingstop.orchestration import Outcome, SymbolOrchestrator
+from trailingstop.settings import Settings
+from trailingstop.workers.service import serve
+
+log = logging.getLogger(__name__)
+
+
+class OrchestratorWorker:
+    def __init__(
+        self,
+        bus: Bus,
+        orchestrator: SymbolOrchestrator,
+        settings: Settings,
+        rest: AsyncClient | None = None,
+    ) -> None:
+        self.bus = bus
+        self.orchestrator = orchestrator
+        self.symbol = orchestrator.symbol
+        self.settings = settings
+        self.rest = rest
+        self.synced = asyncio.Event()
+        self._metrics_symbol = {"symbol": self.symbol}
+        self._duplicates_reported = 0
+
+    async def run(self) -> None:
+        await self.bus.declare(tick_queue(self.symbol))
+        await self.bus.consume(command_queue(self.symbol), StopCommand, self.on_command, prefetch=100)
+        await self.bus.publish_stop_event(self.orchestrator.sync_request())
+        try:
+            await asyncio.wait_for(self.synced.wait(), self.settings.sync_timeout)
+        except TimeoutError:
+            log.warning("no sync answer in %.0fs; starting with the stops received so far",
+                        self.settings.sync_timeout, extra=self._metrics_symbol)
+            self.synced.set()
+        self.orchestrator.resume_after_restore()
+        log.info("%s: %d stops restored; consuming ticks", self.symbol, len(self.orchestrator.stops),
+                 extra=self._metrics_symbol)
+        await self.bus.consume(tick_queue(self.symbol), PriceTick, self.on_tick, prefetch=1000)
+        while True:
+            await asyncio.sleep(self.settings.flush_interval)
+            await self.flush()
+
+    async def on_command(self, command: StopCommand, headers: dict[str, Any]) -> None:
+        if command.op == "synced":
+            self.synced.set()
+            return
+        with telemetry.span("stop command", headers, op=command.op, symbol=self.symbol):
+            await self._publish(self.orchestrator.apply(command), headers)
+        self._count_active()
+
+    async def on_tick(self, tick: PriceTick, headers: dict[str, Any]) -> None:
+        last = self.orchestrator.last_trade_id
+        if last is not None and tick.trade_id > last + 1:
+            await self._fill_gap(last + 1, tick.trade_id - 1)
+        outcome = self.orchestrator.on_tick(tick)
+        telemetry.ORCHESTRATOR_TICKS.labels(**self._metrics_symbol).inc()
+        if outcome:
+            with telemetry.span("tick trigger", headers, symbol=self.symbol, tradeId=tick.trade_id):
+                await self._publish(outcome, headers, tick)
+            self._count_active()
+
+    async def flush(self) -> None:
+        events = self.orchestrator.flush()
+        await asyncio.gather(*(self.bus.publish_stop_event(event) for event in events))
+        for event in events:
+            telemetry.ORCHESTRATOR_EVENTS.labels(symbol=self.symbol, type=event.type).inc()
+        new_duplicates = self.orchestrator.duplicates - self._duplicates_reported
+        if new_duplicates:
+            telemetry.ORCHESTRATOR_DUPLICATES.labels(**self._metrics_symbol).inc(new_duplicates)
+            self._duplicates_reported += new_duplicates
+
+    async def _publish(self, outcome: Outcome, headers: dict[str, Any], tick: PriceTick | None = None) -> None:
+        for order in outcome.orders:
+            await self.bus.publish_order(order)
+            log.info("stop %s/%s triggered at %s; order %s sent", order.namespace, order.name, order.trigger_price,
+                     order.client_order_id, extra=telemetry.stop_fields(
+                         order.namespace, order.name, order.uid, order.symbol, clientOrderId=order.client_order_id))
+            if tick is not None:
+                latency = max(0.0, (now_ms() - tick.received_at) / 1000)
+                telemetry.ORCHESTRATOR_TRIGGER_LATENCY.labels(**self._metrics_symbol).observe(latency)
+        for event in outcome.events:
+            await self.bus.publish_stop_event(event)
+            telemetry.ORCHESTRATOR_EVENTS.labels(symbol=self.symbol, type=event.type).inc()
+
+    async def _fill_gap(self, first: int, last: int) -> None:
+        missing = last - first + 1
+        if self.rest is None:
+            log.warning("%d trades missing (%d..%d) and no REST access to refill them", missing, first, last,
+                        extra=self._metrics_symbol)
+            return
+        if missing > self.settings.max_gap:
+            log.error("%d trades missing, more than TRAILINGSTOP_MAX_GAP=%d; skipping them", missing,
+                      self.settings.max_gap, extra=self._metrics_symbol)
+            return
+        started = time.monotonic()
+        filled = 0
+        try:
+            async for trade in agg_trades(self.rest, self.symbol, first, last):
+                tick = PriceTick(symbol=self.symbol, price=trade.price, qty=trade.qty, trade_id=trade.trade_id,
+                                 trade_time=trade.time, received_at=now_ms(), source="rest-gap-fill")
+                outcome = self.orchestrator.on_tick(tick)
+                filled += 1
+                if outcome:
+                    await self._publish(outcome, {}, tick)
+        except (TimeoutError, BinanceAPIException, BinanceRequestException, aiohttp.ClientError) as exc:
+            log.warning("gap fill %d..%d stopped after %d trades: %r", first, last, filled, exc,
+                        extra=self._metrics_symbol)
+        telemetry.ORCHESTRATOR_GAP_TRADES.labels(**self._metrics_symbol).inc(filled)
+        log.info("refilled %d of %d missing trades in %.2fs", filled, missing, time.monotonic() - started,
+                 extra=self._metrics_symbol)
+
+    def _count_active(self) -> None:
+        telemetry.ORCHESTRATOR_ACTIVE_STOPS.labels(**self._metrics_symbol).set(self.orchestrator.engine.active_count())
+
+    def health(self) -> tuple[bool, str]:
+        return True, "synced" if self.synced.is_set() else "waiting for sync"
+
+
+async def _rest_client(symbol: str) -> tuple[AsyncClient | None, Any]:
+    """Public REST access (trade refills, symbol filters); the worker runs without it if unreachable."""
+    try:
+        client = await asyncio.wait_for(connect_client(BinanceSettings.from_env("Live")), 15)
+    except (TimeoutError, BinanceAPIException, BinanceRequestException, aiohttp.ClientError, OSError) as exc:
+        log.warning("Binance REST unreachable (%r): no gap refill, no filter checks", exc, extra={"symbol": symbol})
+        return None, None
+    try:
+        filters = await symbol_filters(client, symbol)
+    except (BinanceAPIException, ValueError) as exc:
+        log.warning("no exchange filters for %s (%s)", symbol, exc, extra={"symbol": symbol})
+        filters = None
+    return client, filters
+
+
+async def main(args: argparse.Namespace) -> int:
+    symbol = args.symbol
+    settings = Settings.from_env()
+
+    async def body(bus: Bus, health: HealthServer) -> None:
+        rest, filters = await _rest_client(symbol)
+        worker = OrchestratorWorker(bus, SymbolOrchestrator(symbol, filters), settings, rest)
+        health.add_check("orchestrator", worker.health)
+        try:
+            await worker.run()
+        finally:
+            if rest is not None:
+                await rest.close_connection()
+
+    return await serve(f"orchestrator-{symbol}", body, settings)
