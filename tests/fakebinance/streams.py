@@ -33,6 +33,7 @@ from trailingstop.trades import Trade
 from .faults import Faults
 
 log = logging.getLogger(__name__)
+CLOSE_LINGER = 0.05  # seconds between a drop-after-N socket's last event and its close
 
 
 def agg_trade_stream(symbol: str) -> str:
@@ -51,12 +52,15 @@ class StreamConnection:
         self.sent = 0
         self.drop_after: int | None = None
         self.abrupt = False
+        self.closing = False
 
     def enqueue(self, stream: str, event: dict[str, Any]) -> None:
         payload = {"stream": stream, "data": event} if self.combined else event
         self.queue.put_nowait(json.dumps(payload, separators=(",", ":")))
 
     def close_soon(self) -> None:
+        """Close at once; events still queued are not sent."""
+        self.closing = True
         self.queue.put_nowait(None)
 
     def abort(self) -> None:
@@ -152,18 +156,21 @@ class StreamHub:
     async def _write(self, conn: StreamConnection) -> None:
         while True:
             text = await conn.queue.get()
-            if text is None:
-                if conn.abrupt:
-                    conn.abort()
-                else:
-                    await conn.ws.close(code=1001, message=b"going away")
-                return
+            if conn.closing or text is None:
+                break
             await conn.ws.send_str(text)
             conn.sent += 1
             if conn.drop_after is not None:
                 conn.drop_after -= 1
                 if conn.drop_after <= 0:
-                    conn.close_soon()
+                    # python-binance stops reading once it sees the close frame, dropping
+                    # frames still buffered: let the last event be read first.
+                    await asyncio.sleep(CLOSE_LINGER)
+                    break
+        if conn.abrupt:
+            conn.abort()
+        else:
+            await conn.ws.close(code=1001, message=b"going away")
 
     # --- publishing -------------------------------------------------------------------------
 
@@ -172,7 +179,9 @@ class StreamHub:
         if self.faults.silent or not self.connections:
             return
         stream = agg_trade_stream(symbol)
-        targets = [c for c in self.connections if stream in c.streams and not c.ws.closed]
+        targets = [
+            c for c in self.connections if stream in c.streams and not (c.closing or c.ws.closed)
+        ]
         for trade in trades:
             event = trade.to_ws_event(symbol, event_time=self.clock())
             for conn in targets:
