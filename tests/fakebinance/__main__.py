@@ -42,19 +42,17 @@ def _pair(text: str, sep: str, what: str) -> tuple[str, str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.fakebinance", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fakebinance", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--trades", action="append", default=[],
-                        type=lambda t: _pair(t, "=", "SYMBOL=PATH"))
+    parser.add_argument("--trades", action="append", default=[], type=lambda t: _pair(t, "=", "SYMBOL=PATH"))
     parser.add_argument("--speed", type=float, default=0.0)
     parser.add_argument("--happened", type=int, default=0)
     parser.add_argument("--keep-times", action="store_true")
-    parser.add_argument("--account", action="append", default=[],
-                        type=lambda t: _pair(t, ":", "KEY:SECRET"))
-    parser.add_argument("--balance", action="append", default=[],
-                        type=lambda t: _pair(t, "=", "ASSET=AMOUNT"))
+    parser.add_argument("--account", action="append", default=[], type=lambda t: _pair(t, ":", "KEY:SECRET"))
+    parser.add_argument("--balance", action="append", default=[], type=lambda t: _pair(t, "=", "ASSET=AMOUNT"))
     parser.add_argument("--clock-offset-ms", type=int, default=0)
     return parser.parse_args(argv)
 

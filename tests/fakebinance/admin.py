@@ -65,15 +65,8 @@ class AdminApi:
         return _json(self.fake.state())
 
     async def orders(self, request: web.Request) -> web.Response:
-        orders = self.fake.orders(
-            request.query.get("clientOrderId"), request.query.get("symbol")
-        )
-        return _json(
-            [
-                {**o.query(), "apiKey": o.api_key, "fills": [f.payload() for f in o.fills]}
-                for o in orders
-            ]
-        )
+        orders = self.fake.orders(request.query.get("clientOrderId"), request.query.get("symbol"))
+        return _json([{**o.query(), "apiKey": o.api_key, "fills": [f.payload() for f in o.fills]} for o in orders])
 
     async def requests(self, request: web.Request) -> web.Response:
         return _json(

@@ -24,7 +24,9 @@ def client_class(api_url: str) -> type[Client]:
     return type("FakeClient", (Client,), {"API_URL": api_url})
 
 
-async def create_async_client(api_url: str, api_key: str | None = None, api_secret: str | None = None, **kwargs: Any) -> AsyncClient:
+async def create_async_client(
+    api_url: str, api_key: str | None = None, api_secret: str | None = None, **kwargs: Any
+) -> AsyncClient:
     """``AsyncClient.create`` against the fake (pings and reads the server time)."""
     return await async_client_class(api_url).create(api_key, api_secret, **kwargs)
 

@@ -16,10 +16,7 @@ from typing import Any
 MSG_DUPLICATE_ORDER = "Duplicate order sent."
 MSG_INSUFFICIENT_BALANCE = "Account has insufficient balance for requested action."
 MSG_UNKNOWN_ORDER = "Unknown order sent."
-MSG_TIMEOUT = (
-    "Timeout waiting for response from backend server. Send status unknown; "
-    "execution status unknown."
-)
+MSG_TIMEOUT = "Timeout waiting for response from backend server. Send status unknown; execution status unknown."
 MSG_SERVICE_UNAVAILABLE = "Service Unavailable."
 # The legal ranges Binance prints in -1100 answers.
 LEGAL_DECIMAL = r"^([0-9]{1,20})(\.[0-9]{1,20})?$"

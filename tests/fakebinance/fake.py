@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -97,13 +98,11 @@ class FakeBinance:
             symbol = symbol.upper()
             if symbol not in known:
                 raise ValueError(f"trades given for {symbol}, which has no SymbolSpec")
-            loaded = load_trades(source) if isinstance(source, (str, os.PathLike)) else list(source)
+            loaded = load_trades(Path(source)) if isinstance(source, (str, os.PathLike)) else list(source)
             tapes[symbol] = Tape(symbol, loaded, rebase_times)
         self.faults = Faults()
         self.stats = RequestStats()
-        self.exchange = Exchange(
-            specs, tapes, accounts if accounts is not None else [default_account()], self.now_ms
-        )
+        self.exchange = Exchange(specs, tapes, accounts if accounts is not None else [default_account()], self.now_ms)
         self.hub = StreamHub(self.faults, self.now_ms)
         for symbol, tape in self.exchange.tapes.items():
             count = happened if isinstance(happened, int) else happened.get(symbol, 0)
@@ -140,9 +139,7 @@ class FakeBinance:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]
         self._pacer = asyncio.create_task(self._pace())
         return self
 
@@ -308,9 +305,7 @@ class FakeBinance:
     async def wait_for_stream_connections(self, count: int, timeout: float = 5.0) -> None:
         await self.hub.wait_for_connections(count, timeout)
 
-    def drop_streams(
-        self, after_events: int = 0, refuse_seconds: float = 0.0, abrupt: bool = False
-    ) -> int:
+    def drop_streams(self, after_events: int = 0, refuse_seconds: float = 0.0, abrupt: bool = False) -> int:
         """Close every open socket (after ``after_events`` more events each) and refuse new
         handshakes for ``refuse_seconds``. Returns how many sockets were affected."""
         if refuse_seconds:

@@ -101,9 +101,7 @@ class Faults:
         paths: list[str] | tuple[str, ...] | None = None,
     ) -> None:
         """429 the next ``count`` requests; hammering inside Retry-After earns a 418 ban."""
-        self.rate_limit_state = RateLimit(
-            count, retry_after, ban_seconds, tuple(paths) if paths else None
-        )
+        self.rate_limit_state = RateLimit(count, retry_after, ban_seconds, tuple(paths) if paths else None)
 
     def check_rate_limit(self, path: str, now_ms: int) -> None:
         """Raise the 429 / 418 this request deserves, if any."""

@@ -364,9 +364,7 @@ class Exchange:
         self.orders.append(order)
         return order
 
-    def _check_filters(
-        self, spec: SymbolSpec, req: OrderRequest, market_price: Decimal | None
-    ) -> Decimal | None:
+    def _check_filters(self, spec: SymbolSpec, req: OrderRequest, market_price: Decimal | None) -> Decimal | None:
         """Symbol filters, as the API checks them before the engine (-1013 on failure)."""
         market = req.type == "MARKET"
         if req.price is not None:
@@ -385,9 +383,7 @@ class Exchange:
                 raise errors.filter_failure("MAX_NUM_ORDERS")
         return quantity
 
-    def _new_order(
-        self, account: Account, req: OrderRequest, client_order_id: str, quantity: Decimal | None
-    ) -> Order:
+    def _new_order(self, account: Account, req: OrderRequest, client_order_id: str, quantity: Decimal | None) -> Order:
         spec = self.specs[req.symbol]
         order_id = self._next_order_id.get(req.symbol, 1)
         self._next_order_id[req.symbol] = order_id + 1
@@ -408,18 +404,14 @@ class Exchange:
             update_time=now,
         )
 
-    def _execute_market(
-        self, account: Account, spec: SymbolSpec, order: Order, price: Decimal | None
-    ) -> None:
+    def _execute_market(self, account: Account, spec: SymbolSpec, order: Order, price: Decimal | None) -> None:
         if price is None or order.orig_qty == 0:
             order.status = "EXPIRED"  # nothing to trade against
             return
         self._require_funds(account, spec, order.side, order.orig_qty, price)
         self._fill(account, spec, order, price, account.taker_commission, from_locked=False)
 
-    def _execute_limit(
-        self, account: Account, spec: SymbolSpec, order: Order, market_price: Decimal | None
-    ) -> None:
+    def _execute_limit(self, account: Account, spec: SymbolSpec, order: Order, market_price: Decimal | None) -> None:
         crosses = market_price is not None and (
             (order.side == "BUY" and order.price >= market_price)
             or (order.side == "SELL" and order.price <= market_price)
@@ -435,9 +427,7 @@ class Exchange:
         else:
             self._lock(account, spec, order)
 
-    def _require_funds(
-        self, account: Account, spec: SymbolSpec, side: str, qty: Decimal, price: Decimal
-    ) -> None:
+    def _require_funds(self, account: Account, spec: SymbolSpec, side: str, qty: Decimal, price: Decimal) -> None:
         if side == "SELL":
             enough = account.balance(spec.base_asset).free >= qty
         else:
@@ -504,9 +494,7 @@ class Exchange:
         for order in self.orders:
             if order.symbol != symbol or not order.is_open:
                 continue
-            reached = (order.side == "BUY" and price <= order.price) or (
-                order.side == "SELL" and price >= order.price
-            )
+            reached = (order.side == "BUY" and price <= order.price) or (order.side == "SELL" and price >= order.price)
             if reached:
                 account = self.accounts[order.api_key]
                 self._fill(account, spec, order, order.price, account.maker_commission, True)
@@ -566,8 +554,4 @@ class Exchange:
         return order
 
     def open_orders(self, account: Account, symbol: str | None = None) -> list[Order]:
-        return [
-            o
-            for o in self._orders_of(account)
-            if o.is_open and (symbol is None or o.symbol == symbol)
-        ]
+        return [o for o in self._orders_of(account) if o.is_open and (symbol is None or o.symbol == symbol)]

@@ -59,26 +59,29 @@ WEIGHTS = {
     "openOrders": 6,
     "allOrders": 20,
 }
-ORDER_PARAMS = frozenset(
-    {
-        "symbol",
-        "side",
-        "type",
-        "timeInForce",
-        "quantity",
-        "quoteOrderQty",
-        "price",
-        "newClientOrderId",
-        "strategyId",
-        "strategyType",
-        "stopPrice",
-        "trailingDelta",
-        "icebergQty",
-        "newOrderRespType",
-        "selfTradePreventionMode",
-        "computeCommissionRates",
-    }
-) | SIGNED_PARAMS
+ORDER_PARAMS = (
+    frozenset(
+        {
+            "symbol",
+            "side",
+            "type",
+            "timeInForce",
+            "quantity",
+            "quoteOrderQty",
+            "price",
+            "newClientOrderId",
+            "strategyId",
+            "strategyType",
+            "stopPrice",
+            "trailingDelta",
+            "icebergQty",
+            "newOrderRespType",
+            "selfTradePreventionMode",
+            "computeCommissionRates",
+        }
+    )
+    | SIGNED_PARAMS
+)
 GATEWAY_PAGE = "<html><body><h1>{status}</h1>The server is temporarily unable to service your request.</body></html>"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -223,9 +226,7 @@ class RestApi:
         return json_response({"serverTime": self.fake.now_ms()})
 
     async def exchange_info(self, request: web.Request) -> web.Response:
-        params = await self._public(
-            request, {"symbol", "symbols", "permissions", "showPermissionSets", "symbolStatus"}
-        )
+        params = await self._public(request, {"symbol", "symbols", "permissions", "showPermissionSets", "symbolStatus"})
         specs = list(self.exchange.specs.values())
         spec = self._symbol(params, required=False)
         if spec is not None:
@@ -447,9 +448,7 @@ class RestApi:
         return json_response([o.query() for o in orders])
 
     async def all_orders(self, request: web.Request) -> web.Response:
-        account, params = await self._signed(
-            request, {"symbol", "orderId", "startTime", "endTime", "limit"}
-        )
+        account, params = await self._signed(request, {"symbol", "orderId", "startTime", "endTime", "limit"})
         spec = self._symbol(params)
         assert spec is not None
         from_order_id = params.integer("orderId") or 0

@@ -93,9 +93,7 @@ class StreamHub:
         """``/ws`` with no stream: subscriptions come over the socket."""
         return await self._serve(request, [], combined=False)
 
-    async def _serve(
-        self, request: web.Request, names: Iterable[str], combined: bool
-    ) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, names: Iterable[str], combined: bool) -> web.StreamResponse:
         if self.faults.refusing_streams:
             self.refused += 1
             return web.Response(status=503, text="Service Unavailable")
@@ -147,9 +145,7 @@ class StreamHub:
         elif method == "LIST_SUBSCRIPTIONS":
             result = sorted(conn.streams)
         else:
-            await conn.ws.send_str(
-                json.dumps({"code": 2, "msg": f"Invalid request: unknown method {method}"})
-            )
+            await conn.ws.send_str(json.dumps({"code": 2, "msg": f"Invalid request: unknown method {method}"}))
             return
         await conn.ws.send_str(json.dumps({"result": result, "id": request_id}))
 
@@ -179,9 +175,7 @@ class StreamHub:
         if self.faults.silent or not self.connections:
             return
         stream = agg_trade_stream(symbol)
-        targets = [
-            c for c in self.connections if stream in c.streams and not (c.closing or c.ws.closed)
-        ]
+        targets = [c for c in self.connections if stream in c.streams and not (c.closing or c.ws.closed)]
         for trade in trades:
             event = trade.to_ws_event(symbol, event_time=self.clock())
             for conn in targets:

@@ -198,9 +198,7 @@ class SymbolSpec:
         """LOT_SIZE (every order), then MARKET_LOT_SIZE (MARKET orders)."""
         if not _within_lot(quantity, self.min_qty, self.max_qty, self.step_size):
             raise errors.filter_failure("LOT_SIZE")
-        if market and not _within_lot(
-            quantity, self.market_min_qty, self.market_max_qty, self.market_step_size
-        ):
+        if market and not _within_lot(quantity, self.market_min_qty, self.market_max_qty, self.market_step_size):
             raise errors.filter_failure("MARKET_LOT_SIZE")
 
     def check_notional(self, notional: Decimal, market: bool) -> None:

@@ -66,8 +66,8 @@ async def client(fake: FakeBinance) -> AsyncIterator[AsyncClient]:
 
 def quick(sock: ReconnectingWebsocket) -> ReconnectingWebsocket:
     """Shorten python-binance's client-side waits (read timeout, reconnect backoff) for tests."""
-    sock.TIMEOUT = 0.2  # type: ignore[misc]
-    sock._get_reconnect_wait = lambda attempts: 0.15  # type: ignore[method-assign]
+    sock.TIMEOUT = 0.2
+    sock._get_reconnect_wait = lambda attempts: 0.15
     return sock
 
 
@@ -170,7 +170,9 @@ async def test_exchange_info_has_binance_filters(client: AsyncClient) -> None:
 
 
 async def test_symbols_and_filters_are_configurable() -> None:
-    spec = SymbolSpec("ABCUSDT", "ABC", "USDT", step_size="0.1", min_qty="0.1", legacy_min_notional=True)
+    spec = SymbolSpec(
+        "ABCUSDT", "ABC", "USDT", step_size=Decimal("0.1"), min_qty=Decimal("0.1"), legacy_min_notional=True
+    )
     async with FakeBinance(symbols=[spec], trades={}) as fake:
         created = await async_client_class(fake.api_url).create()
         try:
@@ -185,9 +187,7 @@ async def test_symbols_and_filters_are_configurable() -> None:
 # --- orders ------------------------------------------------------------------------------------
 
 
-async def test_market_order_fills_at_the_last_trade_and_moves_balances(
-    fake: FakeBinance, client: AsyncClient
-) -> None:
+async def test_market_order_fills_at_the_last_trade_and_moves_balances(fake: FakeBinance, client: AsyncClient) -> None:
     trades = await fake.advance(SYMBOL, 10)
     last = trades[-1].price
     before = fake.balances()
@@ -287,8 +287,12 @@ async def test_parameter_errors(fake: FakeBinance, client: AsyncClient) -> None:
     )
     malformed = await api_error(client.order_market_sell(symbol=SYMBOL, quantity="ten"))
     assert malformed.code == -1100 and "parameter 'quantity'" in malformed.message
-    assert (await api_error(client.create_order(symbol=SYMBOL, side="HOLD", type="MARKET", quantity="10"))).code == -1117
-    assert (await api_error(client.create_order(symbol=SYMBOL, side="SELL", type="ICEBERG", quantity="10"))).code == -1116
+    assert (
+        await api_error(client.create_order(symbol=SYMBOL, side="HOLD", type="MARKET", quantity="10"))
+    ).code == -1117
+    assert (
+        await api_error(client.create_order(symbol=SYMBOL, side="SELL", type="ICEBERG", quantity="10"))
+    ).code == -1116
     assert (await api_error(client.order_market_sell(symbol="DOGEXRP", quantity="10"))).code == -1121
     stop = await api_error(
         client.create_order(symbol=SYMBOL, side="SELL", type="STOP_LOSS", quantity="10", stopPrice="0.001")
@@ -398,12 +402,13 @@ async def test_timestamp_outside_recv_window_is_1021(fake: FakeBinance, client: 
 
 async def test_key_and_signature_checks_of_signed_endpoints(fake: FakeBinance) -> None:
     now = fake.now_ms()
+    no_signature = "Mandatory parameter 'signature' was not sent, was empty/null, or malformed."
     status, body = await raw_request(fake, "GET", "account", {"timestamp": now})
     assert status == 200 and body["accountType"] == "SPOT"
-    cases = [
+    cases: list[tuple[dict[str, Any], dict[str, Any], int, int, str]] = [
         ({"key": None}, {"timestamp": now}, 401, -2014, "API-key format invalid."),
         ({"key": "unknownKey"}, {"timestamp": now}, 401, -2015, "Invalid API-key, IP, or permissions for action."),
-        ({"secret": None}, {"timestamp": now}, 400, -1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed."),
+        ({"secret": None}, {"timestamp": now}, 400, -1102, no_signature),
         ({}, {}, 400, -1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed."),
         ({}, {"timestamp": now, "recvWindow": 60001}, 400, -1131, "recvWindow must be less than 60000"),
         ({}, {"timestamp": now - 6000}, 400, -1021, "Timestamp for this request is outside of the recvWindow."),
@@ -416,12 +421,18 @@ async def test_key_and_signature_checks_of_signed_endpoints(fake: FakeBinance) -
 def test_signatures_match_binance_documentation_examples() -> None:
     # HMAC examples from Binance's rest-api.md ("SIGNED Endpoint Examples for POST /api/v3/order").
     secret = "NhqPtmdSJYdKjVHjA7PZj4Mge3R5YNiP1e3UZjInClVN65XAbvqqM6A7H5fATj0j"
-    body = "symbol=LTCBTC&side=BUY&type=LIMIT&timeInForce=GTC&quantity=1&price=0.1&recvWindow=5000&timestamp=1499827319559"
+    body = (
+        "symbol=LTCBTC&side=BUY&type=LIMIT&timeInForce=GTC&quantity=1&price=0.1&recvWindow=5000&timestamp=1499827319559"
+    )
     assert auth.sign(secret, body) == "c8db56825ae71d6d79447849e617115f4a920fa2acdcab2b053c4b2838bd6b71"
-    query, rest = "symbol=LTCBTC&side=BUY&type=LIMIT&timeInForce=GTC", "quantity=1&price=0.1&recvWindow=5000&timestamp=1499827319559"
+    query, rest = (
+        "symbol=LTCBTC&side=BUY&type=LIMIT&timeInForce=GTC",
+        "quantity=1&price=0.1&recvWindow=5000&timestamp=1499827319559",
+    )
     mixed = "0fd168b8ddb4876a0358a8d14d0c9f3da0e9b20c5d52b2a00fcf7d1c602f9a77"
     payload, signature = auth.total_params(query, f"{rest}&signature={mixed.upper()}")
     assert payload == query + rest  # no "&" between query string and body
+    assert signature == mixed.upper()
     assert auth.sign(secret, payload) == mixed
     account = Account("vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A", secret)
     auth.check_signature(account, query, f"{rest}&signature={mixed.upper()}")  # case-insensitive
@@ -578,9 +589,7 @@ async def test_several_clients_and_combined_streams(fake: FakeBinance, client: A
     assert [w["data"] for w in wrapped] == plain
 
 
-async def test_dropped_socket_then_rest_backfill_recovers_every_trade(
-    fake: FakeBinance, client: AsyncClient
-) -> None:
+async def test_dropped_socket_then_rest_backfill_recovers_every_trade(fake: FakeBinance, client: AsyncClient) -> None:
     async with agg_socket(client, fake) as sock:
         await fake.advance(SYMBOL, 3)
         seen = [(await recv_trade(sock))["a"] for _ in range(3)]
