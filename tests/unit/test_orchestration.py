@@ -1,0 +1,356 @@
+"""One symbol's orchestrator: commands and ticks in, StopEvents and PlaceOrders out (DESIGN §4-§6)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from trailingstop.contracts import (
+    PriceTick,
+    SavedState,
+    StopCommand,
+    StopDefinition,
+    StopEvent,
+    client_order_id,
+)
+from trailingstop.exchange.filters import SymbolFilters
+from trailingstop.orchestration import Outcome, SymbolOrchestrator
+
+D = Decimal
+UID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+UID2 = "0b8c4f2e-53a1-4c7e-9d0a-3f1e2d4c5b6a"
+CLOCK = 1_800_000_000_000
+
+XRPETH_INFO = {
+    "symbol": "XRPETH",
+    "status": "TRADING",
+    "filters": [
+        {"filterType": "PRICE_FILTER", "minPrice": "0.00000001", "maxPrice": "100000.00000000",
+         "tickSize": "0.00000001"},
+        {"filterType": "LOT_SIZE", "minQty": "1.00000000", "maxQty": "90000000.00000000", "stepSize": "1.00000000"},
+        {"filterType": "MIN_NOTIONAL", "minNotional": "0.01000000", "applyToMarket": True, "avgPriceMins": 5},
+        {"filterType": "MARKET_LOT_SIZE", "minQty": "0.00000000", "maxQty": "5066373.79097222",
+         "stepSize": "0.00000000"},
+    ],
+}
+
+
+def stop(symbol: str = "XRPETH", **fields: Any) -> StopDefinition:
+    base: dict[str, Any] = dict(uid=UID, namespace="trading", name="s1", generation=2, symbol=symbol, side="SELL",
+                                quantity="100", trailing_percent="2", activation_price="105")
+    base.update(fields)
+    return StopDefinition(**base)
+
+
+def tick(trade_id: int, price: str, symbol: str = "XRPETH") -> PriceTick:
+    return PriceTick(symbol=symbol, price=price, qty="1", trade_id=trade_id, trade_time=1_700_000_000_000 + trade_id,
+                     received_at=1_700_000_000_500 + trade_id, source="test")
+
+
+def orchestrator(filters: SymbolFilters | None = None) -> SymbolOrchestrator:
+    return SymbolOrchestrator("XRPETH", filters=filters, clock=lambda: CLOCK)
+
+
+def feed(orch: SymbolOrchestrator, prices: list[str], first_id: int = 1) -> list[tuple[int, Outcome]]:
+    return [(i, orch.on_tick(tick(i, p))) for i, p in enumerate(prices, start=first_id)]
+
+
+def kinds(results: list[tuple[int, Outcome]]) -> list[tuple[int, str]]:
+    return [(i, e.type) for i, out in results for e in out.events]
+
+
+def test_upsert_arms_the_stop_with_its_identity() -> None:
+    orch = orchestrator()
+    out = orch.apply(StopCommand.upsert(stop()))
+    assert out.orders == []
+    assert [e.wire() for e in out.events] == [
+        {"v": 1, "type": "armed", "symbol": "XRPETH", "uid": UID, "namespace": "trading", "name": "s1",
+         "generation": 2, "at": CLOCK}
+    ]
+
+
+def test_sell_worked_example_one_order_with_the_uid_client_order_id() -> None:
+    orch = orchestrator()
+    orch.apply(StopCommand.upsert(stop()))
+    results = feed(orch, ["100", "104", "105.5", "110", "108.5", "112", "109.76"])
+    assert kinds(results) == [(3, "activated"), (7, "triggered")]
+    activated = results[2][1].events[0]
+    assert (activated.price, activated.reference_price, activated.stop_price, activated.trade_id) == (
+        D("105.5"), D("105.5"), D("103.39"), 3)
+    triggered = results[6][1].events[0]
+    assert (triggered.price, triggered.reference_price, triggered.stop_price, triggered.trade_id) == (
+        D("109.76"), D("112"), D("109.76"), 7)
+    assert triggered.trade_time == 1_700_000_000_007
+    orders = [o for _, out in results for o in out.orders]
+    assert len(orders) == 1
+    assert orders[0].wire() == {
+        "v": 1,
+        "clientOrderId": "ts-7c9e6679742540de944be07fc1f90ae7",
+        "uid": UID,
+        "namespace": "trading",
+        "name": "s1",
+        "symbol": "XRPETH",
+        "side": "SELL",
+        "quantity": "100",
+        "type": "MARKET",
+        "mode": "Simulate",
+        "route": "simulate",
+        "triggerPrice": "109.76",
+        "triggeredAt": 1_700_000_000_007,
+        "triggerTradeId": 7,
+    }
+    assert orders[0].client_order_id == client_order_id(UID)
+
+
+def test_buy_worked_example() -> None:
+    orch = orchestrator()
+    orch.apply(StopCommand.upsert(stop(side="BUY", trailing_percent="1.5", activation_price="95")))
+    results = feed(orch, ["100", "96", "94.8", "92", "93", "90", "91.35"])
+    assert kinds(results) == [(3, "activated"), (7, "triggered")]
+    triggered = results[6][1].events[0]
+    assert (triggered.reference_price, triggered.stop_price) == (D("90"), D("91.35"))
+    (order,) = results[6][1].orders
+    assert order.side == "BUY" and order.trigger_price == D("91.35")
+
+
+def test_exact_decimal_trigger_without_activation_price() -> None:
+    orch = orchestrator()
+    orch.apply(StopCommand.upsert(stop(trailing_percent="1", activation_price=None)))
+    results = feed(orch, ["100", "110", "108.9"])
+    assert kinds(results) == [(1, "activated"), (3, "triggered")]  # 110 * 0.99 == 108.9 exactly
+
+
+def test_a_triggered_stop_never_fires_again() -> None:
+    orch = orchestrator()
+    orch.apply(StopCommand.upsert(stop(trailing_percent="1", activation_price=None)))
+    first = feed(orch, ["100", "110", "108.9"])
+    assert sum(len(out.orders) for _, out in first) == 1
+    later = feed(orch, ["50", "200", "10"], first_id=4)
+    assert all(not out for _, out in later)
+    # A resent upsert (e.g. the operator's answer to a sync) changes nothing.
+    assert not orch.apply(StopCommand.upsert(stop(trailing_percent="1", activation_price=None)))
+    assert not orch.apply(StopCommand.upsert(stop(trailing_percent="5", activation_price=None)))
+    assert [e.type for e in orch.flush()] == ["price"]
+
+
+def test_two_stops_two_orders_two_client_order_ids() -> None:
+    orch = orchestrator()
+    orch.apply(StopCommand.upsert(stop(trailing_percent="1", activation_price=None)))
+    orch.apply(StopCommand.upsert(stop(uid=UID2, name="s2", trailing_percent="1.5", activation_price=None)))
+    results = feed(orch, ["100", "110", "108.9", "108.35"])
+    orders = [(i, o.uid, o.client_order_id) for i, out in results for o in out.orders]
+    assert orders == [(3, UID, "ts-7c9e6679742540de944be07fc1f90ae7"),
+                      (4, UID2, "ts-0b8c4f2e53a14c7e9d0a3f1e2d4c5b6a")]
+
+
+def test_cancel_removes_the_stop() -> None:
+    orch = orchestrator()
+    orch.apply(StopCommand.upsert(stop(activation_price=None)))
+    feed(orch, ["100"])
+    assert not orch.apply(StopCommand.cancel(stop(activation_price=None)))
+    assert all(not out for _, out in feed(orch, ["120", "1"], first_id=2))
+    assert [e.type for e in orch.flush()] == ["price"]
+
+
+def test_synced_and_unknown_cancel_do_nothing() -> None:
+    orch = orchestrator()
+    assert not orch.apply(StopCommand(op="synced", symbol="XRPETH"))
+    assert not orch.apply(StopCommand.cancel(stop()))
+
+
+def test_spec_change_while_tracking_keeps_the_reference() -> None:
+    orch = orchestrator()
+    orch.apply(StopCommand.upsert(stop(trailing_percent="1", activation_price=None)))
+    feed(orch, ["100", "110"])
+    out = orch.apply(StopCommand.upsert(stop(trailing_percent="2", activation_price=None, generation=3)))
+    (event,) = out.events
+    assert (event.type, event.reference_price, event.stop_price, event.generation) == ("reference", D("110"),
+                                                                                       D("107.8"), 3)
+    # 108.9 would have triggered the old 1 % stop; the new 2 % stop waits for 107.8.
+    assert kinds(feed(orch, ["108.9", "107.8"], first_id=3)) == [(4, "triggered")]
+
+
+def test_flush_coalesces_reference_changes_and_reports_the_last_price() -> None:
+    orch = orchestrator()
+    orch.apply(StopCommand.upsert(stop(trailing_percent="1", activation_price=None)))
+    feed(orch, ["100", "101", "102", "103", "102.5"])
+    events = orch.flush()
+    assert [(e.type, e.uid) for e in events] == [("reference", UID), ("price", None)]
+    reference, price = events
+    assert (reference.reference_price, reference.stop_price, reference.trade_id) == (D("103"), D("101.97"), 5)
+    assert price.wire() == {"v": 1, "type": "price", "symbol": "XRPETH", "price": "102.5", "tradeId": 5,
+                            "tradeTime": 1_700_000_000_005, "at": CLOCK}
+    assert orch.flush() == []  # nothing new
+    feed(orch, ["102"], first_id=6)  # price moved, reference did not
+    assert [e.type for e in orch.flush()] == ["price"]
+
+
+def test_duplicate_and_old_trade_ids_are_dropped() -> None:
+    orch = orchestrator()
+    orch.apply(StopCommand.upsert(stop(trailing_percent="1", activation_price=None)))
+    feed(orch, ["100", "110"])
+    assert not orch.on_tick(tick(2, "50"))
+    assert not orch.on_tick(tick(1, "50"))
+    assert orch.duplicates == 2
+    assert [e.type for e in orch.flush()] == ["reference", "price"]
+
+
+def test_sync_request() -> None:
+    assert orchestrator().sync_request().wire() == {"v": 1, "type": "sync", "symbol": "XRPETH", "at": CLOCK}
+    assert orchestrator().sync_request().routing_key == "XRPETH.sync"
+
+
+# --- invalid stops: reported when placed, not at the trigger ------------------------------------
+
+
+def test_quantity_off_the_lot_size_is_invalid_at_upsert() -> None:
+    orch = orchestrator(SymbolFilters.from_exchange_info(XRPETH_INFO))
+    out = orch.apply(StopCommand.upsert(stop(quantity="100.5")))
+    (event,) = out.events
+    assert event.type == "invalid" and event.uid == UID and out.orders == []
+    assert event.message == (
+        "XRPETH would refuse this order: quantity 100.5 is not a multiple of LOT_SIZE stepSize 1 (nearest below: 100)"
+    )
+    assert all(not out for _, out in feed(orch, ["100", "106", "1"]))
+
+
+def test_order_value_checked_at_upsert_with_the_activation_price() -> None:
+    orch = orchestrator(SymbolFilters.from_exchange_info(XRPETH_INFO))
+    out = orch.apply(StopCommand.upsert(stop(quantity="1", activation_price="0.00145")))
+    assert [e.message for e in out.events] == [
+        "XRPETH would refuse this order: order value 0.00145 (quantity 1 x price 0.00145) is below minNotional 0.01"
+    ]
+
+
+def test_order_value_checked_at_activation_without_an_activation_price() -> None:
+    orch = orchestrator(SymbolFilters.from_exchange_info(XRPETH_INFO))
+    assert [e.type for e in orch.apply(StopCommand.upsert(stop(quantity="1", activation_price=None))).events] == [
+        "armed"
+    ]
+    (_, out), *rest = feed(orch, ["0.00141342", "0.0013", "0.0001"])
+    assert [(e.type, e.message) for e in out.events] == [
+        ("invalid", "XRPETH would refuse this order: order value 0.00141342 (quantity 1 x price 0.00141342) "
+                    "is below minNotional 0.01")
+    ]
+    assert out.orders == [] and all(not o for _, o in rest)
+
+
+def test_order_value_checked_against_the_last_price_once_there_is_one() -> None:
+    orch = orchestrator(SymbolFilters.from_exchange_info(XRPETH_INFO))
+    feed(orch, ["0.00141342"])
+    out = orch.apply(StopCommand.upsert(stop(quantity="5", activation_price=None)))
+    assert [e.type for e in out.events] == ["invalid"]
+    ok = orch.apply(StopCommand.upsert(stop(quantity="100", activation_price=None)))  # fixed spec: armed again
+    assert [e.type for e in ok.events] == ["armed"]
+
+
+def test_a_stop_of_another_symbol_is_invalid() -> None:
+    orch = orchestrator()
+    out = orch.apply(StopCommand.upsert(stop(symbol="BTCUSDT")))
+    assert [(e.type, e.symbol, e.message) for e in out.events] == [
+        ("invalid", "BTCUSDT", "stop for BTCUSDT was sent to the XRPETH orchestrator")
+    ]
+
+
+# --- restore from saved state (the CR status is the durable state) ------------------------------
+
+TRACKING = SavedState(activated=True, activated_at=1_700_000_000_003, activated_price="105.5", activated_trade_id=3,
+                      reference_price="110", last_trade_id=4)
+TRIGGERED = SavedState(activated=True, activated_at=1_700_000_000_003, activated_price="105.5", activated_trade_id=3,
+                       reference_price="112", triggered=True, triggered_at=1_700_000_000_007,
+                       trigger_price="109.76", trigger_trade_id=7, last_trade_id=7)
+
+
+def all_events(first: Outcome, results: list[tuple[int, Outcome]]) -> list[tuple[int, StopEvent]]:
+    return [(0, e) for e in first.events] + [(i, e) for i, out in results for e in out.events]
+
+
+def test_restored_tracking_stop_continues_from_its_reference() -> None:
+    orch = orchestrator()
+    first = orch.apply(StopCommand.upsert(stop(state=TRACKING)))
+    results = feed(orch, ["108.5", "112", "109.76"], first_id=5)
+    happened = all_events(first, results)
+    # The restored reference is reported (at once or with the first newer trade), then the trigger.
+    assert [e.type for _, e in happened] == ["reference", "triggered"]
+    reference = happened[0][1]
+    assert (reference.reference_price, reference.stop_price, reference.uid) == (D("110"), D("107.8"), UID)
+    assert happened[1][0] == 7
+    (order,) = results[2][1].orders
+    assert order.trigger_price == D("109.76") and order.client_order_id == client_order_id(UID)
+    state = orch.engine.state(UID)
+    assert (state.activated_price, state.activated_trade_id, state.activated_at) == (D("105.5"), 3,
+                                                                                     1_700_000_000_003)
+    assert (state.reference, state.trigger_price) == (D("112"), D("109.76"))
+
+
+def test_restore_without_a_last_trade_id_joins_at_once() -> None:
+    orch = orchestrator()
+    saved = TRACKING.model_copy(update={"last_trade_id": None})
+    out = orch.apply(StopCommand.upsert(stop(state=saved)))
+    assert [(e.type, e.reference_price, e.stop_price) for e in out.events] == [("reference", D("110"), D("107.8"))]
+
+
+def test_restored_stop_ignores_trades_it_has_already_seen() -> None:
+    # DESIGN §6: orchestrators drop duplicate trade ids (two marketdata replicas are safe). After a
+    # restart the saved state says trade 4 was applied; a lagging replica's trade 1 (price 100, from
+    # before the reference rose to 110) must not trigger the restored SELL 2 % stop.
+    orch = orchestrator()
+    first = orch.apply(StopCommand.upsert(stop(state=TRACKING)))
+    old = feed(orch, ["100", "100", "100", "100"], first_id=1)
+    assert all(not out.orders for _, out in old)
+    assert [e.type for _, e in all_events(first, old)] in ([], ["reference"])
+    newer = feed(orch, ["108", "107.8"], first_id=5)
+    assert [(i, e.type) for i, e in all_events(Outcome(), newer) if e.type != "reference"] == [(6, "triggered")]
+
+
+def test_after_the_sync_old_trades_count_as_duplicates() -> None:
+    orch = orchestrator()
+    orch.apply(StopCommand.upsert(stop(state=TRACKING)))
+    orch.apply(StopCommand.upsert(stop(uid=UID2, name="s2", state=TRACKING.model_copy(update={"last_trade_id": 9}))))
+    orch.apply(StopCommand(op="synced", symbol="XRPETH"))
+    orch.resume_after_restore()
+    assert not orch.on_tick(tick(4, "1"))
+    assert orch.duplicates == 1
+    out = orch.on_tick(tick(5, "108"))
+    assert [(e.type, e.uid) for e in out.events] == [("reference", UID)]  # s2 waits for trade 10
+    out = orch.on_tick(tick(10, "108"))
+    assert [(e.type, e.uid) for e in out.events] == [("reference", UID2)]
+
+
+def test_a_stop_cancelled_before_it_rejoins_stays_gone() -> None:
+    orch = orchestrator()
+    orch.apply(StopCommand.upsert(stop(state=TRACKING)))
+    orch.apply(StopCommand.cancel(stop()))
+    assert all(not out for _, out in feed(orch, ["108", "1"], first_id=5))
+
+
+def test_a_spec_change_before_it_rejoins_is_used() -> None:
+    orch = orchestrator()
+    orch.apply(StopCommand.upsert(stop(state=TRACKING)))
+    orch.apply(StopCommand.upsert(stop(state=TRACKING, trailing_percent="1", generation=3)))
+    happened = all_events(Outcome(), feed(orch, ["109", "108.9"], first_id=5))
+    assert [(e.type, e.stop_price, e.generation) for _, e in happened] == [
+        ("reference", D("108.9"), 3), ("triggered", D("108.9"), 3)]
+
+
+def test_restored_triggered_stop_never_fires_again() -> None:
+    orch = orchestrator()
+    assert not orch.apply(StopCommand.upsert(stop(state=TRIGGERED)))
+    assert all(not out for _, out in feed(orch, ["1", "1000", "0.5"], first_id=8))
+    assert not orch.apply(StopCommand.upsert(stop(state=TRIGGERED)))
+    assert not orch.apply(StopCommand.upsert(stop()))
+    assert not orch.apply(StopCommand.upsert(stop(activation_price=None, trailing_percent="0.1")))
+    assert all(not out for _, out in feed(orch, ["2000", "1"], first_id=11))
+    assert orch.engine.state(UID).phase == "triggered"
+
+
+def test_restore_of_an_unactivated_stop_arms_it() -> None:
+    orch = orchestrator()
+    out = orch.apply(StopCommand.upsert(stop(state=SavedState())))
+    assert [e.type for e in out.events] == ["armed"]
+
+
+def test_events_are_stop_events_with_routing_keys() -> None:
+    orch = orchestrator()
+    (armed,) = orch.apply(StopCommand.upsert(stop())).events
+    assert isinstance(armed, StopEvent) and armed.routing_key == "XRPETH.armed"
