@@ -291,7 +291,7 @@ def test_decimals_are_decimal_inside_and_strings_on_the_wire() -> None:
     wire = json.loads(tick.to_json())
     assert wire["price"] == "0.00141342"
     assert wire["qty"] == "23"  # canonical: no trailing zeros, no exponent
-    assert list(wire)[0] == "v"
+    assert next(iter(wire)) == "v"
 
 
 def test_python_names_and_wire_aliases_build_the_same_model() -> None:
