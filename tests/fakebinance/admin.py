@@ -43,6 +43,16 @@ class AdminApi:
     def __init__(self, fake: FakeBinance) -> None:
         self.fake = fake
 
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Bad admin input (unknown symbol or account, missing field, bad JSON) is a 400."""
+        if not request.path.startswith(PREFIX):
+            return await handler(request)
+        try:
+            return await handler(request)
+        except (KeyError, ValueError, TypeError) as exc:
+            return _json({"error": f"{type(exc).__name__}: {exc}"}, 400)
+
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get(f"{PREFIX}/health", self.health),
@@ -78,10 +88,7 @@ class AdminApi:
 
     async def get_balances(self, request: web.Request) -> web.Response:
         api_key = request.query.get("apiKey")
-        try:
-            account = self.fake.account(api_key) if api_key else self.fake.account()
-        except KeyError:
-            return _json({"error": f"unknown apiKey {api_key!r}"}, 404)
+        account = self.fake.account(api_key) if api_key else self.fake.account()
         return _json(account.snapshot())
 
     async def advance(self, request: web.Request) -> web.Response:
@@ -123,10 +130,7 @@ class AdminApi:
         }
         if name not in actions:
             return _json({"error": f"unknown fault {name!r}", "known": sorted(actions)}, 400)
-        try:
-            actions[name](**body)
-        except TypeError as exc:
-            return _json({"error": str(exc)}, 400)
+        actions[name](**body)
         return _json(self.fake.faults.describe())
 
     def _clock_offset(self, ms: int) -> None:

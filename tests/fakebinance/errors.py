@@ -147,6 +147,14 @@ def invalid_time_in_force() -> BinanceError:
     return _bad(-1115, "Invalid timeInForce.")
 
 
+def empty_new_client_order_id() -> BinanceError:
+    return _bad(-1118, "New client order ID was empty.")
+
+
+def empty_orig_client_order_id() -> BinanceError:
+    return _bad(-1119, "Original client order ID was empty.")
+
+
 def invalid_order_type() -> BinanceError:
     return _bad(-1116, "Invalid orderType.")
 

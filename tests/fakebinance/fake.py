@@ -121,7 +121,8 @@ class FakeBinance:
 
     def build_app(self) -> web.Application:
         rest = RestApi(self)
-        app = web.Application(middlewares=[rest.middleware])
+        admin = AdminApi(self)
+        app = web.Application(middlewares=[rest.middleware, admin.middleware])
         app.add_routes(rest.routes())
         app.add_routes(
             [
@@ -130,7 +131,7 @@ class FakeBinance:
                 web.get("/stream", self.hub.handle_combined),
             ]
         )
-        app.add_routes(AdminApi(self).routes())
+        app.add_routes(admin.routes())
         return app
 
     async def start(self) -> FakeBinance:
@@ -224,7 +225,8 @@ class FakeBinance:
             self._speeds[symbol.upper()] = float(speed)
 
     def set_price(self, symbol: str, price: Decimal | str | None) -> None:
-        """Set the market price (None: back to the last trade). Resting orders it reaches fill."""
+        """Set the market price; while set it stays the price even as trades happen (None: back
+        to the last trade). Resting orders it reaches fill."""
         tape = self.tape(symbol)
         tape.price_override = None if price is None else Decimal(str(price))
         if tape.price_override is not None:
@@ -276,10 +278,12 @@ class FakeBinance:
         """How many ``POST order`` requests carried that newClientOrderId (accepted or not)."""
         return self.stats.order_posts[client_order_id]
 
-    def requests(self, endpoint: str | None = None) -> int | dict[str, int]:
-        """Requests seen: all as ``{"GET /api/v3/ping": n}``, or the count for one key."""
-        if endpoint is None:
-            return dict(self.stats.requests)
+    def requests(self) -> dict[str, int]:
+        """Requests seen per endpoint: ``{"GET /api/v3/ping": n, ...}``."""
+        return dict(self.stats.requests)
+
+    def request_count(self, endpoint: str) -> int:
+        """Requests seen for one endpoint, e.g. ``request_count("POST /api/v3/order")``."""
         return self.stats.requests[endpoint]
 
     def order_placed(self, order: Order) -> None:

@@ -133,9 +133,10 @@ class Tape:
         end_time: int | None = None,
         limit: int = 500,
     ) -> list[Trade]:
-        """``GET aggTrades`` over the trades that happened (ids and times inclusive)."""
+        """``GET aggTrades`` over the trades that happened (ids and times inclusive); ``limit``
+        0 means no limit."""
         if from_id is None and start_time is None and end_time is None:
-            return self.happened[-limit:] if limit else []
+            return self.happened[-limit:] if limit else list(self.happened)
         first = 0
         if from_id is not None:
             first = bisect.bisect_left(self._ids, from_id)
@@ -144,7 +145,8 @@ class Tape:
         last = len(self.happened)
         if end_time is not None:
             last = bisect.bisect_right(self._times, end_time)
-        return self.happened[first:last][:limit]
+        selected = self.happened[first:last]
+        return selected[:limit] if limit else selected
 
 
 # --- accounts --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Endpoints (Binance Spot names, parameters and payloads):
 ``GET  /api/v3/exchangeInfo`` NONE     all symbols, or ``symbol=`` / ``symbols=["A","B"]``
 ``GET  /api/v3/ticker/price`` NONE     ``{"symbol", "price"}`` or a list of them
 ``GET  /api/v3/aggTrades``  NONE       fromId / startTime / endTime / limit (500, max 1000)
+``GET  /api/v3/avgPrice``   NONE       ``{"mins": 5, "price", "closeTime"}`` (5-minute VWAP)
 ``GET  /api/v3/account``    USER_DATA  balances and commission rates
 ``POST /api/v3/order``      TRADE      MARKET / LIMIT / LIMIT_MAKER; ACK / RESULT / FULL
 ``POST /api/v3/order/test`` TRADE      validates like ``order``, executes nothing: ``{}``
@@ -19,7 +20,7 @@ Endpoints (Binance Spot names, parameters and payloads):
 
 Every REST answer carries ``X-MBX-USED-WEIGHT-1M`` (weights are approximate); order answers carry
 ``X-MBX-ORDER-COUNT-10S`` / ``-1D``. Errors are ``{"code", "msg"}`` with Binance's HTTP status.
-Unknown paths answer 404 with an empty body.
+Unknown paths get aiohttp's plain-text 404.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import re
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -149,6 +151,7 @@ class RestApi:
             web.get(f"{API}/exchangeInfo", self.exchange_info),
             web.get(f"{API}/ticker/price", self.ticker_price),
             web.get(f"{API}/aggTrades", self.agg_trades),
+            web.get(f"{API}/avgPrice", self.avg_price),
             web.get(f"{API}/account", self.account),
             web.post(f"{API}/order", self.new_order),
             web.post(f"{API}/order/test", self.test_order),
@@ -283,6 +286,22 @@ class RestApi:
         trades = tape.agg_trades(from_id, start, end, limit)
         return json_response([t.to_payload() for t in trades])
 
+    async def avg_price(self, request: web.Request) -> web.Response:
+        """Volume-weighted price of the last 5 minutes of trades (by trade time); the last
+        price when none is that recent."""
+        params = await self._public(request, {"symbol"})
+        spec = self._symbol(params)
+        assert spec is not None
+        now = self.fake.now_ms()
+        recent = self.exchange.tapes[spec.symbol].agg_trades(start_time=now - 300_000, end_time=now, limit=0)
+        volume = sum((t.qty for t in recent), Decimal(0))
+        if volume:
+            price = sum((t.price * t.qty for t in recent), Decimal(0)) / volume
+        else:
+            price = self.exchange.market_price(spec.symbol) or Decimal(0)
+        last_time = recent[-1].time if recent else now
+        return json_response({"mins": 5, "price": fmt(price), "closeTime": last_time})
+
     # --- account ----------------------------------------------------------------------------
 
     async def account(self, request: web.Request) -> web.Response:
@@ -335,6 +354,8 @@ class RestApi:
         order_type = params.required("type")
         if order_type not in ORDER_TYPES:
             raise errors.invalid_order_type()
+        if params.get("newClientOrderId") == "":
+            raise errors.empty_new_client_order_id()
         client_order_id = params.optional("newClientOrderId")
         if client_order_id is not None and not _CLIENT_ORDER_ID.match(client_order_id):
             raise errors.illegal_chars("newClientOrderId", errors.LEGAL_CLIENT_ORDER_ID)
@@ -409,6 +430,8 @@ class RestApi:
         spec = self._symbol(params)
         assert spec is not None
         order_id = params.integer("orderId")
+        if params.get("origClientOrderId") == "":
+            raise errors.empty_orig_client_order_id()
         client_order_id = params.optional("origClientOrderId")
         if order_id is None and client_order_id is None:
             raise errors.mandatory_one_of("origClientOrderId", "orderId")

@@ -135,8 +135,8 @@ async def test_create_pings_and_reads_the_fake_servers_clock() -> None:
     async with FakeBinance(trades={SYMBOL: TRADES[:10]}, clock_offset_ms=30_000) as fake:
         created = await async_client_class(fake.api_url).create(DEFAULT_API_KEY, DEFAULT_API_SECRET)
         try:
-            assert fake.requests("GET /api/v3/ping") == 1
-            assert fake.requests("GET /api/v3/time") == 1
+            assert fake.request_count("GET /api/v3/ping") == 1
+            assert fake.request_count("GET /api/v3/time") == 1
             # create() learns the server clock: signed requests then pass the recvWindow check.
             assert 29_000 < created.timestamp_offset < 31_000
             account = await created.get_account()
@@ -273,6 +273,8 @@ async def test_parameter_errors(fake: FakeBinance, client: AsyncClient) -> None:
     )
     too_long = await api_error(client.order_market_sell(symbol=SYMBOL, quantity="10", newClientOrderId="x" * 37))
     assert too_long.code == -1100
+    empty = await api_error(client.order_market_sell(symbol=SYMBOL, quantity="10", newClientOrderId=""))
+    assert (empty.code, empty.message) == (-1118, "New client order ID was empty.")
     no_qty = await api_error(client.order_market_sell(symbol=SYMBOL))
     assert (no_qty.code, no_qty.message) == (
         -1102,
@@ -507,6 +509,8 @@ async def test_admin_http_api_sets_faults_and_shows_orders(fake: FakeBinance, cl
         assert seen["orderPosts"] == {"adm-1": 1}
         async with http.post(f"{fake.admin_url}/faults", json={"fault": "nonsense"}) as r:
             assert r.status == 400
+        async with http.post(f"{fake.admin_url}/advance", json={"symbol": "NOPE"}) as r:
+            assert r.status == 400
 
 
 # --- the tape over REST ---------------------------------------------------------------------------
@@ -521,6 +525,9 @@ async def test_agg_trades_shows_only_trades_that_happened(fake: FakeBinance, cli
     page = await client.get_aggregate_trades(symbol=SYMBOL, fromId=IDS[0], limit=1000)
     assert [t["a"] for t in page] == IDS[:600]
     assert await client.get_aggregate_trades(symbol=SYMBOL, fromId=IDS[600]) == []
+    vwap = sum(t.price * t.qty for t in TRADES[:600]) / sum(t.qty for t in TRADES[:600])
+    avg = await client.get_avg_price(symbol=SYMBOL)
+    assert (avg["mins"], avg["price"]) == (5, format(vwap.quantize(Decimal("0.00000001")), "f"))
     error = await api_error(client.get_aggregate_trades(symbol=SYMBOL, limit=1001))
     assert (error.code, error.message) == (-1130, "Data sent for parameter 'limit' is not valid.")
 
@@ -539,6 +546,8 @@ async def test_agg_trades_by_time_with_recorded_times() -> None:
             assert error.code == -1127
             ticker = await created.get_symbol_ticker(symbol=SYMBOL)
             assert ticker == {"symbol": SYMBOL, "price": format(TRADES[49].price, "f")}
+            # Recorded 2019 times are not within the last 5 minutes: avgPrice is the last price.
+            assert (await created.get_avg_price(symbol=SYMBOL))["price"] == ticker["price"]
         finally:
             await created.close_connection()
 
