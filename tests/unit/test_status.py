@@ -98,7 +98,7 @@ def test_the_whole_life_of_a_stop() -> None:
         "2023-11-14T22:13:27.000Z", D("109.76"), 7)
     assert (triggered.reference_price, triggered.stop_price) == (D("112"), D("109.76"))
     assert triggered.order is not None
-    assert (triggered.order.client_order_id, triggered.order.status) == (COID, "PENDING")
+    assert (triggered.order.client_order_id, triggered.order.status) == (client_order_id(UID), "PENDING")
     assert conditions(triggered)["Triggered"][:2] == ("True", "StopPriceReached")
 
     filled = run(ARMED, ACTIVATED, REFERENCE, PRICE_5, REFERENCE_6, TRIGGERED, SIMULATED)
@@ -233,7 +233,8 @@ def test_rejected_order() -> None:
 @pytest.mark.parametrize(
     ("status", "fields", "expected"),
     [
-        ("FILLED", {"executed_qty": "0.5", "avg_price": "100"}, ("Filled", "Filled", "filled: SELL 0.5 BTCUSDT at 100")),
+        ("FILLED", {"executed_qty": "0.5", "avg_price": "100"},
+         ("Filled", "Filled", "filled: SELL 0.5 BTCUSDT at 100")),
         ("SIMULATED", {"executed_qty": "2", "avg_price": "1.5"},
          ("Filled", "Simulated", "simulated fill: SELL 2 BTCUSDT at 1.5")),
         ("REJECTED", {"error": OrderError(code=-1013, message="Filter failure: LOT_SIZE")},
