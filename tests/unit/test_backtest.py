@@ -1,0 +1,266 @@
+"""Backtests: every (trail, activation) combination in one pass, exactly as DESIGN §4 says, and charts."""
+
+from __future__ import annotations
+
+import decimal
+import json
+import xml.etree.ElementTree as ET
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trailingstop.backtest import (
+    RESULT_KEYS,
+    Combination,
+    combinations,
+    render_results,
+    result_record,
+    run_backtest,
+)
+from trailingstop.plot import PlotError, write_chart
+from trailingstop.trades import Trade, demo_trades_path, load_trades
+
+D = Decimal
+DATA = Path(__file__).parent / "data"
+T = 1_700_000_000_000
+
+
+def naive(trades: list[Trade], side: str, trail: Decimal, activation: Decimal | None) -> dict[str, Any]:
+    """DESIGN §4 written out as plainly as possible, exact decimals; the record backtest should give."""
+    with decimal.localcontext() as ctx:
+        ctx.prec = 200
+        ctx.traps[decimal.Inexact] = True
+        d = trail / 100
+        active = False
+        reference = stop = None
+        record: dict[str, Any] = {
+            "side": side, "trailingPercent": _s(trail), "activationPrice": _s(activation), "activated": False,
+            "activatedAt": None, "activatedPrice": None, "activatedTradeId": None, "triggered": False,
+            "triggeredAt": None, "triggerPrice": None, "triggerTradeId": None, "referencePrice": None,
+            "stopPrice": None,
+        }
+        for trade in trades:
+            p = trade.price
+            if not active:
+                if activation is None or (side == "SELL" and p >= activation) or (side == "BUY" and p <= activation):
+                    active, reference = True, p
+                    stop = reference * (1 - d) if side == "SELL" else reference * (1 + d)
+                    record.update(activated=True, activatedAt=trade.time, activatedPrice=_s(p),
+                                  activatedTradeId=trade.trade_id)
+                continue
+            if side == "SELL":
+                reference = max(reference, p)
+                stop = reference * (1 - d)
+                hit = p <= stop
+            else:
+                reference = min(reference, p)
+                stop = reference * (1 + d)
+                hit = p >= stop
+            if hit:
+                record.update(triggered=True, triggeredAt=trade.time, triggerPrice=_s(p),
+                              triggerTradeId=trade.trade_id)
+                break
+        if active:
+            record.update(referencePrice=_s(reference), stopPrice=_s(stop))
+        return record
+
+
+def _s(value: Decimal | None) -> str | None:
+    if value is None:
+        return None
+    return "0" if value == 0 else format(value.normalize(), "f")
+
+
+def records(trades: list[Trade], side: str, trails: list[str], activations: list[str | None]) -> list[dict[str, Any]]:
+    combos = combinations(side, [D(t) for t in trails], [None if a is None else D(a) for a in activations])  # type: ignore[arg-type]
+    return run_backtest(trades, combos).records()
+
+
+@pytest.fixture(scope="module")
+def sell_trades() -> list[Trade]:
+    return load_trades(DATA / "worked_sell.csv")
+
+
+@pytest.fixture(scope="module")
+def demo() -> list[Trade]:
+    return load_trades(demo_trades_path())
+
+
+def test_design_sell_worked_example(sell_trades: list[Trade]) -> None:
+    assert records(sell_trades, "SELL", ["2"], ["105"]) == [{
+        "side": "SELL", "trailingPercent": "2", "activationPrice": "105",
+        "activated": True, "activatedAt": T + 3000, "activatedPrice": "105.5", "activatedTradeId": 103,
+        "triggered": True, "triggeredAt": T + 7000, "triggerPrice": "109.76", "triggerTradeId": 107,
+        "referencePrice": "112", "stopPrice": "109.76",
+    }]
+
+
+def test_design_buy_worked_example() -> None:
+    trades = load_trades(DATA / "worked_buy.jsonl")
+    assert records(trades, "BUY", ["1.5"], ["95"]) == [{
+        "side": "BUY", "trailingPercent": "1.5", "activationPrice": "95",
+        "activated": True, "activatedAt": T + 3000, "activatedPrice": "94.8", "activatedTradeId": 203,
+        "triggered": True, "triggeredAt": T + 7000, "triggerPrice": "91.35", "triggerTradeId": 207,
+        "referencePrice": "90", "stopPrice": "91.35",
+    }]
+
+
+def test_design_exact_decimal_example() -> None:
+    (record,) = records(load_trades(DATA / "exact_sell.json"), "SELL", ["1"], [None])
+    assert (record["activatedPrice"], record["triggerPrice"], record["referencePrice"], record["stopPrice"]) == (
+        "100", "108.9", "110", "108.9")  # 110 * 0.99 == 108.9: a float gets this wrong
+
+
+def test_several_combinations_in_one_pass(sell_trades: list[Trade]) -> None:
+    """Computed by hand from DESIGN §4 on 100, 104, 105.5, 110, 108.5, 112, 109.76 (ids 101-107)."""
+    got = records(sell_trades, "SELL", ["1", "2", "5"], [None, "105", "120"])
+    never = {"activated": False, "activatedAt": None, "activatedPrice": None, "activatedTradeId": None,
+             "triggered": False, "triggeredAt": None, "triggerPrice": None, "triggerTradeId": None,
+             "referencePrice": None, "stopPrice": None}
+    from_first = {"activated": True, "activatedAt": T + 1000, "activatedPrice": "100", "activatedTradeId": 101}
+    from_105 = {"activated": True, "activatedAt": T + 3000, "activatedPrice": "105.5", "activatedTradeId": 103}
+    at_108_5 = {"triggered": True, "triggeredAt": T + 5000, "triggerPrice": "108.5", "triggerTradeId": 105,
+                "referencePrice": "110", "stopPrice": "108.9"}
+    at_109_76 = {"triggered": True, "triggeredAt": T + 7000, "triggerPrice": "109.76", "triggerTradeId": 107,
+                 "referencePrice": "112", "stopPrice": "109.76"}
+    open_5 = {"triggered": False, "triggeredAt": None, "triggerPrice": None, "triggerTradeId": None,
+              "referencePrice": "112", "stopPrice": "106.4"}
+    expected = [
+        {"trailingPercent": "1", "activationPrice": None, **from_first, **at_108_5},
+        {"trailingPercent": "1", "activationPrice": "105", **from_105, **at_108_5},
+        {"trailingPercent": "1", "activationPrice": "120", **never},
+        {"trailingPercent": "2", "activationPrice": None, **from_first, **at_109_76},
+        {"trailingPercent": "2", "activationPrice": "105", **from_105, **at_109_76},
+        {"trailingPercent": "2", "activationPrice": "120", **never},
+        {"trailingPercent": "5", "activationPrice": None, **from_first, **open_5},
+        {"trailingPercent": "5", "activationPrice": "105", **from_105, **open_5},
+        {"trailingPercent": "5", "activationPrice": "120", **never},
+    ]
+    assert got == [{"side": "SELL", **e} for e in expected]
+    for record in got:
+        assert tuple(record) == RESULT_KEYS
+
+
+@pytest.mark.parametrize(
+    ("side", "trails", "activations"),
+    [("SELL", ["0.1", "0.5", "1", "2.5", "7"], [None, "0.00145", "0.0015", "0.0016"]),
+     ("BUY", ["0.1", "0.75", "1.5", "3"], [None, "0.0014", "0.00141", "0.0013"])],
+)
+def test_real_day_matches_the_plain_model(demo: list[Trade], side: str, trails: list[str],
+                                          activations: list[str | None]) -> None:
+    got = records(demo, side, trails, activations)
+    want = [naive(demo, side, D(t), None if a is None else D(a)) for t in trails for a in activations]
+    assert got == want
+    assert any(r["triggered"] for r in got) and any(not r["triggered"] for r in got)
+
+
+def test_result_count_and_span(demo: list[Trade]) -> None:
+    result = run_backtest(iter(demo), combinations("SELL", [D("1")], [None]))
+    assert result.trades == 12_477
+    assert (result.first_time, result.last_time) == (1570752011620, 1570965568844)
+    assert result.prices == [] and result.tracks == {}  # recorded only for charts
+
+
+def test_combinations_are_deduplicated_by_value() -> None:
+    combos = combinations("SELL", [D("1"), D("1.0"), D("2")], [None, D("105"), D("105.00")])
+    assert [c.key for c in combos] == ["SELL/1/none", "SELL/1/105", "SELL/2/none", "SELL/2/105"]
+    assert Combination("BUY", D("1.50"), D("95.0")).key == "BUY/1.5/95"
+
+
+def test_values_are_decimal_strings_never_floats(sell_trades: list[Trade]) -> None:
+    for record in records(sell_trades, "SELL", ["1", "5"], [None, "120"]):
+        parsed = json.loads(json.dumps(record))
+        for key in ("trailingPercent", "activationPrice", "activatedPrice", "triggerPrice", "referencePrice",
+                    "stopPrice"):
+            assert parsed[key] is None or isinstance(parsed[key], str)
+        for key in ("activatedAt", "activatedTradeId", "triggeredAt", "triggerTradeId"):
+            assert parsed[key] is None or type(parsed[key]) is int
+        assert type(parsed["activated"]) is bool and type(parsed["triggered"]) is bool
+
+
+def test_result_record_from_a_state(sell_trades: list[Trade]) -> None:
+    combo = Combination("SELL", D("2"), D("105"))
+    result = run_backtest(sell_trades, [combo])
+    assert result_record(combo, result.states[combo.key]) == result.records()[0]
+
+
+def test_render_results(sell_trades: list[Trade]) -> None:
+    result = run_backtest(sell_trades, combinations("SELL", [D("1"), D("5")], [None, D("120")]))
+    lines = render_results(result).splitlines()
+    assert lines[0].split() == ["SIDE", "TRAIL%", "ACTIVATION", "ACTIVATED", "AT", "ACTIVATED", "PRICE",
+                                "TRIGGERED", "AT", "TRIGGER", "PRICE", "REFERENCE", "STOP"]
+    assert lines[1].split() == ["SELL", "1", "none", "2023-11-14T22:13:21.000Z", "100", "2023-11-14T22:13:25.000Z",
+                                "108.5", "110", "108.9"]
+    assert lines[2].split() == ["SELL", "1", "120", "-", "-", "not", "triggered", "-", "-", "-"]
+    assert lines[3].split() == ["SELL", "5", "none", "2023-11-14T22:13:21.000Z", "100", "not", "triggered", "-",
+                                "112", "106.4"]
+    assert lines[-1] == ("7 trades from 2023-11-14T22:13:21.000Z to 2023-11-14T22:13:27.000Z; 4 combinations; "
+                         "reference/stop are at the trigger, else at the end of the data")
+
+
+def test_no_trades() -> None:
+    result = run_backtest([], combinations("BUY", [D("1")], [None]), record=True)
+    assert result.trades == 0 and result.first_time is None
+    assert result.records()[0]["activated"] is False
+    assert render_results(result).splitlines()[-1] == (
+        "0 trades; 1 combinations; reference/stop are at the trigger, else at the end of the data")
+    with pytest.raises(PlotError, match="no trades to plot"):
+        write_chart(result, "x.html")
+
+
+def test_recorded_series_for_the_chart(sell_trades: list[Trade]) -> None:
+    combo = Combination("SELL", D("2"), D("105"))
+    result = run_backtest(sell_trades, [combo], record=True)
+    assert result.prices == [(t.time, t.price) for t in sell_trades]
+    track = result.tracks[combo.key]
+    # Step series: activation at 105.5, then each new high; the trigger freezes it at 112.
+    assert track.times == [T + 3000, T + 4000, T + 6000, T + 7000]
+    assert track.references == [D("105.5"), D("110"), D("112"), D("112")]
+    assert track.stops == [D("103.39"), D("107.8"), D("109.76"), D("109.76")]
+
+
+# --- charts ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def charted(sell_trades: list[Trade]) -> Any:
+    return run_backtest(sell_trades, combinations("SELL", [D("1"), D("2")], [None, D("105")]), record=True)
+
+
+def test_png_chart(tmp_path: Path, charted: Any) -> None:
+    path = write_chart(charted, tmp_path / "chart.png")
+    assert path == tmp_path / "chart.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 5000
+
+
+def test_html_and_svg_charts(tmp_path: Path, charted: Any) -> None:
+    page = write_chart(charted, tmp_path / "chart.html").read_text()
+    assert page.startswith("<!doctype html>")
+    assert "trailingstop backtest: 7 trades, 4 combinations" in page
+    svg = write_chart(charted, tmp_path / "chart.svg").read_text()
+    root = ET.fromstring(svg)  # well-formed XML
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    for label in ("SELL 1% act none", "SELL 1% act 105", "SELL 2% act none", "SELL 2% act 105"):
+        assert label in svg
+    assert svg.count("<title>triggered at") == 4 and svg.count("<title>activated at") == 4
+    assert "<svg" in page and svg.split("\n", 1)[1] in page
+
+
+def test_chart_format_is_chosen_by_extension(tmp_path: Path, charted: Any) -> None:
+    with pytest.raises(PlotError) as caught:
+        write_chart(charted, tmp_path / "chart.txt")
+    assert str(caught.value) == "--plot writes .png, .html or .svg, not .txt"
+    with pytest.raises(PlotError, match="not a file without extension"):
+        write_chart(charted, tmp_path / "chart")
+
+
+def test_chart_of_a_long_day_is_thinned_but_complete(tmp_path: Path, demo: list[Trade]) -> None:
+    result = run_backtest(demo, combinations("SELL", [D("1")], [None, D("0.00145")]), record=True)
+    svg = write_chart(result, tmp_path / "day.svg").read_text()
+    ET.fromstring(svg)
+    price_line = next(line for line in svg.splitlines() if 'stroke="#555"' in line and "polyline" in line)
+    points = price_line.split('points="', 1)[1].split('"', 1)[0].split()
+    assert 1000 < len(points) <= 4000 < len(demo)
