@@ -234,9 +234,13 @@ async def test_response_types_and_price_set_by_the_test(fake: FakeBinance, clien
     result = await client.order_market_buy(symbol="BTCUSDT", quantity="0.00100", newOrderRespType="RESULT")
     assert "fills" not in result
     assert result["cummulativeQuoteQty"] == "50.00000000"
+    by_quote = await client.order_market_buy(symbol="BTCUSDT", quoteOrderQty="100.5")
+    assert (by_quote["origQuoteOrderQty"], by_quote["executedQty"]) == ("100.50000000", "0.00201000")
+    assert by_quote["cummulativeQuoteQty"] == "100.50000000"
     # Generated client order ids look like Binance's (python-binance also sends its own).
     assert all(len(o.client_order_id) <= 36 for o in fake.orders())
-    assert fake.balances()["BTC"]["free"] == Decimal("1") + 2 * (Decimal("0.001") - Decimal("0.000001"))
+    bought = 2 * (Decimal("0.001") - Decimal("0.000001")) + Decimal("0.00201") - Decimal("0.00000201")
+    assert fake.balances()["BTC"]["free"] == 1 + bought
 
 
 async def test_market_order_with_no_market_price_expires(client: AsyncClient) -> None:
