@@ -26,6 +26,7 @@ from trailingstop.contracts import (
     StopCommand,
     StopDefinition,
     StopEvent,
+    StopRef,
     TrailingStopSpec,
     TrailingStopStatus,
     client_order_id,
@@ -270,7 +271,8 @@ def test_bus_message_round_trip_is_identical(model: type, wire: dict[str, Any]) 
 @pytest.mark.parametrize(
     ("model", "wire"),
     [(TrailingStopSpec, SPEC_WIRE), (TrailingStopStatus, STATUS_WIRE), (SavedState, SAVED_WIRE),
-     (StopDefinition, STOP_WIRE), (SecretRef, {"name": "a.b-c"}),
+     (StopDefinition, STOP_WIRE), (StopRef, {"uid": UID, "namespace": "trading", "name": "btc-protect"}),
+     (SecretRef, {"name": "a.b-c"}),
      (OrderError, {"code": -1013, "message": "Filter failure: LOT_SIZE"}),
      (OrderStatus, STATUS_WIRE["order"]), (Condition, STATUS_WIRE["conditions"][0])],
     ids=lambda x: getattr(x, "__name__", None),
