@@ -134,6 +134,7 @@ class Bus:
         self._consumers: list[AbstractChannel] = []
         self._exchanges: dict[tuple[str, bool], AbstractExchange] = {}
         self.malformed = 0  # messages dead-lettered because they did not parse
+        self._declared: set[str] = set()
 
     # --- connection ------------------------------------------------------------------------------
 
@@ -218,12 +219,14 @@ class Bus:
         await self.publish(tick, MARKETDATA_EXCHANGE, tick.symbol, persistent=False, confirm=False, retry=False)
 
     async def publish_command(self, command: StopCommand) -> None:
+        await self._ensure(command_queue(command.symbol))
         await self.publish(command, STOP_COMMANDS_EXCHANGE, command.symbol)
 
     async def publish_stop_event(self, event: StopEvent) -> None:
         await self.publish(event, STOP_EVENTS_EXCHANGE, event.routing_key)
 
     async def publish_order(self, order: PlaceOrder) -> None:
+        await self._ensure(executor_queue(order.route))
         await self.publish(order, ORDER_COMMANDS_EXCHANGE, order.route)
 
     async def publish_result(self, result: OrderResult) -> None:
@@ -267,18 +270,28 @@ class Bus:
             headers = dict(incoming.headers or {})
             try:
                 await handler(parsed, headers)
-            except Exception as exc:  # the consumer boundary: log, retry once, then park the message
-                if incoming.redelivered:
-                    log.exception("handler failed twice on a message from %s; dead-lettering it", spec.name)
-                    await self._dead_letter(incoming, spec.name, f"handler failed: {exc!r}")
-                else:
-                    log.exception("handler failed on a message from %s; it will be redelivered", spec.name)
-                    await incoming.nack(requeue=True)
+            except Exception as exc:  # the consumer boundary: log, retry, then park the message
+                await self._retry_or_park(incoming, spec.name, exc)
                 return
             await incoming.ack()
 
         await queue.consume(on_message)
         return queue
+
+    async def _retry_or_park(self, incoming: AbstractIncomingMessage, queue: str, exc: Exception) -> None:
+        """A quorum queue counts deliveries and dead-letters past its ``x-delivery-limit``, so it
+        is simply requeued (after a pause growing with the count); elsewhere one retry is given."""
+        deliveries = (incoming.headers or {}).get("x-delivery-count")
+        if isinstance(deliveries, int):
+            log.exception("handler failed on a message from %s (delivery %d); requeueing", queue, deliveries + 1)
+            await asyncio.sleep(min(0.5 * (deliveries + 1), 5.0))
+            await incoming.nack(requeue=True)
+        elif incoming.redelivered:
+            log.exception("handler failed twice on a message from %s; dead-lettering it", queue)
+            await self._dead_letter(incoming, queue, f"handler failed: {exc!r}")
+        else:
+            log.exception("handler failed on a message from %s; it will be redelivered", queue)
+            await incoming.nack(requeue=True)
 
     async def _dead_letter(self, incoming: AbstractIncomingMessage, queue: str, reason: str) -> None:
         self.malformed += 1
@@ -295,6 +308,13 @@ class Bus:
         await incoming.ack()
 
     # --- internals ---------------------------------------------------------------------------------
+
+    async def _ensure(self, spec: QueueSpec) -> None:
+        """Declare a consumer's queue before the first publish to it, so nothing is unroutable
+        while its consumer is still starting (queues are durable: once is enough)."""
+        if spec.name not in self._declared:
+            await self.declare(spec)
+            self._declared.add(spec.name)
 
     def _channel(self, confirm: bool) -> AbstractChannel:
         channel = self._confirming if confirm else self._fast

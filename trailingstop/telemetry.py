@@ -153,7 +153,15 @@ def span(name: str, headers: Mapping[str, Any] | None = None, **attributes: Any)
 
 # Environment variables whose values must never appear in a log line.
 SECRET_ENV = ("BINANCE_API_KEY", "BINANCE_API_SECRET", "AMQP_PASSWORD")
-STOP_FIELDS = ("namespace", "name", "uid", "symbol", "route", "clientOrderId")
+# Log record attribute -> JSON key. "ts_" because LogRecord already has a "name" (the logger's).
+STOP_FIELDS = {
+    "ts_namespace": "namespace",
+    "ts_name": "name",
+    "ts_uid": "uid",
+    "symbol": "symbol",
+    "route": "route",
+    "clientOrderId": "clientOrderId",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -163,11 +171,11 @@ class JsonFormatter(logging.Formatter):
         entry: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
-            "logger": record.name,
+            "logger": record.name,  # the stop's own name, if any, is "name" below
             "message": record.getMessage(),
         }
-        for key in STOP_FIELDS:
-            value = getattr(record, key, None)
+        for attribute, key in STOP_FIELDS.items():
+            value = getattr(record, attribute, None)
             if value is not None:
                 entry[key] = value
         span_context = trace.get_current_span().get_span_context()
@@ -225,5 +233,5 @@ def setup_logging(level: str | None = None, json_logs: bool | None = None) -> No
 
 def stop_fields(namespace: str | None = None, name: str | None = None, uid: str | None = None,
                 symbol: str | None = None, **extra: Any) -> dict[str, Any]:
-    """``extra=`` for a log call about one stop."""
-    return {"namespace": namespace, "name": name, "uid": uid, "symbol": symbol, **extra}
+    """``extra=`` for a log call about one stop (shown as namespace/name/uid/symbol in JSON)."""
+    return {"ts_namespace": namespace, "ts_name": name, "ts_uid": uid, "symbol": symbol, **extra}

@@ -151,7 +151,8 @@ class TradeFeed:
         self.max_backoff = max_backoff
         self.connected = False
         self.last_message_at = time.monotonic()
-        self.connections = 0
+        self.connections = 0  # sockets we opened
+        self.reconnects = 0  # the library's own reconnects (its error markers) and our new sockets
         self.backfilled = 0
 
     async def trades(self) -> AsyncIterator[Trade]:
@@ -161,6 +162,8 @@ class TradeFeed:
             try:
                 async with socket as stream:
                     self.connections += 1
+                    if self.connections > 1:
+                        self.reconnects += 1
                     self.connected = True
                     backoff = 0.5
                     async for trade in self._read(stream):
@@ -196,6 +199,8 @@ class TradeFeed:
                 continue
             self.last_message_at = time.monotonic()
             if not isinstance(message, dict) or message.get("e") == "error":
+                # python-binance's marker of a dropped connection it is re-establishing.
+                self.reconnects += 1
                 log.info("%s stream reported %s", self.symbol, message, extra={"symbol": self.symbol})
                 continue
             trade = trade_from_payload(message)

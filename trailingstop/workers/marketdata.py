@@ -116,11 +116,11 @@ async def _counted(feed: TradeFeed, symbol: str) -> AsyncIterator[Trade]:
     """The feed's trades, with reconnects and backfills counted as they happen."""
     reconnects = telemetry.MARKETDATA_RECONNECTS.labels(symbol=symbol)
     backfilled = telemetry.MARKETDATA_BACKFILLED.labels(symbol=symbol)
-    connections, filled = 0, 0
+    reconnected, filled = 0, 0
     async for trade in feed.trades():
-        if feed.connections > max(connections, 1):
-            reconnects.inc(feed.connections - max(connections, 1))
-        connections = feed.connections
+        if feed.reconnects > reconnected:
+            reconnects.inc(feed.reconnects - reconnected)
+            reconnected = feed.reconnects
         if feed.backfilled > filled:
             backfilled.inc(feed.backfilled - filled)
             filled = feed.backfilled

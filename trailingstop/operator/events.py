@@ -1,0 +1,130 @@
+"""The operator's side of the bus: StopEvents and OrderResults become statuses; syncs are answered.
+
+Phase changes are written at once. Reference and last-price updates are coalesced: at most one
+write per resource per ``interval`` (the newest wins), so API writes are bounded by
+(number of resources / interval) however fast ticks arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from trailingstop import telemetry
+from trailingstop.bus import OPERATOR_ORDER_EVENTS_QUEUE, OPERATOR_QUEUES, OPERATOR_STOP_EVENTS_QUEUE, Bus
+from trailingstop.contracts import OrderResult, StopCommand, StopEvent, TrailingStopStatus, ms_to_rfc3339, now_ms
+from trailingstop.operator.stops import StopRecord, StopStore
+from trailingstop.status import apply_order_result, apply_stop_event
+
+log = logging.getLogger(__name__)
+
+# Called after a phase change is written: (record, phase before) -> e.g. a Kubernetes Event.
+TransitionHook = Callable[[StopRecord, str], Awaitable[None]]
+
+
+class StatusWriter:
+    """Writes statuses through the store: transitions now, the rest coalesced per resource."""
+
+    def __init__(self, store: StopStore, interval: float = 5.0, on_transition: TransitionHook | None = None) -> None:
+        self.store = store
+        self.interval = interval
+        self.on_transition = on_transition
+        self._dirty: dict[str, StopRecord] = {}
+        self._last_write: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.writes = 0
+
+    async def submit(self, record: StopRecord, status: TrailingStopStatus) -> None:
+        before = record.status
+        if status == before:
+            return
+        record.status = status
+        if status.phase != before.phase or status.order != before.order:
+            self._dirty.pop(record.uid, None)
+            await self._write(record, "transition")
+            if status.phase != before.phase and self.on_transition is not None:
+                await self.on_transition(record, before.phase)
+        else:
+            self._dirty[record.uid] = record
+
+    async def flush(self, force: bool = False) -> None:
+        """Write every coalesced status whose interval has passed (all of them with ``force``)."""
+        now = time.monotonic()
+        for uid, record in list(self._dirty.items()):
+            if force or now - self._last_write.get(uid, 0.0) >= self.interval:
+                del self._dirty[uid]
+                if self.store.get(uid) is record:
+                    await self._write(record, "update")
+
+    async def _write(self, record: StopRecord, kind: str) -> None:
+        self._last_write[record.uid] = time.monotonic()
+        await self.store.write(record, record.status)
+        self.writes += 1
+        telemetry.OPERATOR_STATUS_WRITES.labels(kind=kind).inc()
+
+    def forget(self, uid: str) -> None:
+        self._dirty.pop(uid, None)
+        self._last_write.pop(uid, None)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(min(self.interval, 1.0) / 2)
+            await self.flush()
+
+
+class EventRouter:
+    """Consumes ``operator.stop-events`` and ``operator.order-events``; answers ``sync`` requests."""
+
+    def __init__(self, bus: Bus, store: StopStore, writer: StatusWriter) -> None:
+        self.bus = bus
+        self.store = store
+        self.writer = writer
+        self._writer_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        stop_events, order_events = OPERATOR_QUEUES
+        assert stop_events.name == OPERATOR_STOP_EVENTS_QUEUE and order_events.name == OPERATOR_ORDER_EVENTS_QUEUE
+        self._writer_task = asyncio.create_task(self.writer.run())
+        await self.bus.consume(stop_events, StopEvent, self.on_stop_event, prefetch=500)
+        await self.bus.consume(order_events, OrderResult, self.on_order_result, prefetch=100)
+
+    async def stop(self) -> None:
+        if self._writer_task is not None:
+            self._writer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer_task
+        await self.writer.flush(force=True)
+
+    async def on_stop_event(self, event: StopEvent, headers: dict[str, Any]) -> None:
+        if event.type == "sync":
+            await self.answer_sync(event.symbol)
+            return
+        now = ms_to_rfc3339(now_ms())
+        targets = self.store.for_symbol(event.symbol) if event.uid is None else [self.store.get(event.uid)]
+        with telemetry.span("status write", headers, type=event.type, symbol=event.symbol):
+            for record in targets:
+                if record is None:
+                    log.info("event %s for unknown stop %s (deleted?)", event.type, event.uid,
+                             extra={"uid": event.uid, "symbol": event.symbol})
+                    continue
+                await self.writer.submit(record, apply_stop_event(record.status, event, now))
+
+    async def on_order_result(self, result: OrderResult, headers: dict[str, Any]) -> None:
+        record = self.store.get(result.uid)
+        if record is None:
+            log.warning("order result for unknown stop %s", result.uid, extra={"uid": result.uid})
+            return
+        with telemetry.span("status write", headers, clientOrderId=result.client_order_id):
+            await self.writer.submit(record, apply_order_result(record.status, result, ms_to_rfc3339(now_ms())))
+
+    async def answer_sync(self, symbol: str) -> None:
+        """Every stop of ``symbol`` with its saved state, then ``synced``."""
+        records = self.store.for_symbol(symbol)
+        for record in records:
+            await self.bus.publish_command(StopCommand.upsert(record.definition()))
+        await self.bus.publish_command(StopCommand(op="synced", symbol=symbol))
+        log.info("answered the %s orchestrator's sync with %d stops", symbol, len(records), extra={"symbol": symbol})
