@@ -130,11 +130,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _announce(manifests: list[Manifest], source: str) -> None:
-    simulated = [m.key for m in manifests if m.spec.mode != "Simulate"]
     print(f"{len(manifests)} stop(s) on {source}; orders are simulated", flush=True)
-    if simulated:
-        print(f"note: {', '.join(simulated)}: mode {manifests[0].spec.mode} is simulated here; "
-              "real orders are placed only by the operator's executor", file=sys.stderr)
+    for manifest in manifests:
+        if manifest.spec.mode != "Simulate":
+            print(f"note: {manifest.key}: mode {manifest.spec.mode} is simulated here; "
+                  "real orders are placed only by the operator's executor", file=sys.stderr)
 
 
 def _file_symbol(path: Path, given: str | None, manifests: list[Manifest]) -> str:

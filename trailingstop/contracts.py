@@ -15,10 +15,11 @@ The CRD schema in ``crds/`` is generated from the constants below (see
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -30,6 +31,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -67,6 +69,7 @@ MESSAGES = {
     "trailingPercent": "trailingPercent must be > 0 and < 100, with at most 8 decimals",
     "activationPrice": "activationPrice must be a decimal string > 0, like \"65000\"",
     "credentialsSecretRef": "credentialsSecretRef is required unless mode is Simulate",
+    "secretName": "name must be a Secret name: lower-case letters, digits, '-' and '.', at most 253",
     "immutable": "{field} is immutable: delete the TrailingStop and create a new one",
 }
 
@@ -95,7 +98,7 @@ def _decimal_checker(pattern: str, message: str, *, positive: bool) -> Any:
                 "decimal_string",
                 f"{message}, got the {type(value).__name__} {shown}: write it as a quoted string",
             )
-        if not compiled.match(value) or (positive and not re.search(NONZERO_DIGIT, value)):
+        if not compiled.fullmatch(value) or (positive and not re.search(NONZERO_DIGIT, value)):
             raise PydanticCustomError("decimal_value", f'{message}, got "{value}"')
         return Decimal(value)
 
@@ -139,7 +142,7 @@ WireDecimal = Annotated[Decimal, BeforeValidator(_check_wire_decimal), _wire_dec
 
 
 def _check_symbol(value: str) -> str:
-    if not re.match(SYMBOL_PATTERN, value):
+    if not re.fullmatch(SYMBOL_PATTERN, value):
         raise PydanticCustomError("symbol", f'{MESSAGES["symbol"]}, got "{value}"')
     return value
 
@@ -148,6 +151,8 @@ Symbol = Annotated[str, AfterValidator(_check_symbol)]
 
 
 # --- base models -----------------------------------------------------------------------------
+
+_WIRE: dict[str, bool] = {"wire": True}  # validation context of messages read from the bus
 
 
 class _CamelModel(BaseModel):
@@ -171,14 +176,28 @@ class Message(_CamelModel):
 
     @classmethod
     def from_json(cls, body: bytes | str) -> Any:
-        return cls.model_validate_json(body)
+        """Parse a message from the bus; it must say ``"v": 1`` (a missing version is refused)."""
+        return cls.model_validate_json(body, context=_WIRE)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_on_the_wire(cls, data: Any, info: ValidationInfo) -> Any:
+        if info.context is _WIRE and isinstance(data, dict) and "v" not in data:
+            raise PydanticCustomError("version", 'a bus message must carry "v": 1')
+        return data
 
 
 # --- the TrailingStop resource (DESIGN §3) ---------------------------------------------------
 
 
+def _check_secret_name(value: str) -> str:
+    if len(value) > SECRET_NAME_MAX or not re.fullmatch(SECRET_NAME_PATTERN, value):
+        raise PydanticCustomError("secret_name", f'{MESSAGES["secretName"]}, got "{value}"')
+    return value
+
+
 class SecretRef(_CamelModel):
-    name: Annotated[str, Field(min_length=1, max_length=SECRET_NAME_MAX, pattern=SECRET_NAME_PATTERN)]
+    name: Annotated[str, AfterValidator(_check_secret_name)]
 
 
 class TrailingStopSpec(_CamelModel):
@@ -291,10 +310,10 @@ class SavedState(_CamelModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> SavedState:
-        if self.activated and self.reference_price is None:
+        # A triggered stop may lack activation details (its events can arrive out of order); it is
+        # final either way. A stop that is tracking needs its reference to go on tracking.
+        if self.activated and not self.triggered and self.reference_price is None:
             raise PydanticCustomError("saved_state", "an activated stop needs its referencePrice")
-        if self.triggered and not self.activated:
-            raise PydanticCustomError("saved_state", "a triggered stop must have been activated")
         return self
 
 
@@ -362,7 +381,7 @@ class StopCommand(Message):
     @model_validator(mode="after")
     def _stop_unless_synced(self) -> StopCommand:
         if self.op != "synced" and self.stop is None:
-            raise PydanticCustomError("command", f"a {self.op} command needs its stop")
+            raise PydanticCustomError("command", f"the {self.op} command needs its stop")
         if self.stop is not None and self.stop.symbol != self.symbol:
             raise PydanticCustomError("command", "stop.symbol must equal the command's symbol")
         return self
@@ -464,6 +483,9 @@ class OrderResult(Message):
 # --- helpers ---------------------------------------------------------------------------------
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -476,7 +498,7 @@ def ms_to_rfc3339(ms: int) -> str:
 
 def rfc3339_to_ms(text: str) -> int:
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return int(moment.timestamp() * 1000)
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 def client_order_id(uid: str) -> str:
@@ -484,8 +506,8 @@ def client_order_id(uid: str) -> str:
     try:
         return "ts-" + uuid.UUID(uid).hex
     except ValueError:
-        cleaned = re.sub(r"[^A-Za-z0-9_-]", "-", uid)
-        return ("ts-" + cleaned)[:36]
+        # Not a Kubernetes uid: a digest keeps distinct uids distinct within 36 characters.
+        return "ts-" + hashlib.sha256(uid.encode()).hexdigest()[:32]
 
 
 def executor_route(mode: str, secret_name: str | None) -> str:
@@ -508,7 +530,7 @@ def describe_errors(error: ValidationError, prefix: str = "") -> list[str]:
 def _describe_one(location: str, item: Any) -> str:
     kind, message = item["type"], item["msg"]
     field = location.rsplit(".", 1)[-1] if location else ""
-    if kind in ("decimal_value", "decimal_string", "symbol"):
+    if kind in ("decimal_value", "decimal_string", "symbol", "secret_name"):
         # Our own messages already start with the field name; anchor them at the full path.
         if field and message.startswith(field):
             return f"{location.removesuffix(field)}{message}"
@@ -520,7 +542,7 @@ def _describe_one(location: str, item: Any) -> str:
     if kind == "literal_error":
         expected = item.get("ctx", {}).get("expected", "")
         return f"{location} must be one of {expected}, got {item['input']!r}"
-    if kind in ("credentials", "saved_state", "command"):
+    if kind in ("credentials", "saved_state", "command", "version"):
         return f"{location + ': ' if location else ''}{message}"
     if location:
         return f"{location}: {message}"

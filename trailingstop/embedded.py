@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TextIO
 
 from trailingstop.contracts import (
@@ -23,6 +24,7 @@ from trailingstop.contracts import (
     TrailingStopStatus,
     ms_to_rfc3339,
     now_ms,
+    to_wire,
 )
 from trailingstop.exchange.simulated import SimulatedExchange
 from trailingstop.manifests import Manifest
@@ -163,16 +165,20 @@ class EmbeddedRun:
 
 def _describe(event: StopEvent, stop: LocalStop) -> str:
     spec = stop.manifest.spec
+    price, reference, level = (_text(v) for v in (event.price, event.reference_price, event.stop_price))
     if event.type == "armed":
         if spec.activation_price is None:
             return "activates on the next trade"
         comparison = ">=" if spec.side == "SELL" else "<="
-        return f"waiting for price {comparison} {spec.activation_price}"
+        return f"waiting for price {comparison} {_text(spec.activation_price)}"
     if event.type == "activated":
-        return f"activated at {event.price} (trade {event.trade_id}); stop {event.stop_price}"
+        return f"activated at {price} (trade {event.trade_id}); stop {level}"
     if event.type == "triggered":
-        return (f"price {event.price} reached stop {event.stop_price} "
-                f"(reference {event.reference_price}, trade {event.trade_id})")
+        return f"price {price} reached stop {level} (reference {reference}, trade {event.trade_id})"
     if event.type == "invalid":
         return event.message or "invalid"
     return event.type
+
+
+def _text(value: Decimal | None) -> str:
+    return "-" if value is None else to_wire(value)

@@ -88,12 +88,17 @@ def parse_manifest(document: dict[str, Any], where: str = "manifest") -> Manifes
         metadata = {}
     name = metadata.get("name")
     namespace = metadata.get("namespace", "default")
-    if not isinstance(name, str) or not name:
+    if name is None or name == "":
         problems.append("metadata.name is required")
-    elif len(name) > 253 or not NAME_PATTERN.match(name):
+    elif not isinstance(name, str):
+        problems.append(f"metadata.name must be a string, got {name!r}")
+    elif len(name) > 253 or not NAME_PATTERN.fullmatch(name):
         problems.append(f"metadata.name must be a lower-case DNS name (a-z, 0-9, '-', '.'), got {name!r}")
-    if not isinstance(namespace, str) or len(namespace) > 63 or not NAMESPACE_PATTERN.match(namespace):
+    if not isinstance(namespace, str) or len(namespace) > 63 or not NAMESPACE_PATTERN.fullmatch(namespace):
         problems.append(f"metadata.namespace must be a lower-case DNS label, got {namespace!r}")
+    generation = metadata.get("generation", 1)
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 1:
+        problems.append(f"metadata.generation must be an integer >= 1, got {generation!r}")
     spec = None
     if "spec" not in document:
         problems.append("spec is required")
@@ -106,7 +111,7 @@ def parse_manifest(document: dict[str, Any], where: str = "manifest") -> Manifes
         label = f"{where} {namespace}/{name}" if isinstance(name, str) and name else where
         raise ManifestError(label, problems)
     uid = str(metadata.get("uid") or uuid.uuid5(_LOCAL_UID_NAMESPACE, f"{namespace}/{name}"))
-    return Manifest(namespace=namespace, name=name, spec=spec, uid=uid, generation=int(metadata.get("generation", 1)))
+    return Manifest(namespace=namespace, name=name, spec=spec, uid=uid, generation=generation)
 
 
 def _flatten(documents: Iterable[Any]) -> Iterable[Any]:

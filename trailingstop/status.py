@@ -135,7 +135,10 @@ def _triggered(status: TrailingStopStatus, event: StopEvent, now: str) -> Traili
         f"price {event.price} reached stop {event.stop_price} (reference {event.reference_price})",
         now, event.generation,
     )
-    order = OrderStatus(client_order_id=client_order_id(event.uid or ""), status="PENDING", updated_at=now)
+    # An order result may have come first (results and events travel on different queues).
+    order = status.order or OrderStatus(
+        client_order_id=client_order_id(event.uid or ""), status="PENDING", updated_at=now
+    )
     return updated.model_copy(
         update={**trigger, "order": order, "conditions": conditions, **_last_price(status, event, now)}
     )
@@ -174,9 +177,12 @@ def apply_order_result(status: TrailingStopStatus, result: OrderResult, now: str
         error=result.error,
         updated_at=ms_to_rfc3339(result.at),
     )
-    if status.order == order or (_RANK[status.phase] == 4 and phase == "Triggered"):
-        return status
+    final = _RANK[status.phase] == _RANK["Filled"]
+    if status.order == order or (final and phase != status.phase):
+        return status  # a duplicate, or a late result that would move a final stop
     update: dict[str, Any] = {"order": order}
+    if _RANK[status.phase] < _RANK["Triggered"]:
+        update["phase"] = "Triggered"  # an order exists: the stop has triggered, whatever came first
     if phase != "Triggered" and status.phase != phase:
         update["phase"] = phase
         update["message"] = message
@@ -210,13 +216,16 @@ def order_outcome(result: OrderResult) -> tuple[Phase, str, str]:
 
 def saved_state(status: TrailingStopStatus) -> SavedState:
     """What a restarting orchestrator needs from a status to continue exactly where it was."""
+    triggered = (
+        status.triggered_at is not None or status.order is not None or _RANK[status.phase] >= _RANK["Triggered"]
+    )
     return SavedState(
-        activated=status.activated_price is not None and status.reference_price is not None,
+        activated=status.reference_price is not None,
         activated_at=_ms(status.activated_at),
         activated_price=status.activated_price,
         activated_trade_id=status.activated_trade_id,
         reference_price=status.reference_price,
-        triggered=status.triggered_at is not None,
+        triggered=triggered,
         triggered_at=_ms(status.triggered_at),
         trigger_price=status.trigger_price,
         trigger_trade_id=status.trigger_trade_id,

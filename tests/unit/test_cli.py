@@ -150,7 +150,7 @@ def test_run_a_list_in_two_namespaces(capsys: pytest.CaptureFixture[str]) -> Non
     assert table[2] == ["desk-b", "tight", "BTCUSDT", "BUY", "1.5", "Filled", "100", "101.5", "110", "2s"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the mode note names the first manifest's mode, not the stop's")
+
 def test_run_notes_the_mode_of_each_non_simulated_stop(capsys: pytest.CaptureFixture[str]) -> None:
     # list.yaml: desk-a/tight is Simulate, desk-b/tight is Testnet; the note reads
     # "note: desk-b/tight: mode Simulate is simulated here; ..." (cli._announce uses manifests[0]).
@@ -278,7 +278,7 @@ def test_run_without_a_manifest_file(capsys: pytest.CaptureFixture[str], tmp_pat
     assert (code, err) == (2, f"error: {tmp_path / 'none.yaml'}: no such file\n")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a non-integer metadata.generation crashes `run` with a traceback")
+
 def test_run_refuses_a_bad_generation_with_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = write_manifest(tmp_path)
     document = yaml.safe_load(path.read_text())

@@ -447,7 +447,7 @@ def test_secret_name_pattern_is_refused(name: str) -> None:
     assert lines[0].startswith("spec.credentialsSecretRef.name")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: secret name errors are pydantic's raw regex text, without the value")
+
 def test_secret_name_error_is_human() -> None:
     # Every other spec rule reads `<field> must be ..., got "<value>"`; this one prints
     # `spec.credentialsSecretRef.name: String should match pattern '^[a-z0-9]([-a-z0-9]*...'`.
@@ -458,7 +458,7 @@ def test_secret_name_error_is_human() -> None:
     assert "String should match pattern" not in lines[0]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: re.match with '$' accepts a trailing newline; the CRD (RE2) refuses it")
+
 @pytest.mark.parametrize(
     "change",
     [{"symbol": "BTCUSDT\n"}, {"quantity": "1\n"}, {"trailingPercent": "1.5\n"}, {"activationPrice": "65000\n"}],
@@ -513,9 +513,9 @@ def test_place_order_is_market_only() -> None:
 
 def test_stop_command_needs_a_stop_unless_synced() -> None:
     upsert = message_errors(StopCommand, {"v": 1, "op": "upsert", "symbol": "BTCUSDT"})
-    assert len(upsert) == 1 and re.fullmatch(r"an? upsert command needs its stop", upsert[0])
+    assert upsert == ["the upsert command needs its stop"]
     assert message_errors(StopCommand, {"v": 1, "op": "cancel", "symbol": "BTCUSDT"}) == [
-        "a cancel command needs its stop"
+        "the cancel command needs its stop"
     ]
     assert StopCommand.from_json('{"v": 1, "op": "synced", "symbol": "BTCUSDT"}').stop is None
 
@@ -539,9 +539,10 @@ def test_stop_command_validates_the_stop_like_the_spec() -> None:
 
 def test_saved_state_must_be_consistent() -> None:
     assert errors_of(SavedState, {"activated": True}) == ["an activated stop needs its referencePrice"]
-    assert errors_of(SavedState, {"triggered": True}) == ["a triggered stop must have been activated"]
-    cmd = {"v": 1, "op": "upsert", "symbol": "BTCUSDT", "stop": {**STOP_WIRE, "state": {"triggered": True}}}
-    assert message_errors(StopCommand, cmd) == ["stop.state: a triggered stop must have been activated"]
+    cmd = {"v": 1, "op": "upsert", "symbol": "BTCUSDT", "stop": {**STOP_WIRE, "state": {"activated": True}}}
+    assert message_errors(StopCommand, cmd) == ["stop.state: an activated stop needs its referencePrice"]
+    # Events can arrive out of order: a stop known to have triggered is final, activation details or not.
+    assert SavedState.model_validate({"triggered": True}).triggered is True
 
 
 def test_upsert_and_cancel_constructors() -> None:
@@ -592,7 +593,7 @@ def test_distinct_kubernetes_uids_get_distinct_client_order_ids(uid: Any) -> Non
     assert client_order_id(str(uid)) != client_order_id(other)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: non-UUID uids are truncated to 33 chars, so distinct uids collide")
+
 def test_distinct_non_uuid_uids_get_distinct_client_order_ids() -> None:
     # StopRef.uid accepts any 1-128 characters; these two stops would share one clientOrderId, so the
     # executor (which places only when no order with that id exists) would never place the second.
@@ -638,7 +639,7 @@ def test_ms_round_trip_in_this_era(ms: int) -> None:
     assert rfc3339_to_ms(ms_to_rfc3339(ms)) == ms
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: rfc3339_to_ms truncates a float, losing 1 ms for some instants")
+
 @pytest.mark.parametrize("ms", [1074729709649, 2154548192811])
 def test_ms_round_trip_everywhere(ms: int) -> None:
     # "2004-01-22T00:01:49.649Z" -> 1074729709648: int(timestamp() * 1000) truncates 1074729709648.9999.

@@ -219,7 +219,7 @@ def test_unquoted_yaml_number_is_refused_with_advice(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a non-integer metadata.generation escapes as a bare ValueError")
+
 def test_bad_generation_is_a_manifest_error(tmp_path: Path) -> None:
     # parse_manifest does int(metadata["generation"]) after validation: "abc" raises ValueError,
     # which `trailingstop run` does not catch (traceback, exit 1 instead of `error: ...`, exit 2).

@@ -282,7 +282,7 @@ def test_saved_state_of_a_triggered_stop() -> None:
         T0 + 7000, D("109.76"), 7, D("112"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an open order result before the triggered event is overwritten")
+
 def test_an_open_order_reported_before_the_trigger_is_kept() -> None:
     # Tracking, then OrderResult NEW (orderId 42) arrives first: the phase stays Tracking; the
     # triggered event then replaces status.order with a fresh {status: PENDING} and loses orderId 42.
@@ -293,7 +293,7 @@ def test_an_open_order_reported_before_the_trigger_is_kept() -> None:
     assert (late.order.status, late.order.order_id) == ("NEW", 42)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a final phase (Filled) moves to another final phase (Rejected/Failed)")
+
 @pytest.mark.parametrize(
     "late",
     [result("REJECTED", error=OrderError(code=-2010, message="Duplicate order sent.")),
@@ -305,7 +305,7 @@ def test_a_filled_stop_stays_filled(late: OrderResult) -> None:
     assert run(late, status=filled).phase == "Filled"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: saved_state raises when the trigger arrived before the activation")
+
 def test_saved_state_when_the_activated_event_was_late() -> None:
     # Armed, then the triggered event (the activated one is still in flight): the status has
     # triggeredAt and referencePrice but no activatedPrice, and saved_state() raises

@@ -200,7 +200,7 @@ def test_committed_crd_has_the_generated_rules() -> None:
     assert _without_descriptions(committed) == _without_descriptions(crd())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: crds/ is stale: the Phase printer column description differs")
+
 def test_committed_crd_is_exactly_the_generated_one() -> None:
     # table.py says "Pending, Armed, Tracking, Triggered, Filled, ..."; the committed file says
     # "... Filled, Rejected, Failed or Invalid". Regenerate with `trailingstop crd > crds/...`.

@@ -25,13 +25,13 @@ class LotSize:
 
     def problem(self, qty: Decimal) -> str | None:
         if qty < self.min_qty:
-            return f"quantity {qty} is below {self.name} minQty {_plain(self.min_qty)}"
+            return f"quantity {_plain(qty)} is below {self.name} minQty {_plain(self.min_qty)}"
         if self.max_qty > 0 and qty > self.max_qty:
-            return f"quantity {qty} is above {self.name} maxQty {_plain(self.max_qty)}"
+            return f"quantity {_plain(qty)} is above {self.name} maxQty {_plain(self.max_qty)}"
         if self.step_size > 0 and (qty - self.min_qty) % self.step_size != 0:
             below = self.floor(qty)
             return (
-                f"quantity {qty} is not a multiple of {self.name} stepSize {_plain(self.step_size)} "
+                f"quantity {_plain(qty)} is not a multiple of {self.name} stepSize {_plain(self.step_size)} "
                 f"(nearest below: {_plain(below)})"
             )
         return None
@@ -94,7 +94,7 @@ class SymbolFilters:
         notional = qty * price
         if self.min_notional is not None and notional < self.min_notional:
             return (
-                f"order value {_plain(notional)} (quantity {qty} x price {price}) is below "
+                f"order value {_plain(notional)} (quantity {_plain(qty)} x price {_plain(price)}) is below "
                 f"minNotional {_plain(self.min_notional)}"
             )
         if self.max_notional is not None and notional > self.max_notional:
