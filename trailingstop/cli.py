@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `trailingstop run ... | head`: the reader left; that is fine
+        sys.stderr.close()
+        return EXIT_OK
 
 
 def _print_error(exc: Exception) -> None:

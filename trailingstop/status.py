@@ -22,6 +22,7 @@ from trailingstop.contracts import (
     client_order_id,
     ms_to_rfc3339,
     rfc3339_to_ms,
+    to_wire,
 )
 
 _RANK: dict[str, int] = {
@@ -200,10 +201,12 @@ def apply_order_result(status: TrailingStopStatus, result: OrderResult, now: str
 
 def order_outcome(result: OrderResult) -> tuple[Phase, str, str]:
     """(phase, condition reason, message) for an order result."""
-    quantity = f"{result.side} {result.executed_qty} {result.symbol}"
+    executed = "-" if result.executed_qty is None else to_wire(result.executed_qty)
+    quantity = f"{result.side} {executed} {result.symbol}"
     if result.status in ("FILLED", "SIMULATED"):
         how = "simulated fill" if result.status == "SIMULATED" else "filled"
-        return "Filled", result.status.capitalize(), f"{how}: {quantity} at {result.avg_price}"
+        price = "-" if result.avg_price is None else to_wire(result.avg_price)
+        return "Filled", result.status.capitalize(), f"{how}: {quantity} at {price}"
     if result.status == "REJECTED" or result.error is not None:
         detail = f"Binance {result.error.code}: {result.error.message}" if result.error else "rejected"
         return "Rejected", "ExchangeRejected", detail

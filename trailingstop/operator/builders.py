@@ -1,0 +1,213 @@
+"""Desired child objects, built from the TrailingStops that own them. Pure: no I/O.
+
+Per namespace and symbol: ``ts-marketdata-<symbol>`` and ``ts-orchestrator-<symbol>``; per
+namespace and route: ``ts-executor-<route>``; per namespace: the ``ts-amqp`` Secret the workers
+read the broker URL from (a secretKeyRef cannot reach another namespace). Each object is owned
+by every TrailingStop that needs it, so the garbage collector deletes it with the last one.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from trailingstop.contracts import API_GROUP, API_VERSION, KIND
+from trailingstop.operator.config import HEALTH_PORT, OperatorConfig
+
+MANAGED_BY = "trailingstop-operator"
+SYMBOL_LABEL = f"{API_GROUP}/symbol"
+ROUTE_LABEL = f"{API_GROUP}/route"
+AMQP_KEY = "url"
+WORKER_UID = 10001
+
+
+@dataclass(frozen=True, order=True)
+class Owner:
+    """A TrailingStop, as an owner of a child object."""
+
+    name: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": False,
+            "blockOwnerDeletion": False,
+        }
+
+
+def owner_references(owners: Iterable[Owner]) -> list[dict[str, Any]]:
+    """Sorted and unique, so the same owners always build the same object."""
+    return [owner.reference() for owner in sorted(set(owners))]
+
+
+def marketdata_name(symbol: str) -> str:
+    return f"ts-marketdata-{symbol.lower()}"
+
+
+def orchestrator_name(symbol: str) -> str:
+    return f"ts-orchestrator-{symbol.lower()}"
+
+
+def executor_name(route: str) -> str:
+    return f"ts-executor-{route.lower()}"
+
+
+def amqp_secret(config: OperatorConfig, namespace: str, owners: Iterable[Owner]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": config.amqp_secret_name,
+            "namespace": namespace,
+            "labels": _labels("broker-credentials"),
+            "ownerReferences": owner_references(owners),
+        },
+        "type": "Opaque",
+        "data": {AMQP_KEY: base64.b64encode(config.amqp_url.encode()).decode()},
+    }
+
+
+def marketdata_deployment(
+    config: OperatorConfig, namespace: str, symbol: str, owners: Iterable[Owner]
+) -> dict[str, Any]:
+    return _deployment(
+        config,
+        namespace,
+        name=marketdata_name(symbol),
+        component="marketdata",
+        args=["worker", "marketdata", "--symbol", symbol],
+        selector={SYMBOL_LABEL: symbol},
+        owners=owners,
+    )
+
+
+def orchestrator_deployment(
+    config: OperatorConfig, namespace: str, symbol: str, owners: Iterable[Owner]
+) -> dict[str, Any]:
+    # One replica, and Recreate: two orchestrators of one symbol would both fire (DESIGN §6).
+    return _deployment(
+        config,
+        namespace,
+        name=orchestrator_name(symbol),
+        component="orchestrator",
+        args=["worker", "orchestrator", "--symbol", symbol],
+        selector={SYMBOL_LABEL: symbol},
+        owners=owners,
+    )
+
+
+def executor_deployment(
+    config: OperatorConfig, namespace: str, route: str, secret_name: str | None, owners: Iterable[Owner]
+) -> dict[str, Any]:
+    env = []
+    if secret_name is not None:
+        # Keys reach the process as environment variables from the Secret, and nowhere else.
+        env = [
+            {"name": "BINANCE_API_KEY", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "apiKey"}}},
+            {"name": "BINANCE_API_SECRET", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "apiSecret"}}},
+        ]
+    return _deployment(
+        config,
+        namespace,
+        name=executor_name(route),
+        component="executor",
+        args=["worker", "executor", "--route", route],
+        selector={ROUTE_LABEL: route},
+        owners=owners,
+        extra_env=env,
+    )
+
+
+def _labels(component: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "trailingstop",
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "trailingstop",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        **(extra or {}),
+    }
+
+
+def _deployment(
+    config: OperatorConfig,
+    namespace: str,
+    *,
+    name: str,
+    component: str,
+    args: list[str],
+    selector: dict[str, str],
+    owners: Iterable[Owner],
+    extra_env: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    match = {"app.kubernetes.io/name": "trailingstop", "app.kubernetes.io/component": component, **selector}
+    labels = _labels(component, selector)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": owner_references(owners),
+        },
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": match},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": _pod_spec(config, args, extra_env or []),
+            },
+        },
+    }
+
+
+def _pod_spec(config: OperatorConfig, args: list[str], extra_env: list[dict[str, Any]]) -> dict[str, Any]:
+    env = [
+        {"name": "AMQP_URL", "valueFrom": {"secretKeyRef": {"name": config.amqp_secret_name, "key": AMQP_KEY}}},
+        {"name": "TRAILINGSTOP_HEALTH_PORT", "value": str(HEALTH_PORT)},
+        *({"name": key, "value": str(value)} for key, value in sorted(config.worker_env.items())),
+        *extra_env,
+    ]
+    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 3}
+    spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": 30,
+        "containers": [
+            {
+                "name": "worker",
+                "image": config.worker_image,
+                "imagePullPolicy": config.image_pull_policy,
+                "args": args,
+                "env": env,
+                "ports": [{"name": "http", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
+                "livenessProbe": {**probe, "initialDelaySeconds": 20, "failureThreshold": 6},
+                "readinessProbe": {**probe, "initialDelaySeconds": 2, "failureThreshold": 3},
+                "resources": config.worker_resources,
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "privileged": False,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }
+        ],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+    }
+    if config.worker_service_account:
+        spec["serviceAccountName"] = config.worker_service_account
+    return spec

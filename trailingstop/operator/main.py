@@ -1,0 +1,135 @@
+"""``trailingstop operator``: thin kopf handlers; the work is in :mod:`trailingstop.operator.reconcile`.
+
+Own finalizer and annotation prefixes (``trailingstop.dev``), so this operator never collides
+with another kopf operator on the same objects. Run one replica with strategy Recreate:
+``--standalone`` (the default in the chart) turns kopf's peering off; without it, kopf pauses
+lower-priority peers through its KopfPeering resources, which must then be installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from trailingstop import telemetry
+from trailingstop.bus import Bus
+from trailingstop.contracts import API_GROUP, API_VERSION, PLURAL
+from trailingstop.health import HealthServer
+from trailingstop.operator.config import OperatorConfig
+from trailingstop.operator.events import EventRouter, StatusWriter
+from trailingstop.operator.kube import Kube, KubeStopStore, api_client
+from trailingstop.operator.reconcile import Reconciler
+from trailingstop.settings import Settings
+from trailingstop.workers.service import connect_bus
+
+log = logging.getLogger(__name__)
+
+
+class Operator:
+    """Everything the handlers share, created at kopf start-up and closed at clean-up."""
+
+    def __init__(self) -> None:
+        self.config = OperatorConfig()
+        self.health: HealthServer | None = None
+        self.bus: Bus | None = None
+        self.kube: Kube | None = None
+        self.router: EventRouter | None = None
+        self.reconciler: Reconciler | None = None
+
+    async def start(self, config: OperatorConfig) -> None:
+        self.config = config
+        self.health = HealthServer(config.health_port)
+        await self.health.start()
+        self.kube = Kube(await api_client())
+        store = KubeStopStore(self.kube)
+        self.bus = await connect_bus(Settings(amqp_url=config.amqp_url), "trailingstop-operator")
+        writer = StatusWriter(store, interval=config.status_interval)
+        self.reconciler = Reconciler(config, self.kube, store, writer, self.bus)
+        writer.on_transition = self.reconciler.on_transition
+        loaded = await self.reconciler.load()
+        self.router = EventRouter(self.bus, store, writer)
+        await self.router.start()
+        bus = self.bus
+        self.health.add_check("broker", lambda: (bus.connected, "connected" if bus.connected else "down"))
+        log.info("operator started (%r); %d TrailingStops loaded", config, loaded)
+
+    async def stop(self) -> None:
+        if self.router is not None:
+            await self.router.stop()
+        if self.bus is not None:
+            await self.bus.close()
+        if self.kube is not None:
+            await self.kube.close()
+        if self.health is not None:
+            await self.health.stop()
+
+    @property
+    def work(self) -> Reconciler:
+        assert self.reconciler is not None, "the operator has not started"
+        return self.reconciler
+
+
+OPERATOR = Operator()
+RESOURCE = (API_GROUP, API_VERSION, PLURAL)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # our own Events say what matters; kopf's only problems
+    settings.networking.error_backoffs = [1, 2, 5, 10, 20, 30]
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    await OPERATOR.start(_CONFIG)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    await OPERATOR.stop()
+
+
+@kopf.on.create(*RESOURCE)
+@kopf.on.resume(*RESOURCE)
+async def ensure(body: kopf.Body, **_: Any) -> None:
+    telemetry.OPERATOR_RECONCILES.labels(handler="ensure").inc()
+    await OPERATOR.work.ensure(body)
+
+
+@kopf.on.update(*RESOURCE, field="spec")
+async def spec_changed(body: kopf.Body, **_: Any) -> None:
+    telemetry.OPERATOR_RECONCILES.labels(handler="spec").inc()
+    await OPERATOR.work.spec_changed(body)
+
+
+@kopf.on.delete(*RESOURCE)
+async def deleted(body: kopf.Body, **_: Any) -> None:
+    telemetry.OPERATOR_RECONCILES.labels(handler="delete").inc()
+    await OPERATOR.work.deleted(body)
+
+
+_CONFIG = OperatorConfig()
+
+
+def run(args: argparse.Namespace) -> int:
+    global _CONFIG
+    telemetry.setup_logging()
+    telemetry.setup_tracing("trailingstop-operator")
+    _CONFIG = OperatorConfig.from_env(
+        namespaces=tuple(args.namespaces) if args.namespaces else None,
+        clusterwide=True if args.all_namespaces else None,
+        standalone=True if args.standalone else None,
+    )
+    if _CONFIG.clusterwide:
+        scope: dict[str, Any] = {"clusterwide": True}
+    else:
+        scope = {"namespaces": list(_CONFIG.namespaces)}
+    asyncio.run(kopf.operator(standalone=_CONFIG.standalone, **scope))
+    return 0

@@ -1,0 +1,168 @@
+"""What the operator does for a TrailingStop: child objects, commands to the orchestrator, refusals.
+
+Every function here is idempotent: kopf calls ``ensure`` on create and again on resume after an
+operator restart, and nothing is written unless it changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from trailingstop.bus import Bus
+from trailingstop.contracts import (
+    FINAL_PHASES,
+    StopCommand,
+    TrailingStopSpec,
+    TrailingStopStatus,
+    describe_errors,
+    ms_to_rfc3339,
+    now_ms,
+)
+from trailingstop.operator import builders
+from trailingstop.operator.builders import Owner
+from trailingstop.operator.config import OperatorConfig
+from trailingstop.operator.events import StatusWriter
+from trailingstop.operator.kube import Kube
+from trailingstop.operator.stops import StopRecord, StopStore
+from trailingstop.status import set_condition
+from trailingstop.telemetry import stop_fields
+
+log = logging.getLogger(__name__)
+
+TRIGGERED_OR_LATER = frozenset({"Triggered", *FINAL_PHASES})
+# Phase reached -> (Kubernetes Event reason, is a warning)
+TRANSITION_EVENTS: dict[str, tuple[str, bool]] = {
+    "Tracking": ("Activated", False),
+    "Triggered": ("Triggered", False),
+    "Filled": ("Filled", False),
+    "Rejected": ("Rejected", True),
+    "Failed": ("Failed", True),
+    "Invalid": ("Invalid", True),
+}
+
+
+def record_from_body(body: Mapping[str, Any]) -> StopRecord:
+    metadata = body["metadata"]
+    try:
+        spec = TrailingStopSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:  # the CRD refuses these; only a hand-made object gets here
+        raise kopf.PermanentError("; ".join(describe_errors(exc, "spec"))) from None
+    try:
+        status = TrailingStopStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        log.warning("unreadable status on %s/%s; starting from Pending", metadata["namespace"], metadata["name"])
+        status = TrailingStopStatus()
+    return StopRecord(
+        uid=metadata["uid"],
+        namespace=metadata["namespace"],
+        name=metadata["name"],
+        generation=int(metadata.get("generation", 1)),
+        spec=spec,
+        status=status,
+    )
+
+
+class Reconciler:
+    def __init__(self, config: OperatorConfig, kube: Kube, store: StopStore, writer: StatusWriter, bus: Bus) -> None:
+        self.config = config
+        self.kube = kube
+        self.store = store
+        self.writer = writer
+        self.bus = bus
+
+    async def load(self) -> int:
+        """Read every TrailingStop once at start-up, so a sync request is answered in full."""
+        bodies = await self.kube.list_stops(self.config.namespaces, self.config.clusterwide)
+        for body in bodies:
+            self.store.put(record_from_body(body))
+        return len(bodies)
+
+    async def ensure(self, body: Mapping[str, Any]) -> None:
+        """On create and on resume: children exist with this stop among their owners; the
+        orchestrator has the stop (with its saved progress)."""
+        self._require_broker()
+        record = self.store.put(record_from_body(body))
+        if record.status.observed_generation is None:  # never written: a new stop
+            await self._mark_pending(record)
+        await self.ensure_workloads(record)
+        if record.status.phase not in FINAL_PHASES:
+            await self.bus.publish_command(StopCommand.upsert(record.definition()))
+
+    async def spec_changed(self, body: Mapping[str, Any]) -> None:
+        self._require_broker()
+        record = self.store.put(record_from_body(body))
+        now = ms_to_rfc3339(now_ms())
+        if record.status.phase in TRIGGERED_OR_LATER:
+            # The stop fired: its order exists. A new spec would be a new stop; say so, change nothing.
+            conditions = set_condition(
+                record.status.conditions, "SpecAccepted", "False", "SpecChangeRefused",
+                f"the stop is {record.status.phase}; create a new TrailingStop instead", now, record.generation,
+            )
+            await self.writer.submit(record, record.status.model_copy(update={"conditions": conditions}))
+            log.warning("spec change of %s refused: already %s", record.key, record.status.phase,
+                        extra=stop_fields(record.namespace, record.name, record.uid, record.spec.symbol))
+            return
+        conditions = set_condition(
+            record.status.conditions, "SpecAccepted", "True", "Applied", f"generation {record.generation}",
+            now, record.generation,
+        )
+        await self.writer.submit(record, record.status.model_copy(update={"conditions": conditions}))
+        await self.ensure_workloads(record)
+        await self.bus.publish_command(StopCommand.upsert(record.definition()))
+
+    async def deleted(self, body: Mapping[str, Any]) -> None:
+        self._require_broker()
+        record = self.store.get(body["metadata"]["uid"]) or record_from_body(body)
+        if record.status.phase not in FINAL_PHASES:
+            await self.bus.publish_command(StopCommand.cancel(record.definition(with_state=False)))
+        self.store.remove(record.uid)
+        self.writer.forget(record.uid)
+
+    async def ensure_workloads(self, record: StopRecord) -> None:
+        """The namespace's broker Secret, the symbol's workers, the route's executor."""
+        namespace, symbol, route = record.namespace, record.spec.symbol, record.spec.route
+        in_namespace = [r for r in self.store.all() if r.namespace == namespace]
+        by_symbol = [Owner(r.name, r.uid) for r in in_namespace if r.spec.symbol == symbol]
+        by_route = [Owner(r.name, r.uid) for r in in_namespace if r.spec.route == route]
+        secret = record.spec.credentials_secret_ref.name if record.spec.credentials_secret_ref else None
+        for desired in (
+            builders.amqp_secret(self.config, namespace, [Owner(r.name, r.uid) for r in in_namespace]),
+            builders.marketdata_deployment(self.config, namespace, symbol, by_symbol),
+            builders.orchestrator_deployment(self.config, namespace, symbol, by_symbol),
+            builders.executor_deployment(self.config, namespace, route, secret, by_route),
+        ):
+            await self.kube.ensure(desired)
+
+    async def on_transition(self, record: StopRecord, before: str) -> None:
+        """A Kubernetes Event for each phase people want to hear about."""
+        reason, warning = TRANSITION_EVENTS.get(record.status.phase, ("", False))
+        if reason:
+            message = record.status.message or _describe(record)
+            await self.kube.post_event(record, reason, message, warning)
+
+    async def _mark_pending(self, record: StopRecord) -> None:
+        now = ms_to_rfc3339(now_ms())
+        conditions = set_condition(
+            record.status.conditions, "Ready", "False", "Pending", "waiting for the symbol's orchestrator",
+            now, record.generation,
+        )
+        status = record.status.model_copy(update={"observed_generation": record.generation, "conditions": conditions})
+        await self.writer.submit(record, status)
+
+    def _require_broker(self) -> None:
+        if not self.bus.connected:
+            raise kopf.TemporaryError("the message broker is unreachable; retrying", delay=5)
+
+
+def _describe(record: StopRecord) -> str:
+    status = record.status
+    if status.phase == "Tracking":
+        return f"activated at {status.activated_price}; stop {status.stop_price}"
+    if status.phase == "Triggered":
+        return f"price {status.trigger_price} reached stop {status.stop_price}; order sent"
+    return status.phase
