@@ -36,19 +36,36 @@ def _string(description: str, **extra: Any) -> dict[str, Any]:
     return {"type": "string", "description": description, **extra}
 
 
+def _matching(description: str, pattern: str, message: str, max_length: int, positive: bool = False) -> dict[str, Any]:
+    """A string checked by a CEL rule rather than ``pattern``, so a refusal reads ``message``
+    instead of a regular expression. (CEL's ``matches`` is RE2, like ``pattern``.)"""
+    rule = f"self.matches('{_cel_escape(pattern)}')"
+    if positive:
+        rule += f" && self.matches('{NONZERO_DIGIT}')"
+    return _string(description, maxLength=max_length, **{"x-kubernetes-validations": [{"rule": rule, "message": message}]})
+
+
 def _positive_decimal(description: str, pattern: str, message: str, max_length: int) -> dict[str, Any]:
-    return _string(
-        description,
-        pattern=pattern,
-        maxLength=max_length,
-        **{"x-kubernetes-validations": [{"rule": f"self.matches('{NONZERO_DIGIT}')", "message": message}]},
-    )
+    return _matching(description, pattern, message, max_length, positive=True)
+
+
+def _cel_escape(pattern: str) -> str:
+    return pattern.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _immutable(schema: dict[str, Any], field: str) -> dict[str, Any]:
     rule = {"rule": "self == oldSelf", "message": MESSAGES["immutable"].format(field=field)}
     schema.setdefault("x-kubernetes-validations", []).append(rule)
     return schema
+
+
+# A triggered stop has placed its order: a new spec would be a new stop. The API server refuses
+# the change (the operator also refuses it with a condition, should a change get through).
+FROZEN_AFTER_TRIGGER = {
+    "rule": "!has(oldSelf.status) || !has(oldSelf.status.phase) || "
+    "!(oldSelf.status.phase in ['Triggered', 'Filled', 'Rejected', 'Failed']) || self.spec == oldSelf.spec",
+    "message": "spec cannot change once the stop has triggered: create a new TrailingStop instead",
+}
 
 
 def spec_schema() -> dict[str, Any]:
@@ -59,7 +76,7 @@ def spec_schema() -> dict[str, Any]:
         "required": ["symbol", "side", "quantity", "trailingPercent"],
         "properties": {
             "symbol": _immutable(
-                _string("Binance Spot symbol, e.g. BTCUSDT. Immutable.", pattern=SYMBOL_PATTERN, maxLength=20),
+                _matching("Binance Spot symbol, e.g. BTCUSDT. Immutable.", SYMBOL_PATTERN, MESSAGES["symbol"], 20),
                 "symbol",
             ),
             "side": _immutable(
@@ -97,7 +114,10 @@ def spec_schema() -> dict[str, Any]:
                 "unless mode is Simulate. The keys are passed to the executor as environment variables only.",
                 "required": ["name"],
                 "properties": {
-                    "name": _string("Name of the Secret.", pattern=SECRET_NAME_PATTERN, maxLength=SECRET_NAME_MAX),
+                    "name": _matching(
+                        "Name of the Secret.", SECRET_NAME_PATTERN, f"credentialsSecretRef.{MESSAGES['secretName']}",
+                        SECRET_NAME_MAX,
+                    ),
                 },
             },
         },
@@ -228,6 +248,7 @@ def crd() -> dict[str, Any]:
                             "type": "object",
                             "description": "A trailing stop on a Binance Spot symbol.",
                             "required": ["spec"],
+                            "x-kubernetes-validations": [FROZEN_AFTER_TRIGGER],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

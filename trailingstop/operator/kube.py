@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -193,11 +193,12 @@ class KubeStopStore(StopStore):
         self.kube = kube
         self._written: dict[str, dict[str, Any]] = {}
 
-    def put(self, record: StopRecord) -> StopRecord:
+    def put(self, record: StopRecord, on_server: Mapping[str, Any] | None = None) -> StopRecord:
+        """``on_server``: the status as read from the API, the base of the next merge patch."""
         known = self.get(record.uid) is not None
-        stored = super().put(record)
+        stored = super().put(record, on_server)
         if not known:
-            self._written[record.uid] = record.status.wire()
+            self._written[record.uid] = dict(on_server or {})
         return stored
 
     def remove(self, uid: str) -> StopRecord | None:

@@ -79,14 +79,14 @@ class Reconciler:
         """Read every TrailingStop once at start-up, so a sync request is answered in full."""
         bodies = await self.kube.list_stops(self.config.namespaces, self.config.clusterwide)
         for body in bodies:
-            self.store.put(record_from_body(body))
+            self.store.put(record_from_body(body), body.get("status"))
         return len(bodies)
 
     async def ensure(self, body: Mapping[str, Any]) -> None:
         """On create and on resume: children exist with this stop among their owners; the
         orchestrator has the stop (with its saved progress)."""
         self._require_broker()
-        record = self.store.put(record_from_body(body))
+        record = self.store.put(record_from_body(body), body.get("status"))
         if record.status.observed_generation is None:  # never written: a new stop
             await self._mark_pending(record)
         await self.ensure_workloads(record)
@@ -95,7 +95,7 @@ class Reconciler:
 
     async def spec_changed(self, body: Mapping[str, Any]) -> None:
         self._require_broker()
-        record = self.store.put(record_from_body(body))
+        record = self.store.put(record_from_body(body), body.get("status"))
         now = ms_to_rfc3339(now_ms())
         if record.status.phase in TRIGGERED_OR_LATER:
             # The stop fired: its order exists. A new spec would be a new stop; say so, change nothing.

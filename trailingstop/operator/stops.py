@@ -7,7 +7,9 @@ Kubernetes status subresource (:mod:`trailingstop.operator.kube`) or memory (tes
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from trailingstop.contracts import StopDefinition, TrailingStopSpec, TrailingStopStatus
 from trailingstop.status import saved_state
@@ -43,8 +45,9 @@ class StopStore:
     def get(self, uid: str) -> StopRecord | None:
         return self._records.get(uid)
 
-    def put(self, record: StopRecord) -> StopRecord:
-        """Add or refresh a record from the watch; our newer status is kept over the watch's."""
+    def put(self, record: StopRecord, on_server: Mapping[str, Any] | None = None) -> StopRecord:
+        """Add or refresh a record from the watch; our newer status is kept over the watch's.
+        ``on_server`` is the raw status read from the API (what a store that writes it needs)."""
         known = self._records.get(record.uid)
         if known is not None:
             known.spec, known.generation = record.spec, record.generation

@@ -1,0 +1,99 @@
+"""A stand-in kubelet for the e2e tests: runs each Deployment's container as a local process.
+
+There is no kubelet (nor container runtime) on the test machine, so pods the controllers create
+stay Pending. This runner watches the operator's Deployments in one namespace and, for each, starts
+``python -m trailingstop <container args>`` with the container's environment resolved the way the
+kubelet resolves it: plain values as they are, ``secretKeyRef`` values read from the Secret through
+the API. Only the health port is moved (every "pod" shares one host). A changed template restarts
+the process (strategy Recreate); a deleted Deployment stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+from tests.harness import WorkerProcess
+
+MANAGED = "app.kubernetes.io/managed-by=trailingstop-operator"
+
+
+class PodRunner:
+    def __init__(self, api: client.ApiClient, namespace: str, log_dir: Path, host_env: dict[str, str]) -> None:
+        self.apps = client.AppsV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.namespace = namespace
+        self.log_dir = log_dir
+        self.host_env = host_env  # PATH and the like: what the image would provide
+        self.running: dict[str, tuple[str, WorkerProcess]] = {}  # deployment -> (template hash, process)
+        self.starts: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> PodRunner:
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.gather(*(process.stop() for _, process in self.running.values()))
+        self.running.clear()
+
+    def process(self, deployment: str) -> WorkerProcess:
+        return self.running[deployment][1]
+
+    async def _loop(self) -> None:
+        while True:
+            await self.sync_once()
+            await asyncio.sleep(0.3)
+
+    async def sync_once(self) -> None:
+        listed = await self.apps.list_namespaced_deployment(self.namespace, label_selector=MANAGED)
+        present = {}
+        for deployment in listed.items:
+            present[deployment.metadata.name] = deployment
+        for name in list(self.running):
+            if name not in present:
+                await self.running.pop(name)[1].stop()
+        for name, deployment in present.items():
+            template = self.apps.api_client.sanitize_for_serialization(deployment.spec.template)
+            digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
+            current = self.running.get(name)
+            if current is not None and current[0] == digest:
+                current[1].assert_running()
+                continue
+            env = await self._environment(template["spec"]["containers"][0])
+            if env is None:
+                continue  # a Secret is not there yet: the kubelet would wait too
+            if current is not None:
+                await current[1].stop()
+            args = template["spec"]["containers"][0]["args"]
+            self.starts[name] = self.starts.get(name, 0) + 1
+            process = WorkerProcess(args, env, self.log_dir, f"{name}-{self.starts[name]}").start()
+            self.running[name] = (digest, process)
+
+    async def _environment(self, container: dict[str, Any]) -> dict[str, str] | None:
+        env = dict(self.host_env)
+        for item in container.get("env", []):
+            if "value" in item:
+                env[item["name"]] = item["value"]
+                continue
+            ref = item["valueFrom"]["secretKeyRef"]
+            try:
+                secret = await self.core.read_namespaced_secret(ref["name"], self.namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            env[item["name"]] = base64.b64decode(secret.data[ref["key"]]).decode()
+        return env
