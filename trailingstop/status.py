@@ -199,6 +199,17 @@ def apply_order_result(status: TrailingStopStatus, result: OrderResult, now: str
     return status.model_copy(update=update)
 
 
+def order_result_steps(status: TrailingStopStatus, result: OrderResult, now: str) -> list[TrailingStopStatus]:
+    """The statuses to write, in order, for an order result. A result can arrive before the
+    stop's ``triggered`` event (they travel on different queues); then Triggered is written
+    first, so everyone sees the same history: ... -> Triggered -> Filled."""
+    final = apply_order_result(status, result, now)
+    if _RANK[status.phase] >= _RANK["Triggered"] or final.phase == "Triggered":
+        return [final]
+    triggered = final.model_copy(update={"phase": "Triggered", "message": None, "conditions": status.conditions})
+    return [triggered, final]
+
+
 def order_outcome(result: OrderResult) -> tuple[Phase, str, str]:
     """(phase, condition reason, message) for an order result."""
     executed = "-" if result.executed_qty is None else to_wire(result.executed_qty)

@@ -42,7 +42,8 @@ def _matching(description: str, pattern: str, message: str, max_length: int, pos
     rule = f"self.matches('{_cel_escape(pattern)}')"
     if positive:
         rule += f" && self.matches('{NONZERO_DIGIT}')"
-    return _string(description, maxLength=max_length, **{"x-kubernetes-validations": [{"rule": rule, "message": message}]})
+    validations = [{"rule": rule, "message": message}]
+    return _string(description, maxLength=max_length, **{"x-kubernetes-validations": validations})
 
 
 def _positive_decimal(description: str, pattern: str, message: str, max_length: int) -> dict[str, Any]:

@@ -18,12 +18,12 @@ from trailingstop import telemetry
 from trailingstop.bus import OPERATOR_ORDER_EVENTS_QUEUE, OPERATOR_QUEUES, OPERATOR_STOP_EVENTS_QUEUE, Bus
 from trailingstop.contracts import OrderResult, StopCommand, StopEvent, TrailingStopStatus, ms_to_rfc3339, now_ms
 from trailingstop.operator.stops import StopRecord, StopStore
-from trailingstop.status import apply_order_result, apply_stop_event
+from trailingstop.status import apply_stop_event, order_result_steps
 
 log = logging.getLogger(__name__)
 
-# Called after a phase change is written: (record, phase before) -> e.g. a Kubernetes Event.
-TransitionHook = Callable[[StopRecord, str], Awaitable[None]]
+# Called after a phase change is written: (record, status written, phase before) -> e.g. an Event.
+TransitionHook = Callable[[StopRecord, TrailingStopStatus, str], Awaitable[None]]
 
 
 class StatusWriter:
@@ -35,6 +35,8 @@ class StatusWriter:
         self.on_transition = on_transition
         self._dirty: dict[str, StopRecord] = {}
         self._last_write: dict[str, float] = {}
+        # One write at a time per resource, so an older patch can never land after a newer one.
+        self._locks: dict[str, asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
         self.writes = 0
 
@@ -43,11 +45,11 @@ class StatusWriter:
         if status == before:
             return
         record.status = status
-        if status.phase != before.phase or status.order != before.order:
+        if _milestone(before, status):
             self._dirty.pop(record.uid, None)
             await self._write(record, "transition")
             if status.phase != before.phase and self.on_transition is not None:
-                await self.on_transition(record, before.phase)
+                await self.on_transition(record, status, before.phase)
         else:
             self._dirty[record.uid] = record
 
@@ -61,14 +63,17 @@ class StatusWriter:
                     await self._write(record, "update")
 
     async def _write(self, record: StopRecord, kind: str) -> None:
-        self._last_write[record.uid] = time.monotonic()
-        await self.store.write(record, record.status)
+        lock = self._locks.setdefault(record.uid, asyncio.Lock())
+        async with lock:
+            self._last_write[record.uid] = time.monotonic()
+            await self.store.write(record, record.status)  # the newest status when our turn comes
         self.writes += 1
         telemetry.OPERATOR_STATUS_WRITES.labels(kind=kind).inc()
 
     def forget(self, uid: str) -> None:
         self._dirty.pop(uid, None)
         self._last_write.pop(uid, None)
+        self._locks.pop(uid, None)
 
     async def run(self) -> None:
         while True:
@@ -119,7 +124,8 @@ class EventRouter:
             log.warning("order result for unknown stop %s", result.uid, extra={"uid": result.uid})
             return
         with telemetry.span("status write", headers, clientOrderId=result.client_order_id):
-            await self.writer.submit(record, apply_order_result(record.status, result, ms_to_rfc3339(now_ms())))
+            for status in order_result_steps(record.status, result, ms_to_rfc3339(now_ms())):
+                await self.writer.submit(record, status)
 
     async def answer_sync(self, symbol: str) -> None:
         """Every stop of ``symbol`` with its saved state, then ``synced``."""
@@ -128,3 +134,15 @@ class EventRouter:
             await self.bus.publish_command(StopCommand.upsert(record.definition()))
         await self.bus.publish_command(StopCommand(op="synced", symbol=symbol))
         log.info("answered the %s orchestrator's sync with %d stops", symbol, len(records), extra={"symbol": symbol})
+
+
+def _milestone(before: TrailingStopStatus, after: TrailingStopStatus) -> bool:
+    """A change written at once: phase, order, activation or trigger (events may arrive in any
+    order, so a trigger's details can follow its Filled phase). Reference and price are coalesced."""
+    return (
+        before.phase != after.phase
+        or before.order != after.order
+        or before.activated_at != after.activated_at
+        or before.triggered_at != after.triggered_at
+        or before.conditions != after.conditions
+    )

@@ -138,12 +138,11 @@ class Reconciler:
         ):
             await self.kube.ensure(desired)
 
-    async def on_transition(self, record: StopRecord, before: str) -> None:
+    async def on_transition(self, record: StopRecord, status: TrailingStopStatus, before: str) -> None:
         """A Kubernetes Event for each phase people want to hear about."""
-        reason, warning = TRANSITION_EVENTS.get(record.status.phase, ("", False))
+        reason, warning = TRANSITION_EVENTS.get(status.phase, ("", False))
         if reason:
-            message = record.status.message or _describe(record)
-            await self.kube.post_event(record, reason, message, warning)
+            await self.kube.post_event(record, reason, status.message or _describe(status), warning)
 
     async def _mark_pending(self, record: StopRecord) -> None:
         now = ms_to_rfc3339(now_ms())
@@ -159,8 +158,7 @@ class Reconciler:
             raise kopf.TemporaryError("the message broker is unreachable; retrying", delay=5)
 
 
-def _describe(record: StopRecord) -> str:
-    status = record.status
+def _describe(status: TrailingStopStatus) -> str:
     if status.phase == "Tracking":
         return f"activated at {status.activated_price}; stop {status.stop_price}"
     if status.phase == "Triggered":

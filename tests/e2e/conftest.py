@@ -1,0 +1,105 @@
+"""Fixtures for the operator on the real control plane, with workers run by the pod runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes_asyncio import client, config
+
+from tests.conftest import Tool
+from tests.e2e.podrunner import PodRunner
+from tests.fakebinance import FakeBinance
+from tests.harness import Vhost, WorkerProcess, worker_env
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "trailingstops.trailingstop.dev.yaml"
+
+
+@pytest.fixture(scope="session")
+def crd(kubectl: Tool) -> Path:
+    """The TrailingStop CRD installed from crds/ and Established."""
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trailingstops.trailingstop.dev")
+    return CRD
+
+
+@pytest.fixture
+def namespace(kubectl: Tool, crd: Path) -> Any:
+    """A fresh namespace that enforces the restricted Pod Security Standard."""
+    name = f"ts-e2e-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/enforce-version=latest")
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+async def kube(kubeconfig: Path) -> AsyncIterator[client.ApiClient]:
+    api = await config.new_client_from_config(config_file=str(kubeconfig))
+    yield api
+    await api.close()
+
+
+@dataclass
+class Cluster:
+    """One test's view: its namespace, the operator process, the pod runner, kubectl."""
+
+    namespace: str
+    kubectl: Tool
+    kube: client.ApiClient
+    vhost: Vhost
+    fake: FakeBinance
+    log_dir: Path
+    kubeconfig: Path
+    operators: list[WorkerProcess] = field(default_factory=list)
+    pods: PodRunner | None = None
+
+    def start_operator(self) -> WorkerProcess:
+        worker_settings = {
+            "TRAILINGSTOP_BINANCE_API_URL": self.fake.api_url,
+            "TRAILINGSTOP_BINANCE_STREAM_URL": self.fake.stream_url,
+            "TRAILINGSTOP_SYNC_TIMEOUT": "3",
+            "TRAILINGSTOP_FLUSH_INTERVAL": "0.2",
+            "TRAILINGSTOP_LOG_FORMAT": "json",
+        }
+        env = worker_env(
+            self.vhost.url,
+            KUBECONFIG=str(self.kubeconfig),
+            WATCH_NAMESPACES=self.namespace,
+            TRAILINGSTOP_STATUS_INTERVAL="1",
+            TRAILINGSTOP_WORKER_ENV=json.dumps(worker_settings),
+        )
+        process = WorkerProcess(["operator"], env, self.log_dir, f"operator-{len(self.operators)}").start()
+        self.operators.append(process)
+        return process
+
+    def apply(self, manifest: str | Path) -> Any:
+        text = manifest.read_text() if isinstance(manifest, Path) else manifest
+        return self.kubectl("apply", "-n", self.namespace, "-f", "-", input=text, check=False)
+
+    async def stop_resource(self, name: str) -> dict[str, Any]:
+        custom = client.CustomObjectsApi(self.kube)
+        return dict(await custom.get_namespaced_custom_object("trailingstop.dev", "v1", self.namespace,
+                                                              "trailingstops", name))
+
+
+@pytest.fixture
+async def cluster(
+    namespace: str, kubectl: Tool, kube: client.ApiClient, vhost: Vhost, fake: FakeBinance, tmp_path: Path,
+    kubeconfig: Path,
+) -> AsyncIterator[Cluster]:
+    here = Cluster(namespace, kubectl, kube, vhost, fake, tmp_path, kubeconfig)
+    host_env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+    here.pods = await PodRunner(kube, namespace, tmp_path, host_env).start()
+    yield here
+    await here.pods.stop()
+    for process in here.operators:
+        await process.stop()

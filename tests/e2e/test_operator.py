@@ -1,0 +1,285 @@
+"""The operator on the real control plane: kubectl apply in, status and children out.
+
+The API server, etcd and the controller-manager (garbage collector, Deployment and ReplicaSet
+controllers) are real; RabbitMQ is real; the worker pods run as local processes (tests/e2e/
+podrunner.py) because there is no kubelet; Binance is the fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import pytest
+from kubernetes_asyncio import client, watch
+
+from tests.e2e.conftest import REPO, Cluster
+from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET
+from trailingstop.contracts import client_order_id
+from trailingstop.trades import demo_trades_path, load_trades
+
+pytestmark = pytest.mark.timeout(240)
+
+EXAMPLE = REPO / "examples" / "trailingstop.yaml"
+FIRST_ID = load_trades(demo_trades_path())[0].trade_id
+SYMBOL = "XRPETH"
+DEPLOYMENTS = ("ts-marketdata-xrpeth", "ts-orchestrator-xrpeth", "ts-executor-simulate")
+
+
+def manifest(name: str, side: str = "SELL", trail: str = "1", activation: str | None = "0.00145", **spec: Any) -> str:
+    body: dict[str, Any] = {"symbol": SYMBOL, "side": side, "quantity": "100", "trailingPercent": trail, **spec}
+    if activation:
+        body["activationPrice"] = activation
+    return json.dumps({"apiVersion": "trailingstop.dev/v1", "kind": "TrailingStop", "metadata": {"name": name},
+                       "spec": body})
+
+
+async def advance(cluster: Cluster, upto: int, step: int = 100, pause: float = 0.02) -> None:
+    """Trades happen up to offset ``upto``, once the marketdata "pod" is connected to hear them."""
+    await cluster.fake.wait_for_stream_connections(1, timeout=30)
+    tape = cluster.fake.tape(SYMBOL)
+    while tape.position < upto:
+        await cluster.fake.advance(SYMBOL, min(step, upto - tape.position))
+        await asyncio.sleep(pause)
+
+
+async def phase(cluster: Cluster, name: str) -> str | None:
+    return (await cluster.stop_resource(name)).get("status", {}).get("phase")
+
+
+async def wait_phase(cluster: Cluster, name: str, wanted: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        resource = await cluster.stop_resource(name)
+        if resource.get("status", {}).get("phase") == wanted:
+            return resource
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{name} not {wanted} after {timeout}s: {resource.get('status')}")
+        await asyncio.sleep(0.1)
+
+
+async def record_phases(cluster: Cluster, name: str, into: list[str]) -> None:
+    """Every phase the resource goes through, from a watch (no transition can slip between polls)."""
+    custom = client.CustomObjectsApi(cluster.kube)
+    while True:
+        async with watch.Watch().stream(
+            custom.list_namespaced_custom_object, "trailingstop.dev", "v1", cluster.namespace, "trailingstops",
+            field_selector=f"metadata.name={name}", timeout_seconds=60,
+        ) as stream:
+            async for event in stream:
+                current = event["object"].get("status", {}).get("phase")
+                if current and (not into or into[-1] != current):
+                    into.append(current)
+
+
+async def deployments(cluster: Cluster) -> dict[str, Any]:
+    apps = client.AppsV1Api(cluster.kube)
+    listed = await apps.list_namespaced_deployment(cluster.namespace)
+    return {d.metadata.name: cluster.kube.sanitize_for_serialization(d) for d in listed.items}
+
+
+async def test_apply_example_runs_the_stop_to_filled_and_kubectl_shows_every_column(cluster: Cluster) -> None:
+    operator = cluster.start_operator()
+    await operator.wait_healthy()
+    phases: list[str] = []
+    result = cluster.apply(EXAMPLE)
+    assert result.returncode == 0, result.stderr
+    watcher = asyncio.create_task(record_phases(cluster, "xrp-take-profit", phases))
+    try:
+        resource = await cluster.stop_resource("xrp-take-profit")
+        uid = resource["metadata"]["uid"]
+        children = await eventually_async(lambda: _all_present(cluster), what="the three Deployments")
+        for name in DEPLOYMENTS:
+            owners = children[name]["metadata"]["ownerReferences"]
+            assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [("TrailingStop", "xrp-take-profit", uid)]
+        _assert_restricted_pod_template(children["ts-orchestrator-xrpeth"])
+        await eventually_async(lambda: _pods_created(cluster), what="pods accepted under the restricted policy")
+
+        await wait_phase(cluster, "xrp-take-profit", "Armed")
+        await advance(cluster, 5000)
+        await wait_phase(cluster, "xrp-take-profit", "Filled")
+        final = await eventually_async(lambda: _with_trigger(cluster, "xrp-take-profit"), what="the trigger details")
+    finally:
+        watcher.cancel()
+    assert phases == ["Pending", "Armed", "Tracking", "Triggered", "Filled"]
+    status = final["status"]
+    assert status["triggerTradeId"] == FIRST_ID + 4848 and status["triggerPrice"] == "0.0014772"
+    assert (status["referencePrice"], status["stopPrice"]) == ("0.00149267", "0.0014777433")
+    assert status["order"]["status"] == "SIMULATED" and status["order"]["clientOrderId"] == client_order_id(uid)
+    assert status["observedGeneration"] == 1
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Ready": "True", "Activated": "True", "Triggered": "True", "Filled": "True"}
+
+    table = cluster.kubectl("get", "trailingstops", "-n", cluster.namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "SYMBOL", "SIDE", "TRAIL%", "PHASE", "REFERENCE", "STOP", "LAST", "AGE"]
+    assert table[1].split()[:8] == ["xrp-take-profit", "XRPETH", "SELL", "1", "Filled", "0.00149267",
+                                    "0.0014777433", "0.0014772"]
+    wide = cluster.kubectl("get", "ts", "-o", "wide", "-n", cluster.namespace).stdout.splitlines()
+    assert wide[1].split()[-3:] == ["0.00145", "Simulate", "SIMULATED"]
+    reasons = cluster.kubectl("get", "events", "-n", cluster.namespace, "--field-selector",
+                              "involvedObject.kind=TrailingStop", "-o", "jsonpath={.items[*].reason}").stdout.split()
+    assert {"Activated", "Triggered", "Filled"} <= set(reasons)
+
+    refused = cluster.kubectl("patch", "ts", "xrp-take-profit", "-n", cluster.namespace, "--type=merge",
+                              "-p", '{"spec": {"trailingPercent": "2"}}', check=False)
+    assert refused.returncode != 0
+    assert "spec cannot change once the stop has triggered" in refused.stderr
+
+
+async def test_invalid_specs_are_refused_at_apply_with_readable_messages(cluster: Cluster) -> None:
+    cases = {
+        '"trailingPercent": "0"': "trailingPercent must be > 0 and < 100",
+        '"trailingPercent": "100"': "trailingPercent must be > 0 and < 100",
+        '"quantity": "0"': 'quantity must be a decimal string > 0, like \\"0.001\\"',
+        '"quantity": 0.5': "spec.quantity: Invalid value: \"number\"",
+        '"mode": "Live"': "credentialsSecretRef is required unless mode is Simulate",
+        '"symbol": "btc-usdt"': "symbol must be 2-20 upper-case letters or digits",
+        '"side": "HOLD"': 'spec.side: Unsupported value: "HOLD"',
+        '"activationPrice": "-1"': "activationPrice must be a decimal string > 0",
+    }
+    base = json.loads(manifest("bad", activation=None))
+    for field, message in cases.items():
+        body = json.loads(json.dumps(base))
+        body["spec"].update(json.loads("{" + field + "}"))
+        result = cluster.apply(json.dumps(body))
+        assert result.returncode != 0, field
+        assert message.replace('\\"', '"') in result.stderr, (field, result.stderr)
+    assert cluster.kubectl("get", "ts", "-n", cluster.namespace).stdout == ""
+    explained = cluster.kubectl("explain", "trailingstop.spec.activationPrice").stdout
+    assert "Trailing starts only once a trade reaches this price" in explained
+
+
+async def test_deleting_the_last_stop_of_a_symbol_garbage_collects_its_workers(cluster: Cluster) -> None:
+    operator = cluster.start_operator()
+    await operator.wait_healthy()
+    assert cluster.apply(manifest("first")).returncode == 0
+    assert cluster.apply(manifest("second", trail="2")).returncode == 0
+    children = await eventually_async(lambda: _all_present(cluster), what="the Deployments")
+    await eventually_async(lambda: _owners_are(cluster, {"first", "second"}), what="both stops as owners")
+
+    cluster.kubectl("delete", "ts", "first", "-n", cluster.namespace)
+    await asyncio.sleep(3)
+    remaining = await deployments(cluster)
+    assert set(DEPLOYMENTS) <= set(remaining), "a stop of the symbol is left: its workers stay"
+    assert {d["metadata"]["uid"] for d in remaining.values()} >= {children[n]["metadata"]["uid"] for n in DEPLOYMENTS}
+
+    cluster.kubectl("delete", "ts", "second", "-n", cluster.namespace)
+    await eventually_async(lambda: _none_left(cluster), timeout=60, what="the garbage collector")
+
+
+async def test_operator_restart_loses_nothing_and_writes_nothing_twice(cluster: Cluster) -> None:
+    operator = cluster.start_operator()
+    await operator.wait_healthy()
+    assert cluster.apply(EXAMPLE).returncode == 0
+    await wait_phase(cluster, "xrp-take-profit", "Armed")
+    await advance(cluster, 3600)
+    tracking = await wait_phase(cluster, "xrp-take-profit", "Tracking")
+    await asyncio.sleep(2.5)  # the coalesced reference/price write lands
+    before = await cluster.stop_resource("xrp-take-profit")
+    children_before = {n: d["metadata"]["resourceVersion"] for n, d in (await deployments(cluster)).items()}
+
+    await operator.stop()
+    restarted = cluster.start_operator()
+    await restarted.wait_healthy()
+    await asyncio.sleep(6)
+    after = await cluster.stop_resource("xrp-take-profit")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], (
+        before.get("status"), after.get("status"))
+    children_after = {n: d["metadata"]["resourceVersion"] for n, d in (await deployments(cluster)).items()}
+    assert children_after == children_before
+    assert tracking["status"]["activatedTradeId"] == after["status"]["activatedTradeId"]
+
+    await advance(cluster, 5000)
+    await wait_phase(cluster, "xrp-take-profit", "Filled")
+    final = await eventually_async(lambda: _with_trigger(cluster, "xrp-take-profit"), what="the trigger details")
+    assert final["status"]["triggerTradeId"] == FIRST_ID + 4848
+
+
+async def test_testnet_stop_trades_with_keys_from_its_secret(cluster: Cluster) -> None:
+    secret = {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "binance-testnet-keys"},
+        "data": {"apiKey": base64.b64encode(DEFAULT_API_KEY.encode()).decode(),
+                 "apiSecret": base64.b64encode(DEFAULT_API_SECRET.encode()).decode()},
+    }
+    assert cluster.apply(json.dumps(secret)).returncode == 0
+    operator = cluster.start_operator()
+    await operator.wait_healthy()
+    body = manifest("testnet", trail="0.5", activation=None, mode="Testnet",
+                    credentialsSecretRef={"name": "binance-testnet-keys"})
+    assert cluster.apply(body).returncode == 0
+    children = await eventually_async(lambda: _present(cluster, "ts-executor-testnet-binance-testnet-keys"),
+                                      what="the Testnet executor")
+    env = children["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "BINANCE_API_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "binance-testnet-keys", "key": "apiKey"}}} in env
+    assert not any(DEFAULT_API_SECRET in json.dumps(item) for item in env), "keys only by reference"
+
+    await wait_phase(cluster, "testnet", "Armed")
+    await advance(cluster, 400)
+    final = await wait_phase(cluster, "testnet", "Filled")
+    cid = client_order_id(final["metadata"]["uid"])
+    assert final["status"]["order"]["status"] == "FILLED"
+    assert final["status"]["order"]["orderId"] == cluster.fake.orders(cid)[0].order_id
+    assert (cluster.fake.order_count(cid), cluster.fake.order_posts(cid)) == (1, 1)
+    assert DEFAULT_API_SECRET not in json.dumps(final)
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+
+async def eventually_async(check: Any, timeout: float = 30, what: str = "") -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+async def _with_trigger(cluster: Cluster, name: str) -> dict[str, Any] | None:
+    """The resource once its trigger details are in (they may follow the order's result)."""
+    resource = await cluster.stop_resource(name)
+    return resource if "triggerTradeId" in resource.get("status", {}) else None
+
+
+async def _all_present(cluster: Cluster) -> dict[str, Any] | None:
+    found = await deployments(cluster)
+    return found if set(DEPLOYMENTS) <= set(found) else None
+
+
+async def _present(cluster: Cluster, name: str) -> dict[str, Any] | None:
+    return (await deployments(cluster)).get(name)
+
+
+async def _owners_are(cluster: Cluster, names: set[str]) -> bool:
+    found = await deployments(cluster)
+    return all({o["name"] for o in found.get(n, {}).get("metadata", {}).get("ownerReferences", [])} == names
+               for n in ("ts-marketdata-xrpeth", "ts-orchestrator-xrpeth"))
+
+
+async def _none_left(cluster: Cluster) -> bool:
+    return not set(DEPLOYMENTS) & set(await deployments(cluster))
+
+
+async def _pods_created(cluster: Cluster) -> bool:
+    pods = await client.CoreV1Api(cluster.kube).list_namespaced_pod(cluster.namespace)
+    components = {p.metadata.labels.get("app.kubernetes.io/component") for p in pods.items}
+    return {"marketdata", "orchestrator", "executor"} <= components
+
+
+def _assert_restricted_pod_template(deployment: dict[str, Any]) -> None:
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    assert (spec["replicas"], spec["strategy"]["type"]) == (1, "Recreate")
+    assert container["args"] == ["worker", "orchestrator", "--symbol", SYMBOL]
+    assert container["env"][0] == {"name": "AMQP_URL", "valueFrom": {"secretKeyRef": {"name": "ts-amqp", "key": "url"}}}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
