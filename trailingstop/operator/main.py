@@ -85,6 +85,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=API_GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # our own Events say what matters; kopf's only problems
+    # The resource is named in full, so kopf need not list CRDs cluster-wide: a namespaced Role
+    # (no ClusterRole) is enough to run the operator in its namespaces.
+    settings.scanning.disabled = True
     settings.networking.error_backoffs = [1, 2, 5, 10, 20, 30]
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
