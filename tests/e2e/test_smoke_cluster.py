@@ -20,6 +20,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.conftest import Tool
+
 CHART = Path(__file__).resolve().parent / "smoke-chart"
 RUN = uuid.uuid4().hex[:8]
 
@@ -36,7 +38,7 @@ def eventually(check: Callable[[], Any], timeout: float = 60.0, what: str = "") 
 
 
 @pytest.fixture
-def namespace(k8s_api: client.ApiClient) -> Iterator[str]:
+def smoke_namespace(k8s_api: client.ApiClient) -> Iterator[str]:
     """A fresh namespace for one test, deleted afterwards (without waiting)."""
     name = f"smoke-{RUN}-{uuid.uuid4().hex[:6]}"
     core = client.CoreV1Api(k8s_api)
@@ -52,7 +54,7 @@ def namespace(k8s_api: client.ApiClient) -> Iterator[str]:
 # --- the server's version ------------------------------------------------------------------------
 
 
-def test_server_reports_the_pinned_version(k8s_api: client.ApiClient, kubectl: Any) -> None:
+def test_server_reports_the_pinned_version(k8s_api: client.ApiClient, kubectl: Tool) -> None:
     info = client.VersionApi(k8s_api).get_code()
     assert info.git_version != "v0.0.0" and info.git_version.startswith("v1."), info
     assert info.major == "1"
@@ -137,7 +139,7 @@ def smokestop(name: str, namespace: str, entry: float, stop: float) -> str:
 
 
 @pytest.fixture(scope="module")
-def smoke_crd(kubectl: Any) -> Iterator[str]:
+def smoke_crd(kubectl: Tool) -> Iterator[str]:
     name = f"{PLURAL}.{GROUP}"
     kubectl("apply", "-f", "-", input=json.dumps(crd_manifest()))
     kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
@@ -151,8 +153,9 @@ def smoke_crd(kubectl: Any) -> Iterator[str]:
 
 
 def test_cel_rule_rejects_a_bad_object_at_the_server(
-    smoke_crd: str, namespace: str, kubectl: Any
+    smoke_crd: str, smoke_namespace: str, kubectl: Tool
 ) -> None:
+    namespace = smoke_namespace
     bad = kubectl(
         "apply", "-f", "-", input=smokestop("bad", namespace, entry=1.0, stop=2.0), check=False
     )
@@ -167,8 +170,9 @@ def test_cel_rule_rejects_a_bad_object_at_the_server(
 
 
 def test_printer_columns_and_status_subresource(
-    smoke_crd: str, namespace: str, kubectl: Any, k8s_api: client.ApiClient
+    smoke_crd: str, smoke_namespace: str, kubectl: Tool, k8s_api: client.ApiClient
 ) -> None:
+    namespace = smoke_namespace
     kubectl("apply", "-f", "-", input=smokestop("cols", namespace, entry=2.0, stop=1.5))
     custom = client.CustomObjectsApi(k8s_api)
     # a write to the main resource ignores .status ...
@@ -190,8 +194,9 @@ def test_printer_columns_and_status_subresource(
 
 
 def test_deployment_owned_by_a_configmap_is_garbage_collected(
-    k8s_api: client.ApiClient, namespace: str
+    k8s_api: client.ApiClient, smoke_namespace: str
 ) -> None:
+    namespace = smoke_namespace
     core, apps = client.CoreV1Api(k8s_api), client.AppsV1Api(k8s_api)
     owner = core.create_namespaced_config_map(
         namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner"), data={"k": "v"})
@@ -252,7 +257,8 @@ def test_deployment_owned_by_a_configmap_is_garbage_collected(
 # --- helm ------------------------------------------------------------------------------------------
 
 
-def test_helm_install_and_uninstall(helm: Any, kubectl: Any, namespace: str) -> None:
+def test_helm_install_and_uninstall(helm: Tool, kubectl: Tool, smoke_namespace: str) -> None:
+    namespace = smoke_namespace
     release = f"smoke-{RUN}"
     helm(
         "install", release, str(CHART), "--namespace", namespace,
