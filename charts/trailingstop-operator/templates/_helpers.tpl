@@ -51,27 +51,30 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
-{{/* repository[:tag][@digest] from an image block, with the chart's image as the fallback. */}}
+{{/* repository[:tag] or repository@digest of an image block; the tag defaults to appVersion. */}}
 {{- define "trailingstop.imageRef" -}}
 {{- $image := index . 0 }}
-{{- $fallback := index . 1 }}
-{{- $appVersion := index . 2 }}
-{{- $repository := default $fallback.repository $image.repository }}
-{{- $digest := default $fallback.digest $image.digest }}
-{{- $tag := default (default $appVersion $fallback.tag) $image.tag }}
-{{- if $digest }}
-{{- printf "%s@%s" $repository $digest }}
+{{- $appVersion := index . 1 }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
 {{- else }}
-{{- printf "%s:%s" $repository $tag }}
+{{- printf "%s:%s" $image.repository (default $appVersion $image.tag) }}
 {{- end }}
 {{- end }}
 
 {{- define "trailingstop.image" -}}
-{{- include "trailingstop.imageRef" (list .Values.image .Values.image .Chart.AppVersion) }}
+{{- include "trailingstop.imageRef" (list .Values.image .Chart.AppVersion) }}
 {{- end }}
 
+{{/* The workers' image: the operator's, unless any of workers.image is set. */}}
 {{- define "trailingstop.workerImage" -}}
-{{- include "trailingstop.imageRef" (list .Values.workers.image .Values.image .Chart.AppVersion) }}
+{{- $workers := .Values.workers.image }}
+{{- if or $workers.repository $workers.tag $workers.digest }}
+{{- $image := dict "repository" (default .Values.image.repository $workers.repository) "tag" $workers.tag "digest" $workers.digest }}
+{{- include "trailingstop.imageRef" (list $image .Chart.AppVersion) }}
+{{- else }}
+{{- include "trailingstop.image" . }}
+{{- end }}
 {{- end }}
 
 {{/* The namespaces the operator watches (when not all): watch.namespaces, else the release's. */}}
@@ -174,7 +177,10 @@ app.kubernetes.io/component: rabbitmq
 {{- if .Values.tracing.workers }}
 {{- $env = include "trailingstop.tracingEnv" . | fromJson }}
 {{- end }}
-{{- toJson (merge (deepCopy .Values.workers.env) $env) }}
+{{- range $name, $value := .Values.workers.env }}
+{{- $_ := set $env $name (toString $value) }}
+{{- end }}
+{{- toJson $env }}
 {{- end }}
 
 {{/* The restricted container security context shared by the chart's containers. */}}
