@@ -473,6 +473,8 @@ async def test_the_operator_works_with_the_charts_namespaced_role_and_nothing_mo
     token = kubectl("create", "token", fullname, "-n", namespace, "--duration", "20m").stdout.strip()
     sa_kubeconfig = _service_account_kubeconfig(kubeconfig, token, tmp_path / "operator.kubeconfig")
     account = f"system:serviceaccount:{namespace}:{fullname}"
+    whoami = json.loads(kubectl("--kubeconfig", str(sa_kubeconfig), "auth", "whoami", "-o", "json").stdout)
+    assert whoami["status"]["userInfo"]["username"] == account, "the operator will act as the chart's account"
 
     def can(*request: str, where: str = namespace) -> bool:
         return kubectl("auth", "can-i", *request, "-n", where, "--as", account, check=False).stdout.strip() == "yes"
