@@ -11,7 +11,8 @@ Names, labels and the values the templates share.
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
-{{- if contains $name .Release.Name }}
+{{- /* "trailingstop", "trailingstop-operator", "prod-trailingstop": the release name says it all */}}
+{{- if or (contains $name .Release.Name) (contains "trailingstop" .Release.Name) }}
 {{- .Release.Name | trunc 63 | trimSuffix "-" }}
 {{- else }}
 {{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
