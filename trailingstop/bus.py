@@ -85,12 +85,13 @@ class QueueSpec:
     arguments: dict[str, Any] = field(default_factory=dict)
 
 
-def tick_queue(symbol: str) -> QueueSpec:
+def tick_queue(symbol: str, max_length: int = TICK_QUEUE_MAX_LENGTH) -> QueueSpec:
+    """Only the symbol's orchestrator declares it (``TRAILINGSTOP_TICK_QUEUE_MAX`` sets the bound)."""
     return QueueSpec(
         f"orchestrator.{symbol}.ticks",
         MARKETDATA_EXCHANGE,
         symbol,
-        {"x-max-length": TICK_QUEUE_MAX_LENGTH, "x-overflow": "drop-head"},
+        {"x-max-length": max_length, "x-overflow": "drop-head"},
     )
 
 

@@ -15,6 +15,7 @@ class Settings:
     sync_timeout: float = 10.0  # orchestrator: wait this long for the operator's sync answer
     silence_timeout: float = 30.0  # marketdata: check REST after this long without a message
     max_gap: int = 1_000_000  # orchestrator: refill at most this many missing trades over REST
+    tick_queue_max: int = 10_000  # orchestrator: its tick queue keeps the newest this many
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -26,6 +27,7 @@ class Settings:
             sync_timeout=float(env.get("TRAILINGSTOP_SYNC_TIMEOUT", cls.sync_timeout)),
             silence_timeout=float(env.get("TRAILINGSTOP_SILENCE_TIMEOUT", cls.silence_timeout)),
             max_gap=int(env.get("TRAILINGSTOP_MAX_GAP", cls.max_gap)),
+            tick_queue_max=int(env.get("TRAILINGSTOP_TICK_QUEUE_MAX", cls.tick_queue_max)),
         )
 
     def __repr__(self) -> str:  # the AMQP URL may hold a password
