@@ -91,6 +91,12 @@ OPERATOR_API_ERRORS = Counter(
     "trailingstop_operator_api_errors_total", "Kubernetes API errors", ["operation"]
 )
 OPERATOR_STOPS = Gauge("trailingstop_operator_stops", "TrailingStops by phase", ["phase"])
+# Per stop, for dashboards only (a float is fine to draw a line; no decision reads these).
+STOP_PRICES = Gauge(
+    "trailingstop_stop_price", "A stop's reference, stop level and last price, as written to its status",
+    ["namespace", "name", "symbol", "kind"],
+)
+MARKETDATA_LAST_PRICE = Gauge("trailingstop_marketdata_last_price", "Price of the last trade published", ["symbol"])
 
 # --- traces --------------------------------------------------------------------------------------
 

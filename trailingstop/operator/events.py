@@ -11,12 +11,21 @@ import asyncio
 import contextlib
 import logging
 import time
+import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from trailingstop import telemetry
 from trailingstop.bus import OPERATOR_ORDER_EVENTS_QUEUE, OPERATOR_QUEUES, OPERATOR_STOP_EVENTS_QUEUE, Bus
-from trailingstop.contracts import OrderResult, StopCommand, StopEvent, TrailingStopStatus, ms_to_rfc3339, now_ms
+from trailingstop.contracts import (
+    OrderResult,
+    Phase,
+    StopCommand,
+    StopEvent,
+    TrailingStopStatus,
+    ms_to_rfc3339,
+    now_ms,
+)
 from trailingstop.operator.stops import StopRecord, StopStore
 from trailingstop.status import apply_stop_event, order_result_steps
 
@@ -66,19 +75,32 @@ class StatusWriter:
         lock = self._locks.setdefault(record.uid, asyncio.Lock())
         async with lock:
             self._last_write[record.uid] = time.monotonic()
-            await self.store.write(record, record.status)  # the newest status when our turn comes
+            status = record.status  # the newest status when our turn comes
+            await self.store.write(record, status)
         self.writes += 1
         telemetry.OPERATOR_STATUS_WRITES.labels(kind=kind).inc()
+        _export_prices(record, status)
 
-    def forget(self, uid: str) -> None:
-        self._dirty.pop(uid, None)
-        self._last_write.pop(uid, None)
-        self._locks.pop(uid, None)
+    def forget(self, record: StopRecord) -> None:
+        self._dirty.pop(record.uid, None)
+        self._last_write.pop(record.uid, None)
+        self._locks.pop(record.uid, None)
+        for kind in _PRICE_KINDS:
+            with contextlib.suppress(KeyError):
+                telemetry.STOP_PRICES.remove(record.namespace, record.name, record.spec.symbol, kind)
+
+    def count_phases(self) -> None:
+        counts = dict.fromkeys(typing.get_args(Phase), 0)
+        for stored in self.store.all():
+            counts[stored.status.phase] += 1
+        for phase, count in counts.items():
+            telemetry.OPERATOR_STOPS.labels(phase=phase).set(count)
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(min(self.interval, 1.0) / 2)
             await self.flush()
+            self.count_phases()
 
 
 class EventRouter:
@@ -146,3 +168,13 @@ def _milestone(before: TrailingStopStatus, after: TrailingStopStatus) -> bool:
         or before.triggered_at != after.triggered_at
         or before.conditions != after.conditions
     )
+
+
+_PRICE_KINDS = {"reference": "reference_price", "stop": "stop_price", "last": "last_price"}
+
+
+def _export_prices(record: StopRecord, status: TrailingStopStatus) -> None:
+    for kind, field in _PRICE_KINDS.items():
+        value = getattr(status, field)
+        if value is not None:
+            telemetry.STOP_PRICES.labels(record.namespace, record.name, record.spec.symbol, kind).set(float(value))

@@ -121,7 +121,7 @@ class Reconciler:
         if record.status.phase not in FINAL_PHASES:
             await self.bus.publish_command(StopCommand.cancel(record.definition(with_state=False)))
         self.store.remove(record.uid)
-        self.writer.forget(record.uid)
+        self.writer.forget(record)
 
     async def ensure_workloads(self, record: StopRecord) -> None:
         """The namespace's broker Secret, the symbol's workers, the route's executor."""

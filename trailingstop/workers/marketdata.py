@@ -42,6 +42,7 @@ class MarketData:
         received = telemetry.MARKETDATA_TRADES.labels(symbol=self.symbol, source=self.source)
         lag = telemetry.MARKETDATA_FEED_LAG.labels(symbol=self.symbol)
         last_trade = telemetry.MARKETDATA_LAST_TRADE.labels(symbol=self.symbol)
+        last_price = telemetry.MARKETDATA_LAST_PRICE.labels(symbol=self.symbol)
         async for trade in trades:
             now = now_ms()
             tick = PriceTick(
@@ -55,6 +56,7 @@ class MarketData:
             self.last_trade_id = trade.trade_id
             lag.set(max(0.0, (now - trade.time) / 1000))
             last_trade.set(trade.time / 1000)
+            last_price.set(float(trade.price))
 
     async def _publish(self, tick: PriceTick) -> None:
         while True:

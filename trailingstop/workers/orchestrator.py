@@ -57,7 +57,8 @@ class OrchestratorWorker:
         self._duplicates_reported = 0
 
     async def run(self) -> None:
-        await self.bus.declare(tick_queue(self.symbol, self.settings.tick_queue_max))
+        ticks = tick_queue(self.symbol, self.settings.tick_queue_max)
+        await self.bus.declare(ticks)
         await self.bus.consume(command_queue(self.symbol), StopCommand, self.on_command, prefetch=100)
         await self.bus.publish_stop_event(self.orchestrator.sync_request())
         try:
@@ -69,7 +70,7 @@ class OrchestratorWorker:
         self.orchestrator.resume_after_restore()
         log.info("%s: %d stops restored; consuming ticks", self.symbol, len(self.orchestrator.stops),
                  extra=self._metrics_symbol)
-        await self.bus.consume(tick_queue(self.symbol, self.settings.tick_queue_max), PriceTick, self.on_tick, prefetch=1000)
+        await self.bus.consume(ticks, PriceTick, self.on_tick, prefetch=1000)
         while True:
             await asyncio.sleep(self.settings.flush_interval)
             await self.flush()

@@ -1,0 +1,191 @@
+"""The operator's pure parts: child-object builders, compare/patch helpers, the status writer."""
+
+from __future__ import annotations
+
+import base64
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from trailingstop.contracts import (
+    OrderResult,
+    StopEvent,
+    TrailingStopSpec,
+    TrailingStopStatus,
+)
+from trailingstop.operator import builders
+from trailingstop.operator.builders import Owner
+from trailingstop.operator.config import OperatorConfig
+from trailingstop.operator.events import StatusWriter
+from trailingstop.operator.kube import contains, status_patch
+from trailingstop.operator.stops import StopRecord, StopStore
+from trailingstop.status import apply_stop_event, order_result_steps
+
+CONFIG = OperatorConfig(
+    namespaces=("trading",),
+    amqp_url="amqp://user:s3cret@rabbit:5672/",
+    worker_image="registry.example/trailingstop:1.2.3",
+    worker_env={"TRAILINGSTOP_FLUSH_INTERVAL": "0.5"},
+)
+OWNERS = [Owner("b-stop", "uid-b"), Owner("a-stop", "uid-a"), Owner("a-stop", "uid-a")]
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    return deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_owner_references_are_sorted_unique_and_not_controllers() -> None:
+    references = builders.owner_references(OWNERS)
+    assert [r["uid"] for r in references] == ["uid-a", "uid-b"]
+    assert all(r["kind"] == "TrailingStop" and r["apiVersion"] == "trailingstop.dev/v1" for r in references)
+    assert all(r["controller"] is False and r["blockOwnerDeletion"] is False for r in references)
+
+
+def test_orchestrator_deployment_is_one_replica_recreate_with_the_symbol() -> None:
+    deployment = builders.orchestrator_deployment(CONFIG, "trading", "BTCUSDT", OWNERS)
+    assert deployment["metadata"]["name"] == "ts-orchestrator-btcusdt"
+    assert deployment["metadata"]["namespace"] == "trading"
+    assert (deployment["spec"]["replicas"], deployment["spec"]["strategy"]) == (1, {"type": "Recreate"})
+    assert container(deployment)["args"] == ["worker", "orchestrator", "--symbol", "BTCUSDT"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["trailingstop.dev/symbol"] == "BTCUSDT"
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_marketdata_deployment_reads_the_broker_url_from_the_namespace_secret() -> None:
+    worker = container(builders.marketdata_deployment(CONFIG, "trading", "BTCUSDT", OWNERS))
+    assert worker["image"] == "registry.example/trailingstop:1.2.3"
+    assert worker["args"] == ["worker", "marketdata", "--symbol", "BTCUSDT"]
+    env = {item["name"]: item for item in worker["env"]}
+    assert env["AMQP_URL"] == {"name": "AMQP_URL", "valueFrom": {"secretKeyRef": {"name": "ts-amqp", "key": "url"}}}
+    assert env["TRAILINGSTOP_FLUSH_INTERVAL"]["value"] == "0.5"
+    assert "s3cret" not in str(worker), "the broker password is never in a pod spec"
+
+
+def test_pod_template_meets_the_restricted_security_standard() -> None:
+    deployment = builders.executor_deployment(CONFIG, "trading", "simulate", None, OWNERS)
+    pod = deployment["spec"]["template"]["spec"]
+    worker = pod["containers"][0]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert worker["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False,
+        "capabilities": {"drop": ["ALL"]}}
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert worker["resources"]["limits"] and worker["resources"]["requests"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in worker["volumeMounts"]
+
+
+def test_executor_takes_keys_only_by_reference_to_the_secret() -> None:
+    worker = container(builders.executor_deployment(CONFIG, "trading", "live-my-keys", "my-keys", OWNERS))
+    env = {item["name"]: item for item in worker["env"]}
+    assert env["BINANCE_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "my-keys", "key": "apiKey"}}
+    assert env["BINANCE_API_SECRET"]["valueFrom"] == {"secretKeyRef": {"name": "my-keys", "key": "apiSecret"}}
+    assert worker["args"] == ["worker", "executor", "--route", "live-my-keys"]
+    simulate = container(builders.executor_deployment(CONFIG, "trading", "simulate", None, OWNERS))
+    assert not any(item["name"].startswith("BINANCE_") for item in simulate["env"])
+
+
+def test_amqp_secret_holds_the_url_for_the_namespace() -> None:
+    secret = builders.amqp_secret(CONFIG, "trading", OWNERS)
+    assert (secret["metadata"]["name"], secret["metadata"]["namespace"]) == ("ts-amqp", "trading")
+    assert base64.b64decode(secret["data"]["url"]).decode() == CONFIG.amqp_url
+    assert len(secret["metadata"]["ownerReferences"]) == 2
+
+
+def test_builders_are_pure_same_input_same_object() -> None:
+    first = builders.orchestrator_deployment(CONFIG, "trading", "BTCUSDT", OWNERS)
+    second = builders.orchestrator_deployment(CONFIG, "trading", "BTCUSDT", list(reversed(OWNERS)))
+    assert first == second
+
+
+def test_config_from_env_parses_json_settings_and_defaults_to_the_pod_namespace() -> None:
+    config = OperatorConfig.from_env({
+        "POD_NAMESPACE": "ops", "TRAILINGSTOP_WORKER_ENV": '{"A": "1"}', "AMQP_URL": "amqp://x",
+        "TRAILINGSTOP_STATUS_INTERVAL": "2.5",
+    })
+    assert (config.namespaces, config.clusterwide, config.worker_env, config.status_interval) == (
+        ("ops",), False, {"A": "1"}, 2.5)
+    assert OperatorConfig.from_env({"WATCH_ALL_NAMESPACES": "true"}).clusterwide is True
+    assert OperatorConfig.from_env({"WATCH_NAMESPACES": "a, b"}).namespaces == ("a", "b")
+    with pytest.raises(ValueError, match="TRAILINGSTOP_WORKER_ENV must be a JSON object"):
+        OperatorConfig.from_env({"TRAILINGSTOP_WORKER_ENV": "[1]"})
+    assert "amqp" not in repr(OperatorConfig(amqp_url="amqp://u:p@h/"))
+
+
+def test_contains_ignores_server_defaults_but_not_changes() -> None:
+    desired = {"spec": {"replicas": 1, "template": {"containers": [{"name": "w", "args": ["a"]}]}}}
+    existing = {"spec": {"replicas": 1, "revisionHistoryLimit": 10,
+                         "template": {"containers": [{"name": "w", "args": ["a"], "terminationMessagePath": "/dev"}]}}}
+    assert contains(existing, desired)
+    changed = {"spec": {"replicas": 1, "template": {"containers": [{"name": "w", "args": ["b"]}]}}}
+    assert not contains(existing, changed)
+    assert not contains({"spec": {"replicas": 1, "template": {"containers": []}}}, desired)
+
+
+def test_status_patch_sets_changes_and_nulls_what_went_away() -> None:
+    before = {"phase": "Tracking", "message": "x", "referencePrice": "1"}
+    after = {"phase": "Tracking", "referencePrice": "2", "stopPrice": "1.9"}
+    assert status_patch(before, after) == {"referencePrice": "2", "stopPrice": "1.9", "message": None}
+    assert status_patch(after, after) == {}
+
+
+# --- the status writer --------------------------------------------------------------------------
+
+
+class RecordingStore(StopStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[tuple[str, str | None, str | None]] = []
+
+    async def write(self, record: StopRecord, status: TrailingStopStatus) -> None:
+        self.written.append((status.phase, status.reference_price and str(status.reference_price),
+                             status.last_price and str(status.last_price)))
+
+
+def record() -> StopRecord:
+    spec = TrailingStopSpec.model_validate(
+        {"symbol": "BTCUSDT", "side": "SELL", "quantity": "1", "trailingPercent": "1"}
+    )
+    return StopRecord("uid-1", "trading", "s", 1, spec, TrailingStopStatus(phase="Tracking"))
+
+
+def event(kind: str, price: str, reference: str | None = None, trade_id: int = 1) -> StopEvent:
+    return StopEvent(type=kind, symbol="BTCUSDT", uid="uid-1", price=Decimal(price), trade_id=trade_id,
+                     reference_price=Decimal(reference) if reference else None,
+                     stop_price=Decimal(reference) * Decimal("0.99") if reference else None, at=0)
+
+
+async def test_references_are_coalesced_but_transitions_are_written_at_once() -> None:
+    store = RecordingStore()
+    writer = StatusWriter(store, interval=3600)
+    stop = store.put(record())
+    for trade_id, price in enumerate(["100", "101", "102"], start=1):
+        await writer.submit(stop, apply_stop_event(stop.status, event("reference", price, price, trade_id), "now"))
+    assert store.written == [], "reference moves wait for the interval"
+    await writer.flush(force=True)
+    assert store.written == [("Tracking", "102", "102")], "one write, the newest"
+    await writer.submit(stop, apply_stop_event(stop.status, event("triggered", "100.9", "102", 9), "now"))
+    assert store.written[-1][0] == "Triggered"
+    assert writer.writes == 2
+
+
+async def test_an_early_order_result_is_written_as_triggered_then_filled() -> None:
+    store = RecordingStore()
+    writer = StatusWriter(store, interval=3600)
+    transitions: list[tuple[str, str]] = []
+
+    async def on_transition(stop: StopRecord, status: TrailingStopStatus, before: str) -> None:
+        transitions.append((before, status.phase))
+
+    writer.on_transition = on_transition
+    stop = store.put(record())
+    result = OrderResult(client_order_id="ts-x", uid="uid-1", symbol="BTCUSDT", side="SELL", status="FILLED",
+                         executed_qty=Decimal(1), avg_price=Decimal(99), at=0)
+    for status in order_result_steps(stop.status, result, "now"):
+        await writer.submit(stop, status)
+    assert transitions == [("Tracking", "Triggered"), ("Triggered", "Filled")]
+    assert [phase for phase, _, _ in store.written] == ["Triggered", "Filled"]
