@@ -38,6 +38,8 @@ from trailingstop.workers.service import serve
 
 log = logging.getLogger(__name__)
 
+FLUSH_CONCURRENCY = 200  # confirmed publishes in flight while flushing coalesced events
+
 
 class OrchestratorWorker:
     def __init__(
@@ -55,6 +57,7 @@ class OrchestratorWorker:
         self.synced = asyncio.Event()
         self._metrics_symbol = {"symbol": self.symbol}
         self._duplicates_reported = 0
+        self._ticks_processed = telemetry.ORCHESTRATOR_TICKS.labels(symbol=self.symbol)
 
     async def run(self) -> None:
         ticks = tick_queue(self.symbol, self.settings.tick_queue_max)
@@ -70,7 +73,7 @@ class OrchestratorWorker:
         self.orchestrator.resume_after_restore()
         log.info("%s: %d stops restored; consuming ticks", self.symbol, len(self.orchestrator.stops),
                  extra=self._metrics_symbol)
-        await self.bus.consume(ticks, PriceTick, self.on_tick, prefetch=1000)
+        await self.bus.consume(ticks, PriceTick, self.on_tick, prefetch=1000, ack_every=200)
         while True:
             await asyncio.sleep(self.settings.flush_interval)
             await self.flush()
@@ -88,7 +91,7 @@ class OrchestratorWorker:
         if last is not None and tick.trade_id > last + 1:
             await self._fill_gap(last + 1, tick.trade_id - 1)
         outcome = self.orchestrator.on_tick(tick)
-        telemetry.ORCHESTRATOR_TICKS.labels(**self._metrics_symbol).inc()
+        self._ticks_processed.inc()
         if outcome:
             with telemetry.span("tick trigger", headers, symbol=self.symbol, tradeId=tick.trade_id):
                 await self._publish(outcome, headers, tick)
@@ -96,7 +99,8 @@ class OrchestratorWorker:
 
     async def flush(self) -> None:
         events = self.orchestrator.flush()
-        await asyncio.gather(*(self.bus.publish_stop_event(event) for event in events))
+        for start in range(0, len(events), FLUSH_CONCURRENCY):  # bounded: 10,000 at once would bloat memory
+            await asyncio.gather(*(self.bus.publish_stop_event(e) for e in events[start:start + FLUSH_CONCURRENCY]))
         for event in events:
             telemetry.ORCHESTRATOR_EVENTS.labels(symbol=self.symbol, type=event.type).inc()
         new_duplicates = self.orchestrator.duplicates - self._duplicates_reported
