@@ -3,7 +3,8 @@
     eval "$(scripts/testenv env)"
     python benchmarks/workers.py [--ticks 300000] [--stops 10000] [--latency-samples 500]
 
-1. Sustained tick rate: a fresh vhost; 10,000 stop upserts and N ticks are queued first, then the
+1. Sustained tick rate: a fresh vhost; 10,000 armed stops (waiting for activation prices the prices
+   never reach, both sides, trails 1-30 %) and N ticks are queued first, then the
    orchestrator process starts and drains them (rate from its own ticks_processed counter). The
    baseline is a bare aio-pika consumer process (same prefetch, one ack per message, no parsing)
    draining N identical messages from an identical queue.
@@ -100,8 +101,9 @@ def rss_mb(pid: int) -> float:
 async def orchestrator_rate(vhost: Vhost, ticks: int, stops: int, log_dir: Path) -> dict[str, float]:
     bus = await Bus(vhost.url, "bench").connect()
     await bus.declare(tick_queue(SYMBOL, ticks + 10))
-    for index in range(stops):  # tracking stops with trails the walk never reaches
-        await bus.publish_command(StopCommand.upsert(stop(index, str(20 + index % 30))))
+    for index in range(stops):  # armed: waiting for activation prices the walk never reaches
+        activation = "1000" if index % 2 == 0 else "1"  # SELL activates at >= 1000, BUY at <= 1
+        await bus.publish_command(StopCommand.upsert(stop(index, str(1 + index % 30), activation)))
     bodies = [tick(i, f"{100 + (i % 200) / 100:.2f}").to_json() for i in range(1, ticks + 1)]
     await publish_bodies(vhost.url, MARKETDATA_EXCHANGE, SYMBOL, bodies)
     await bus.close()

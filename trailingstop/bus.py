@@ -31,15 +31,16 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
-    AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
     ExchangeType,
 )
 from aio_pika.exceptions import AMQPException, ChannelInvalidStateError
+from aiormq.abc import DeliveredMessage
 from pydantic import ValidationError
 
 from trailingstop import telemetry
@@ -262,56 +263,39 @@ class Bus:
         await channel.set_qos(prefetch_count=prefetch)
         self._consumers.append(channel)
         queue = await self.declare(spec, channel)
-        consumer = _Consumer(self, spec.name, model, handler, ordered, ack_every)
+        consumer = _Consumer(self, channel, spec.name, model, handler, ordered, ack_every)
+        await consumer.start()
         self._drains.append(consumer)
-        await queue.consume(consumer.on_message)
         return queue
 
-    async def _handle(
-        self, incoming: AbstractIncomingMessage, queue: str, model: type[M], handler: Handler[M]
-    ) -> bool:
-        """Parse and handle one message. True when it is the caller's to ack; False when it was
-        settled here (dead-lettered or put back)."""
-        try:
-            parsed = model.from_json(incoming.body)
-        except ValidationError as exc:
-            await self._dead_letter(incoming, queue, f"malformed {model.__name__}: {exc}")
-            return False
-        try:
-            await handler(parsed, dict(incoming.headers) if incoming.headers else {})
-        except Exception as exc:  # the consumer boundary: log, retry, then park the message
-            await self._retry_or_park(incoming, queue, exc)
-            return False
-        return True
-
-    async def _retry_or_park(self, incoming: AbstractIncomingMessage, queue: str, exc: Exception) -> None:
+    async def _retry_or_park(self, delivery: Delivery, queue: str, exc: Exception) -> None:
         """A quorum queue counts deliveries and dead-letters past its ``x-delivery-limit``, so it
         is simply requeued (after a pause growing with the count); elsewhere one retry is given."""
-        deliveries = (incoming.headers or {}).get("x-delivery-count")
+        deliveries = delivery.headers.get("x-delivery-count")
         if isinstance(deliveries, int):
             log.exception("handler failed on a message from %s (delivery %d); requeueing", queue, deliveries + 1)
             await asyncio.sleep(min(0.5 * (deliveries + 1), 5.0))
-            await incoming.nack(requeue=True)
-        elif incoming.redelivered:
+            await delivery.nack(requeue=True)
+        elif delivery.redelivered:
             log.exception("handler failed twice on a message from %s; dead-lettering it", queue)
-            await self._dead_letter(incoming, queue, f"handler failed: {exc!r}")
+            await self._dead_letter(delivery, queue, f"handler failed: {exc!r}")
         else:
             log.exception("handler failed on a message from %s; it will be redelivered", queue)
-            await incoming.nack(requeue=True)
+            await delivery.nack(requeue=True)
 
-    async def _dead_letter(self, incoming: AbstractIncomingMessage, queue: str, reason: str) -> None:
+    async def _dead_letter(self, delivery: Delivery, queue: str, reason: str) -> None:
         self.malformed += 1
         telemetry.DEAD_LETTERED.labels(queue=queue).inc()
         log.warning("dead-lettering a message from %s: %s", queue, reason[:500])
         copy = aio_pika.Message(
-            incoming.body,
-            content_type=incoming.content_type,
+            delivery.body,
+            content_type=delivery.content_type,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers={**(incoming.headers or {}), "x-trailingstop-queue": queue, "x-trailingstop-error": reason[:1000]},
+            headers={**delivery.headers, "x-trailingstop-queue": queue, "x-trailingstop-error": reason[:1000]},
         )
         exchange = await self._exchange(DEAD_LETTER_EXCHANGE, True)
         await exchange.publish(copy, "", mandatory=False)
-        await incoming.ack()
+        await delivery.ack()
 
     # --- internals ---------------------------------------------------------------------------------
 
@@ -336,59 +320,125 @@ class Bus:
         return exchange
 
 
-class _Consumer:
-    """One queue's messages to one handler. aio-pika runs each delivery as its own task; for
-    ordered handling the delivery task only appends to an inbox that a single task drains, which
-    costs less than handing a lock from task to task and keeps delivery order."""
+class Delivery:
+    """One message as the broker delivered it, settled through the consumer that received it."""
 
-    def __init__(self, bus: Bus, queue: str, model: type[Any], handler: Handler[Any], ordered: bool,
-                 ack_every: int) -> None:
+    __slots__ = ("body", "consumer", "content_type", "generation", "headers", "redelivered", "tag")
+
+    def __init__(self, consumer: _Consumer, message: DeliveredMessage) -> None:
+        properties = message.header.properties
+        self.consumer = consumer
+        self.generation = consumer.generation
+        self.body = message.body
+        self.headers: dict[str, Any] = dict(properties.headers) if properties.headers else {}
+        self.content_type = properties.content_type
+        deliver = message.delivery
+        self.tag = int(deliver.delivery_tag or 0)  # type: ignore[union-attr]
+        self.redelivered = bool(deliver.redelivered)  # type: ignore[union-attr]
+
+    async def ack(self, multiple: bool = False) -> None:
+        await self.consumer.settle(self, "ack", multiple=multiple)
+
+    async def nack(self, requeue: bool) -> None:
+        await self.consumer.settle(self, "nack", requeue=requeue)
+
+
+class _Consumer:
+    """One queue's messages to one handler, straight from the underlying aiormq channel.
+
+    aio-pika's consumer wraps every delivery in two tasks and a rich message object; on the tick
+    path that costs more than everything the orchestrator does with a tick, so deliveries are
+    taken from aiormq directly (and re-subscribed when the robust channel reopens after a broker
+    restart). For ordered handling a delivery is appended to an inbox that one task drains; acks
+    are batched (``basic.ack`` with ``multiple``). A delivery from a channel that has since been
+    replaced is never acked on the new one: the broker redelivers it, and consumers drop what
+    they have already seen.
+    """
+
+    def __init__(self, bus: Bus, channel: AbstractChannel, queue: str, model: type[Any],
+                 handler: Handler[Any], ordered: bool, ack_every: int) -> None:
         self.bus = bus
+        self.channel = channel
         self.queue = queue
         self.model = model
         self.handler = handler
         self.ordered = ordered
         self.ack_every = ack_every
-        self.inbox: collections.deque[AbstractIncomingMessage] = collections.deque()
+        self.generation = 0
+        self.underlay: aiormq.abc.AbstractChannel | None = None
+        self.inbox: collections.deque[Delivery] = collections.deque()
         self.wakeup = asyncio.Event()
-        self.task = asyncio.create_task(self._drain()) if ordered else None
+        self.task: asyncio.Task[None] | None = None
 
-    async def on_message(self, incoming: AbstractIncomingMessage) -> None:
+    async def start(self) -> None:
         if self.ordered:
-            self.inbox.append(incoming)
+            self.task = asyncio.create_task(self._drain())
+        self.channel.reopen_callbacks.add(self._resubscribe)  # type: ignore[attr-defined]
+        await self._subscribe()
+
+    async def _subscribe(self) -> None:
+        self.generation += 1
+        self.underlay = await self.channel.get_underlay_channel()
+        await self.underlay.basic_consume(self.queue, self._on_delivery, no_ack=False)
+
+    async def _resubscribe(self, channel: Any = None) -> None:
+        self.inbox.clear()  # delivered on the closed channel: the broker gives them again
+        await self._subscribe()
+
+    async def _on_delivery(self, message: DeliveredMessage) -> None:
+        delivery = Delivery(self, message)
+        if self.ordered:
+            self.inbox.append(delivery)
             self.wakeup.set()
-        elif await self.bus._handle(incoming, self.queue, self.model, self.handler):
-            await incoming.ack()
+        elif await self._handle(delivery):
+            await delivery.ack()
+
+    async def _handle(self, delivery: Delivery) -> bool:
+        """Parse and handle one message. True when it is the caller's to ack; False when it was
+        settled here (dead-lettered or put back)."""
+        try:
+            parsed = self.model.from_json(delivery.body)
+        except ValidationError as exc:
+            await self.bus._dead_letter(delivery, self.queue, f"malformed {self.model.__name__}: {exc}")
+            return False
+        try:
+            await self.handler(parsed, delivery.headers)
+        except Exception as exc:  # the consumer boundary: log, retry, then park the message
+            await self.bus._retry_or_park(delivery, self.queue, exc)
+            return False
+        return True
 
     async def _drain(self) -> None:
-        unacked: AbstractIncomingMessage | None = None
+        unacked: Delivery | None = None
         count = 0
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
             while self.inbox:
-                incoming = self.inbox.popleft()
-                if await self.bus._handle(incoming, self.queue, self.model, self.handler):
-                    unacked, count = incoming, count + 1
+                delivery = self.inbox.popleft()
+                if await self._handle(delivery):
+                    unacked, count = delivery, count + 1
                 if count >= self.ack_every and unacked is not None:
-                    await _ack_through(unacked)
+                    await unacked.ack(multiple=True)
                     unacked, count = None, 0
             if unacked is not None:  # caught up: settle what was handled
-                await _ack_through(unacked)
+                await unacked.ack(multiple=True)
                 unacked, count = None, 0
+
+    async def settle(self, delivery: Delivery, how: str, multiple: bool = False, requeue: bool = False) -> None:
+        underlay = self.underlay
+        if underlay is None or delivery.generation != self.generation:
+            return  # its channel is gone; the broker redelivers it
+        try:
+            if how == "ack":
+                await underlay.basic_ack(delivery.tag, multiple=multiple)
+            else:
+                await underlay.basic_nack(delivery.tag, multiple=False, requeue=requeue)
+        except (AMQPException, ChannelInvalidStateError, RuntimeError) as exc:
+            log.info("could not settle a delivery after a channel loss (%r); the broker will redeliver", exc)
 
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-
-
-async def _ack_through(incoming: AbstractIncomingMessage) -> None:
-    """Ack this delivery and every earlier one of its channel (all handled, in order)."""
-    try:
-        await incoming.ack(multiple=True)
-    except (AMQPException, ChannelInvalidStateError, RuntimeError) as exc:
-        # The channel this came on is gone (broker restart): the broker redelivers what was not
-        # acked, and consumers drop what they have already seen.
-        log.info("could not ack after a channel loss (%r); the broker will redeliver", exc)
