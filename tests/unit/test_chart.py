@@ -194,7 +194,7 @@ def test_default_install_objects(rendered: dict[str, list[dict[str, Any]]]) -> N
     documents = rendered["default"]
     assert kinds(documents) == sorted([
         "CustomResourceDefinition", "ServiceAccount", "Role", "RoleBinding", "Service", "Deployment",
-        "NetworkPolicy",
+        "NetworkPolicy", "ConfigMap",  # the Grafana dashboard
         # `helm test`: the hook Pod, its ServiceAccount and NetworkPolicy
         "ServiceAccount", "NetworkPolicy", "Pod",
     ])
