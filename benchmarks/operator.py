@@ -138,6 +138,9 @@ async def main() -> None:
             await runner.stop()
         if operator is not None:
             await operator.stop()
+        names = kubectl("get", "trailingstops", "-n", namespace, "-o", "name").stdout.split()
+        for name in names:  # the operator is stopped: let the namespace go
+            kubectl("patch", name, "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
         kubectl("delete", "namespace", namespace, "--wait=false")
         await fake.stop()
         await api.close()

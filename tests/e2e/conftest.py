@@ -38,6 +38,10 @@ def namespace(kubectl: Tool, crd: Path) -> Any:
     kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted",
             "pod-security.kubernetes.io/enforce-version=latest")
     yield name
+    # The operator is gone by now: its finalizers would hold the namespace in Terminating.
+    listed = kubectl("get", "trailingstops", "-n", name, "-o", "name", check=False).stdout.split()
+    for resource in listed:
+        kubectl("patch", resource, "-n", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
     kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 

@@ -189,3 +189,48 @@ async def test_an_early_order_result_is_written_as_triggered_then_filled() -> No
         await writer.submit(stop, status)
     assert transitions == [("Tracking", "Triggered"), ("Triggered", "Filled")]
     assert [phase for phase, _, _ in store.written] == ["Triggered", "Filled"]
+
+
+# --- coalescing ---------------------------------------------------------------------------------
+
+
+async def test_a_burst_of_requests_costs_few_runs_each_seeing_everything() -> None:
+    import asyncio
+
+    from trailingstop.operator.coalesce import Coalescer
+
+    seen: list[int] = []
+    state = {"owners": 0}
+
+    async def run(key: str) -> None:
+        await asyncio.sleep(0.01)
+        seen.append(state["owners"])
+
+    coalescer: Coalescer[str] = Coalescer(run)
+
+    async def new_owner() -> None:
+        state["owners"] += 1
+        await coalescer.request("BTCUSDT")
+
+    await asyncio.gather(*(new_owner() for _ in range(1000)))
+    assert len(seen) <= 2, "a burst is coalesced"
+    assert seen[-1] == 1000, "the last run sees every owner"
+
+
+async def test_a_failed_run_reaches_every_requester_and_the_next_run_is_fresh() -> None:
+    import asyncio
+
+    from trailingstop.operator.coalesce import Coalescer
+
+    calls = {"n": 0}
+
+    async def run(key: str) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("API down")
+
+    coalescer: Coalescer[str] = Coalescer(run)
+    results = await asyncio.gather(coalescer.request("k"), coalescer.request("k"), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    await coalescer.request("k")
+    assert calls["n"] == 2

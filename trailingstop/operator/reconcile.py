@@ -6,11 +6,14 @@ operator restart, and nothing is written unless it changed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import aiohttp
 import kopf
+from kubernetes_asyncio.client.rest import ApiException
 from pydantic import ValidationError
 
 from trailingstop.bus import Bus
@@ -25,6 +28,7 @@ from trailingstop.contracts import (
 )
 from trailingstop.operator import builders
 from trailingstop.operator.builders import Owner
+from trailingstop.operator.coalesce import Coalescer
 from trailingstop.operator.config import OperatorConfig
 from trailingstop.operator.events import StatusWriter
 from trailingstop.operator.kube import Kube
@@ -35,6 +39,9 @@ from trailingstop.telemetry import stop_fields
 log = logging.getLogger(__name__)
 
 TRIGGERED_OR_LATER = frozenset({"Triggered", *FINAL_PHASES})
+# What a child object is for: ("broker", namespace, ""), ("symbol", namespace, SYMBOL) or
+# ("route", namespace, route).
+WorkloadKey = tuple[str, str, str]
 # Phase reached -> (Kubernetes Event reason, is a warning)
 TRANSITION_EVENTS: dict[str, tuple[str, bool]] = {
     "Tracking": ("Activated", False),
@@ -74,6 +81,7 @@ class Reconciler:
         self.store = store
         self.writer = writer
         self.bus = bus
+        self._children: Coalescer[WorkloadKey] = Coalescer(self._apply_children)
 
     async def load(self) -> int:
         """Read every TrailingStop once at start-up, so a sync request is answered in full."""
@@ -124,19 +132,35 @@ class Reconciler:
         self.writer.forget(record)
 
     async def ensure_workloads(self, record: StopRecord) -> None:
-        """The namespace's broker Secret, the symbol's workers, the route's executor."""
-        namespace, symbol, route = record.namespace, record.spec.symbol, record.spec.route
-        in_namespace = [r for r in self.store.all() if r.namespace == namespace]
-        by_symbol = [Owner(r.name, r.uid) for r in in_namespace if r.spec.symbol == symbol]
-        by_route = [Owner(r.name, r.uid) for r in in_namespace if r.spec.route == route]
-        secret = record.spec.credentials_secret_ref.name if record.spec.credentials_secret_ref else None
-        for desired in (
-            builders.amqp_secret(self.config, namespace, [Owner(r.name, r.uid) for r in in_namespace]),
-            builders.marketdata_deployment(self.config, namespace, symbol, by_symbol),
-            builders.orchestrator_deployment(self.config, namespace, symbol, by_symbol),
-            builders.executor_deployment(self.config, namespace, route, secret, by_route),
-        ):
-            await self.kube.ensure(desired)
+        """The namespace's broker Secret, the symbol's workers, the route's executor, each with
+        every stop that needs it among its owners (coalesced: see :mod:`.coalesce`)."""
+        namespace = record.namespace
+        keys: list[WorkloadKey] = [
+            ("broker", namespace, ""),
+            ("symbol", namespace, record.spec.symbol),
+            ("route", namespace, record.spec.route),
+        ]
+        try:
+            await asyncio.gather(*(self._children.request(key) for key in keys))
+        except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
+            raise kopf.TemporaryError(f"applying the workers failed ({exc}); retrying", delay=5) from exc
+
+    async def _apply_children(self, key: WorkloadKey) -> None:
+        kind, namespace, name = key
+        stops = [r for r in self.store.all() if r.namespace == namespace]
+        if kind == "broker":
+            await self.kube.ensure(builders.amqp_secret(self.config, namespace, _owners(stops)))
+        elif kind == "symbol":
+            owners = _owners(r for r in stops if r.spec.symbol == name)
+            await self.kube.ensure(builders.marketdata_deployment(self.config, namespace, name, owners))
+            await self.kube.ensure(builders.orchestrator_deployment(self.config, namespace, name, owners))
+        else:
+            users = [r for r in stops if r.spec.route == name]
+            if not users:
+                return  # the last stop of the route is gone: its executor goes with it
+            reference = users[0].spec.credentials_secret_ref
+            secret = reference.name if reference else None
+            await self.kube.ensure(builders.executor_deployment(self.config, namespace, name, secret, _owners(users)))
 
     async def on_transition(self, record: StopRecord, status: TrailingStopStatus, before: str) -> None:
         """A Kubernetes Event for each phase people want to hear about."""
@@ -156,6 +180,10 @@ class Reconciler:
     def _require_broker(self) -> None:
         if not self.bus.connected:
             raise kopf.TemporaryError("the message broker is unreachable; retrying", delay=5)
+
+
+def _owners(records: Iterable[StopRecord]) -> list[Owner]:
+    return [Owner(r.name, r.uid) for r in records]
 
 
 def _describe(status: TrailingStopStatus) -> str:
