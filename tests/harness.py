@@ -243,7 +243,8 @@ class Probe:
         self.events: list[StopEvent] = []
         self.results: list[OrderResult] = []
         self.ticks: list[PriceTick] = []
-        self.headers: list[tuple[str, dict[str, Any]]] = []
+        self.headers: list[tuple[str, dict[str, Any]]] = []  # (clientOrderId, headers) of results
+        self.tick_headers: dict[int, dict[str, Any]] = {}  # trade id -> headers
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
 
     async def start(self) -> Probe:
@@ -255,13 +256,17 @@ class Probe:
             (STOP_EVENTS_EXCHANGE, "#", lambda body, h: self.events.append(StopEvent.from_json(body))),
             (ORDER_EVENTS_EXCHANGE, "", lambda body, h: self._result(body, h)),
         ]
-        bindings += [(MARKETDATA_EXCHANGE, s, lambda body, h: self.ticks.append(PriceTick.from_json(body)))
-                     for s in self.tick_symbols]
+        bindings += [(MARKETDATA_EXCHANGE, s, self._tick) for s in self.tick_symbols]
         for exchange, key, record in bindings:
             queue = await channel.declare_queue(exclusive=True, auto_delete=True)
             await queue.bind(exchange, key)
             await queue.consume(self._consumer(record), no_ack=True)
         return self
+
+    def _tick(self, body: bytes, headers: dict[str, Any]) -> None:
+        tick = PriceTick.from_json(body)
+        self.ticks.append(tick)
+        self.tick_headers[tick.trade_id] = headers
 
     def _result(self, body: bytes, headers: dict[str, Any]) -> None:
         result = OrderResult.from_json(body)

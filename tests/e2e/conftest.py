@@ -73,12 +73,14 @@ class Cluster:
             "TRAILINGSTOP_SYNC_TIMEOUT": "3",
             "TRAILINGSTOP_FLUSH_INTERVAL": "0.2",
             "TRAILINGSTOP_LOG_FORMAT": "json",
+            "TRAILINGSTOP_TRACING": "on",
         }
         env = worker_env(
             self.vhost.url,
             KUBECONFIG=str(self.kubeconfig),
             WATCH_NAMESPACES=self.namespace,
             TRAILINGSTOP_STATUS_INTERVAL="1",
+            TRAILINGSTOP_TRACING="on",
             TRAILINGSTOP_WORKER_ENV=json.dumps(worker_settings),
         )
         process = WorkerProcess(["operator"], env, self.log_dir, f"operator-{len(self.operators)}").start()

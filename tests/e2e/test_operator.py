@@ -122,6 +122,16 @@ async def test_apply_example_runs_the_stop_to_filled_and_kubectl_shows_every_col
                               "involvedObject.kind=TrailingStop", "-o", "jsonpath={.items[*].reason}").stdout.split()
     assert {"Activated", "Triggered", "Filled"} <= set(reasons)
 
+    assert cluster.pods is not None
+    trigger_traces = {r.get("trace_id") for r in cluster.pods.process("ts-orchestrator-xrpeth").log_records()
+                      if "triggered at" in r["message"]}
+    write_traces = {r.get("trace_id") for r in operator.log_records() if r["message"].startswith("order ts-")}
+    assert len(trigger_traces) == 1 and trigger_traces == write_traces, "one trace: tick to status write"
+    metrics = await operator.metrics()
+    assert _sample(metrics, 'trailingstop_operator_reconciles_total{handler="ensure"}') >= 1
+    assert _sample(metrics, 'trailingstop_operator_status_writes_total{kind="transition"}') >= 4
+    await eventually_async(lambda: _filled_gauge(operator), what="the stops-by-phase gauge")
+
     refused = cluster.kubectl("patch", "ts", "xrp-take-profit", "-n", cluster.namespace, "--type=merge",
                               "-p", '{"spec": {"trailingPercent": "2"}}', check=False)
     assert refused.returncode != 0
@@ -238,6 +248,18 @@ async def eventually_async(check: Any, timeout: float = 30, what: str = "") -> A
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.2)
+
+
+def _sample(metrics: str, series: str) -> float:
+    """The value of one exact series (name and labels) in a Prometheus text page, 0 if absent."""
+    for line in metrics.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def _filled_gauge(operator: Any) -> bool:
+    return _sample(await operator.metrics(), 'trailingstop_operator_stops{phase="Filled"}') == 1
 
 
 async def _with_trigger(cluster: Cluster, name: str) -> dict[str, Any] | None:

@@ -314,3 +314,36 @@ def _metric(text: str, name: str) -> float:
         if line.startswith(name) and (line[len(name)] in " {"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def _trace_id(headers: dict[str, Any]) -> str:
+    """The trace id of a W3C traceparent header: 00-<trace id>-<span id>-<flags>."""
+    return str(headers["traceparent"]).split("-")[1]
+
+
+async def test_one_trace_follows_a_tick_to_its_order_result_and_no_secret_is_logged(
+    workers: Workers, fake: FakeBinance, operator: MemoryOperator, probe: Probe
+) -> None:
+    tracing = {"TRAILINGSTOP_TRACING": "on"}
+    for process in (workers.executor("testnet-keys", **KEYS, **tracing), workers.orchestrator(SYMBOL, **tracing),
+                    workers.marketdata(SYMBOL, **tracing)):
+        await process.wait_healthy()
+    await fake.wait_for_stream_connections(1, timeout=10)
+    [record] = await add_stops(operator, [("SELL", "0.5", None)], **TESTNET)
+    fake.faults.rate_limit(1, retry_after=1, paths=["/api/v3/order"])  # one more code path that logs
+    await advance(fake, 400)
+
+    cid = client_order_id(record.uid)
+    await eventually(lambda: probe.results_for(cid), timeout=30, what="the OrderResult")
+    [(_, result_headers)] = [(c, h) for c, h in probe.headers if c == cid]
+    trigger = await eventually(lambda: record.status.trigger_trade_id, what="the trigger details")
+    trace = _trace_id(result_headers)
+    assert _trace_id(probe.tick_headers[trigger]) == trace, "the triggering tick and its order result share a trace"
+    records = [r for p in workers.started for r in p.log_records()]
+    assert {r["trace_id"] for r in records if "triggered at" in r["message"]} == {trace}
+    assert {r["trace_id"] for r in records if r["message"].startswith(f"order {cid} FILLED")} == {trace}
+
+    logs = "\n".join(process.log_text() for process in workers.started)
+    assert "order" in logs and "rate limit" in logs.lower()
+    for secret in (DEFAULT_API_KEY, DEFAULT_API_SECRET, "guest:guest"):
+        assert secret not in logs, f"a log line carries {secret!r}"

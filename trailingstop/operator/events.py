@@ -28,6 +28,7 @@ from trailingstop.contracts import (
 )
 from trailingstop.operator.stops import StopRecord, StopStore
 from trailingstop.status import apply_stop_event, order_result_steps
+from trailingstop.telemetry import stop_fields
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,9 @@ class EventRouter:
         with telemetry.span("status write", headers, clientOrderId=result.client_order_id):
             for status in order_result_steps(record.status, result, ms_to_rfc3339(now_ms())):
                 await self.writer.submit(record, status)
+            log.info("order %s of %s: %s; status is %s", result.client_order_id, record.key, result.status,
+                     record.status.phase, extra=stop_fields(record.namespace, record.name, record.uid,
+                                                            record.spec.symbol, clientOrderId=result.client_order_id))
 
     async def answer_sync(self, symbol: str) -> None:
         """Every stop of ``symbol`` with its saved state, then ``synced``."""

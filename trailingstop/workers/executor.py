@@ -61,13 +61,13 @@ class Executor:
         with telemetry.span("place order", headers, clientOrderId=order.client_order_id, route=self.route):
             result = await self.execute(order)
             await self.bus.publish_result(result)
-        telemetry.EXECUTOR_ORDERS.labels(route=self.route, status=result.status).inc()
-        if result.error is not None:
-            log.warning("order %s rejected: Binance %s: %s", order.client_order_id, result.error.code,
-                        result.error.message, extra=fields)
-        else:
-            log.info("order %s %s: %s %s at %s", order.client_order_id, result.status, order.side,
-                     result.executed_qty, result.avg_price, extra=fields)
+            telemetry.EXECUTOR_ORDERS.labels(route=self.route, status=result.status).inc()
+            if result.error is not None:
+                log.warning("order %s rejected: Binance %s: %s", order.client_order_id, result.error.code,
+                            result.error.message, extra=fields)
+            else:
+                log.info("order %s %s: %s %s at %s", order.client_order_id, result.status, order.side,
+                         result.executed_qty, result.avg_price, extra=fields)
 
 
 async def simulated() -> Execute:
