@@ -1,0 +1,38 @@
+"""`trailingstop run --live`: Binance's live aggTrade stream (here the fake's) through python-binance."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from tests.fakebinance import FakeBinance
+
+MANIFEST = """\
+apiVersion: trailingstop.dev/v1
+kind: TrailingStop
+metadata: {name: live-sell}
+spec: {symbol: XRPETH, side: SELL, quantity: "100", trailingPercent: "0.5"}
+"""
+
+
+async def test_run_live_follows_the_stream_until_every_stop_is_final(fake: FakeBinance, tmp_path: Path) -> None:
+    manifest = tmp_path / "live.yaml"
+    manifest.write_text(MANIFEST)
+    env = {**os.environ, "TRAILINGSTOP_BINANCE_API_URL": fake.api_url, "TRAILINGSTOP_BINANCE_STREAM_URL": fake.stream_url}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "trailingstop", "run", str(manifest), "--live",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )
+    await fake.wait_for_stream_connections(1, timeout=30)
+    while process.returncode is None and fake.tape("XRPETH").position < 1000:
+        await fake.advance("XRPETH", 20)
+        await asyncio.sleep(0.01)
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    text = out.decode()
+    assert process.returncode == 0, err.decode()
+    assert "Binance live aggTrade stream" in text
+    for transition in ("Pending -> Armed", "Armed -> Tracking", "Tracking -> Triggered", "Triggered -> Filled"):
+        assert transition in text, text
+    assert "live-sell   XRPETH   SELL   0.5      Filled" in text
