@@ -9,6 +9,7 @@ over a store kept in memory instead of the Kubernetes API.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -68,12 +69,13 @@ class Vhost:
         self.management_url = management_url.rstrip("/")
         self.name = f"ts-test-{uuid.uuid4().hex[:10]}"
         parts = urlsplit(amqp_url)
-        self.auth = aiohttp.BasicAuth(parts.username or "guest", parts.password or "guest")
         self.user = parts.username or "guest"
+        credentials = base64.b64encode(f"{self.user}:{parts.password or 'guest'}".encode()).decode()
+        self.auth_headers = {"Authorization": f"Basic {credentials}"}
         self.url = urlunsplit(parts._replace(path="/" + quote(self.name, safe="")))
 
     async def create(self) -> str:
-        async with aiohttp.ClientSession(auth=self.auth) as session:
+        async with aiohttp.ClientSession(headers=self.auth_headers) as session:
             async with session.put(f"{self.management_url}/api/vhosts/{self.name}") as response:
                 response.raise_for_status()
             permissions = {"configure": ".*", "write": ".*", "read": ".*"}
@@ -84,7 +86,7 @@ class Vhost:
 
     async def delete(self) -> None:
         async with (
-            aiohttp.ClientSession(auth=self.auth) as session,
+            aiohttp.ClientSession(headers=self.auth_headers) as session,
             session.delete(f"{self.management_url}/api/vhosts/{self.name}") as response,
         ):
             if response.status not in (204, 404):

@@ -347,3 +347,17 @@ async def test_one_trace_follows_a_tick_to_its_order_result_and_no_secret_is_log
     assert "order" in logs and "rate limit" in logs.lower()
     for secret in (DEFAULT_API_KEY, DEFAULT_API_SECRET, "guest:guest"):
         assert secret not in logs, f"a log line carries {secret!r}"
+
+
+async def test_marketdata_replays_a_trade_file_and_stays_up(workers: Workers, probe: Probe, tmp_path: Any) -> None:
+    trades = tmp_path / "XRPETH-aggTrades-slice.csv"
+    lines = demo_trades_path().read_text().splitlines()[:2000]
+    trades.write_text("\n".join(lines) + "\n")
+    marketdata = workers.marketdata(SYMBOL, source=f"replay:{trades}")
+    await marketdata.wait_healthy()
+    await eventually(lambda: len(probe.ticks) >= 2000, timeout=30, what="every trade of the file")
+    assert [t.trade_id for t in probe.ticks] == [t.trade_id for t in TRADES[:2000]]
+    assert [t.price for t in probe.ticks] == [t.price for t in TRADES[:2000]]
+    assert {t.source for t in probe.ticks} == {"replay"}
+    status, body = await marketdata.health()
+    assert status == 200 and body["checks"]["stream"]["detail"] == "replay finished"
