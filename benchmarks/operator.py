@@ -29,12 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kubernetes_asyncio import client, config  # noqa: E402
+from kubernetes_asyncio import client, config
 
-from tests.e2e.podrunner import PodRunner  # noqa: E402
-from tests.fakebinance import FakeBinance, xrpeth  # noqa: E402
-from tests.harness import Vhost, WorkerProcess, worker_env  # noqa: E402
-from trailingstop.trades import demo_trades_path, load_trades  # noqa: E402
+from tests.e2e.podrunner import PodRunner
+from tests.fakebinance import FakeBinance, xrpeth
+from tests.harness import Vhost, WorkerProcess, worker_env
+from trailingstop.trades import demo_trades_path, load_trades
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,14 +80,16 @@ async def main() -> None:
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--window", type=float, default=30.0, help="seconds of ticks per rate")
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}")
+    cpu = platform.processor() or platform.machine()
+    print(f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
 
     symbols = [f"X{index:02d}ETH" for index in range(args.symbols)]
     specs = [dataclasses.replace(xrpeth(), symbol=symbol) for symbol in symbols]
     trades = load_trades(demo_trades_path())
     log_dir = Path(tempfile.mkdtemp(prefix="ts-bench-operator-"))
     namespace = f"ts-bench-{uuid.uuid4().hex[:6]}"
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / "trailingstops.trailingstop.dev.yaml"))
+    crd = REPO / "crds" / "trailingstops.trailingstop.dev.yaml"
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
     kubectl("create", "namespace", namespace)
     vhost = Vhost(os.environ["AMQP_URL"], os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672"))
     await vhost.create()
@@ -96,9 +98,10 @@ async def main() -> None:
     runner = None
     operator = None
     try:
-        worker_settings = {"TRAILINGSTOP_BINANCE_API_URL": fake.api_url, "TRAILINGSTOP_BINANCE_STREAM_URL": fake.stream_url,
-                           "TRAILINGSTOP_SYNC_TIMEOUT": "3", "TRAILINGSTOP_FLUSH_INTERVAL": "1",
-                           "TRAILINGSTOP_LOG_LEVEL": "WARNING"}
+        worker_settings = {
+            "TRAILINGSTOP_BINANCE_API_URL": fake.api_url, "TRAILINGSTOP_BINANCE_STREAM_URL": fake.stream_url,
+            "TRAILINGSTOP_SYNC_TIMEOUT": "3", "TRAILINGSTOP_FLUSH_INTERVAL": "1", "TRAILINGSTOP_LOG_LEVEL": "WARNING",
+        }
         env = worker_env(vhost.url, KUBECONFIG=os.environ["KUBECONFIG"], WATCH_NAMESPACES=namespace,
                          TRAILINGSTOP_STATUS_INTERVAL=str(args.interval), TRAILINGSTOP_LOG_LEVEL="WARNING",
                          TRAILINGSTOP_WORKER_ENV=json.dumps(worker_settings))

@@ -35,15 +35,15 @@ import aio_pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness import Vhost, WorkerProcess, worker_env  # noqa: E402
-from trailingstop.bus import (  # noqa: E402
+from tests.harness import Vhost, WorkerProcess, worker_env
+from trailingstop.bus import (
     MARKETDATA_EXCHANGE,
     STOP_EVENTS_EXCHANGE,
     Bus,
     executor_queue,
     tick_queue,
 )
-from trailingstop.contracts import PlaceOrder, PriceTick, StopCommand, StopDefinition  # noqa: E402
+from trailingstop.contracts import PriceTick, StopCommand, StopDefinition
 
 SYMBOL = "BENCH"
 PREFETCH = 1000
@@ -215,7 +215,8 @@ async def orchestrator_latency(vhost: Vhost, samples: int, log_dir: Path) -> lis
         await message.ack()
 
     await armed.consume(on_armed)
-    process = WorkerProcess(["worker", "orchestrator", "--symbol", SYMBOL], env, log_dir, "latency-orchestrator").start()
+    args = ["worker", "orchestrator", "--symbol", SYMBOL]
+    process = WorkerProcess(args, env, log_dir, "latency-orchestrator").start()
     await process.wait_healthy(60)
     await asyncio.sleep(1.5)  # past the sync wait
     fast = await connection.channel(publisher_confirms=False)
@@ -281,7 +282,8 @@ async def main() -> None:
     args = parser.parse_args()
     amqp_url = os.environ["AMQP_URL"]
     management = os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
-    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}")
+    cpu = platform.processor() or platform.machine()
+    print(f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
     log_dir = Path(tempfile.mkdtemp(prefix="ts-bench-"))
 
     async def in_vhost(job: Any) -> Any:

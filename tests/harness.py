@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -46,8 +47,22 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+async def eventually(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll ``check`` (plain or async) until it returns something truthy; fail with ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        await asyncio.sleep(interval)
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25, what: str = "") -> Any:
+    """:func:`eventually` for synchronous tests."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -55,7 +70,7 @@ async def eventually(check: Callable[[], Any], timeout: float = 20.0, interval: 
             return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
-        await asyncio.sleep(interval)
+        time.sleep(interval)
 
 
 # --- RabbitMQ vhosts ---------------------------------------------------------------------------------

@@ -479,6 +479,20 @@ class OrderResult(Message):
     def filled(self) -> bool:
         return self.status in ("FILLED", "SIMULATED")
 
+    @classmethod
+    def for_order(cls, order: PlaceOrder, **outcome: Any) -> OrderResult:
+        """The result of ``order``: its identity, plus ``outcome`` (status, fills, error, at)."""
+        return cls(
+            client_order_id=order.client_order_id,
+            uid=order.uid,
+            namespace=order.namespace,
+            name=order.name,
+            symbol=order.symbol,
+            side=order.side,
+            mode=order.mode,
+            **outcome,
+        )
+
 
 # --- helpers ---------------------------------------------------------------------------------
 

@@ -30,7 +30,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ import yaml
 
 import trailingstop
 from tests.conftest import Tool, missing
-from tests.harness import Vhost, WorkerProcess, worker_env
+from tests.harness import Vhost, WorkerProcess, wait_until, worker_env
 from tests.unit.test_chart import VARIANTS
 from trailingstop.operator.builders import AMQP_KEY, WORKER_UID
 from trailingstop.operator.config import HEALTH_PORT
@@ -59,17 +58,6 @@ RUN = uuid.uuid4().hex[:6]
 WORKER_DEPLOYMENTS = ("ts-marketdata-xrpeth", "ts-orchestrator-xrpeth", "ts-executor-simulate")
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def eventually(check: Any, timeout: float = 60.0, interval: float = 0.5, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
-        time.sleep(interval)
 
 
 def documents_of(text: str) -> list[dict[str, Any]]:
@@ -362,9 +350,9 @@ def test_helm_install_upgrade_test_and_uninstall(helm: Tool, kubectl: Tool, fres
 
     live = json.loads(kubectl("get", "deployment", fullname, "-n", namespace, "-o", "json").stdout)
     assert live["spec"]["strategy"]["type"] == "Recreate" and live["spec"]["replicas"] == 1
-    eventually(lambda: kubectl("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=operator",
+    wait_until(lambda: kubectl("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=operator",
                                "-o", "name").stdout.strip(), what="the operator's Pod, admitted as restricted")
-    eventually(lambda: kubectl("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=rabbitmq",
+    wait_until(lambda: kubectl("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=rabbitmq",
                                "-o", "name").stdout.strip(), what="RabbitMQ's Pod, admitted as restricted")
 
     def password() -> str:
@@ -405,7 +393,7 @@ def test_manifests_apply_as_documented(kubectl: Tool) -> None:
         done = kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=moved)
         assert done.stdout.count("serverside-applied") == len(documents), done.stdout
         kubectl("get", "deployment", "trailingstop-operator", "-n", namespace)
-        eventually(lambda: kubectl("get", "pods", "-n", namespace, "-o", "name").stdout.strip(),
+        wait_until(lambda: kubectl("get", "pods", "-n", namespace, "-o", "name").stdout.strip(),
                    what="the operator's Pod, admitted under the restricted policy")
         labels = json.loads(kubectl("get", "namespace", namespace, "-o", "json").stdout)["metadata"]["labels"]
         assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -499,7 +487,7 @@ async def test_the_operator_works_with_the_charts_namespaced_role_and_nothing_mo
             names = kubectl("get", "deployments", "-n", namespace, "-o", "name").stdout.split()
             return {f"deployment.apps/{n}" for n in WORKER_DEPLOYMENTS} <= set(names)
 
-        await asyncio.to_thread(eventually, children, 60, 0.5, "the three worker Deployments")
+        await asyncio.to_thread(wait_until, children, 60, 0.5, "the three worker Deployments")
         secret = json.loads(kubectl("get", "secret", "ts-amqp", "-n", namespace, "-o", "json").stdout)
         assert base64.b64decode(secret["data"][AMQP_KEY]).decode() == vhost.url
 
@@ -507,7 +495,7 @@ async def test_the_operator_works_with_the_charts_namespaced_role_and_nothing_mo
             stop = json.loads(kubectl("get", "trailingstop", "xrp-take-profit", "-n", namespace, "-o", "json").stdout)
             return stop.get("status", {}).get("phase")
 
-        assert await asyncio.to_thread(eventually, phase, 60, 0.5, "status.phase") == "Pending"
+        assert await asyncio.to_thread(wait_until, phase, 60, 0.5, "status.phase") == "Pending"
         # Deleting goes through the operator's finalizer: its removal is a patch the Role allows.
         kubectl("delete", "trailingstop", "xrp-take-profit", "-n", namespace, "--timeout=60s")
         operator.assert_running()

@@ -17,6 +17,7 @@ from kubernetes_asyncio import client, watch
 
 from tests.e2e.conftest import REPO, Cluster
 from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET
+from tests.harness import eventually
 from trailingstop.contracts import client_order_id
 from trailingstop.trades import demo_trades_path, load_trades
 
@@ -90,17 +91,17 @@ async def test_apply_example_runs_the_stop_to_filled_and_kubectl_shows_every_col
     try:
         resource = await cluster.stop_resource("xrp-take-profit")
         uid = resource["metadata"]["uid"]
-        children = await eventually_async(lambda: _all_present(cluster), what="the three Deployments")
+        children = await eventually(lambda: _all_present(cluster), what="the three Deployments")
         for name in DEPLOYMENTS:
             owners = children[name]["metadata"]["ownerReferences"]
             assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [("TrailingStop", "xrp-take-profit", uid)]
         _assert_restricted_pod_template(children["ts-orchestrator-xrpeth"])
-        await eventually_async(lambda: _pods_created(cluster), what="pods accepted under the restricted policy")
+        await eventually(lambda: _pods_created(cluster), what="pods accepted under the restricted policy")
 
         await wait_phase(cluster, "xrp-take-profit", "Armed")
         await advance(cluster, 5000)
         await wait_phase(cluster, "xrp-take-profit", "Filled")
-        final = await eventually_async(lambda: _with_trigger(cluster, "xrp-take-profit"), what="the trigger details")
+        final = await eventually(lambda: _with_trigger(cluster, "xrp-take-profit"), what="the trigger details")
     finally:
         watcher.cancel()
     assert phases == ["Pending", "Armed", "Tracking", "Triggered", "Filled"]
@@ -130,7 +131,7 @@ async def test_apply_example_runs_the_stop_to_filled_and_kubectl_shows_every_col
     metrics = await operator.metrics()
     assert _sample(metrics, 'trailingstop_operator_reconciles_total{handler="ensure"}') >= 1
     assert _sample(metrics, 'trailingstop_operator_status_writes_total{kind="transition"}') >= 4
-    await eventually_async(lambda: _filled_gauge(operator), what="the stops-by-phase gauge")
+    await eventually(lambda: _filled_gauge(operator), what="the stops-by-phase gauge")
 
     refused = cluster.kubectl("patch", "ts", "xrp-take-profit", "-n", cluster.namespace, "--type=merge",
                               "-p", '{"spec": {"trailingPercent": "2"}}', check=False)
@@ -166,8 +167,8 @@ async def test_deleting_the_last_stop_of_a_symbol_garbage_collects_its_workers(c
     await operator.wait_healthy()
     assert cluster.apply(manifest("first")).returncode == 0
     assert cluster.apply(manifest("second", trail="2")).returncode == 0
-    children = await eventually_async(lambda: _all_present(cluster), what="the Deployments")
-    await eventually_async(lambda: _owners_are(cluster, {"first", "second"}), what="both stops as owners")
+    children = await eventually(lambda: _all_present(cluster), what="the Deployments")
+    await eventually(lambda: _owners_are(cluster, {"first", "second"}), what="both stops as owners")
 
     cluster.kubectl("delete", "ts", "first", "-n", cluster.namespace)
     await asyncio.sleep(3)
@@ -176,7 +177,7 @@ async def test_deleting_the_last_stop_of_a_symbol_garbage_collects_its_workers(c
     assert {d["metadata"]["uid"] for d in remaining.values()} >= {children[n]["metadata"]["uid"] for n in DEPLOYMENTS}
 
     cluster.kubectl("delete", "ts", "second", "-n", cluster.namespace)
-    await eventually_async(lambda: _none_left(cluster), timeout=60, what="the garbage collector")
+    await eventually(lambda: _none_left(cluster), timeout=60, what="the garbage collector")
 
 
 async def test_operator_restart_loses_nothing_and_writes_nothing_twice(cluster: Cluster) -> None:
@@ -203,7 +204,7 @@ async def test_operator_restart_loses_nothing_and_writes_nothing_twice(cluster: 
 
     await advance(cluster, 5000)
     await wait_phase(cluster, "xrp-take-profit", "Filled")
-    final = await eventually_async(lambda: _with_trigger(cluster, "xrp-take-profit"), what="the trigger details")
+    final = await eventually(lambda: _with_trigger(cluster, "xrp-take-profit"), what="the trigger details")
     assert final["status"]["triggerTradeId"] == FIRST_ID + 4848
 
 
@@ -219,7 +220,7 @@ async def test_testnet_stop_trades_with_keys_from_its_secret(cluster: Cluster) -
     body = manifest("testnet", trail="0.5", activation=None, mode="Testnet",
                     credentialsSecretRef={"name": "binance-testnet-keys"})
     assert cluster.apply(body).returncode == 0
-    children = await eventually_async(lambda: _present(cluster, "ts-executor-testnet-binance-testnet-keys"),
+    children = await eventually(lambda: _present(cluster, "ts-executor-testnet-binance-testnet-keys"),
                                       what="the Testnet executor")
     env = children["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "BINANCE_API_KEY",
@@ -237,17 +238,6 @@ async def test_testnet_stop_trades_with_keys_from_its_secret(cluster: Cluster) -
 
 
 # --- helpers -----------------------------------------------------------------------------------------
-
-
-async def eventually_async(check: Any, timeout: float = 30, what: str = "") -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 def _sample(metrics: str, series: str) -> float:

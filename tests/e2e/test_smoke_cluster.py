@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +20,10 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.conftest import Tool
+from tests.harness import wait_until
 
 CHART = Path(__file__).resolve().parent / "smoke-chart"
 RUN = uuid.uuid4().hex[:8]
-
-
-def eventually(check: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
-        time.sleep(0.25)
 
 
 @pytest.fixture
@@ -144,7 +133,7 @@ def smoke_crd(kubectl: Tool) -> Iterator[str]:
     kubectl("apply", "-f", "-", input=json.dumps(crd_manifest()))
     kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
     # discovery can lag the Established condition by a moment
-    eventually(
+    wait_until(
         lambda: kubectl("get", RESOURCE, "-A", check=False).returncode == 0,
         what=f"{PLURAL} served",
     )
@@ -232,9 +221,9 @@ def test_deployment_owned_by_a_configmap_is_garbage_collected(
             if any(ref.name == "owned" for ref in rs.metadata.owner_references or [])
         ]
 
-    eventually(replicasets, what="a ReplicaSet for the Deployment")
+    wait_until(replicasets, what="a ReplicaSet for the Deployment")
     # ... and the replicaset controller makes its Pod (Pending: there is no kubelet)
-    eventually(
+    wait_until(
         lambda: core.list_namespaced_pod(namespace, label_selector="app=smoke-gc").items,
         what="a Pod from the ReplicaSet",
     )
@@ -250,8 +239,8 @@ def test_deployment_owned_by_a_configmap_is_garbage_collected(
             raise
         return False
 
-    eventually(deployment_gone, what="the garbage collector to delete the owned Deployment")
-    eventually(lambda: not replicasets(), what="the garbage collector to delete the ReplicaSet")
+    wait_until(deployment_gone, what="the garbage collector to delete the owned Deployment")
+    wait_until(lambda: not replicasets(), what="the garbage collector to delete the ReplicaSet")
 
 
 # --- helm ------------------------------------------------------------------------------------------

@@ -32,7 +32,9 @@ async def executor(fake: FakeBinance) -> AsyncIterator[BinanceExecutor]:
     await client.close_connection()
 
 
-async def test_places_once_then_finds_the_order_by_client_order_id(executor: BinanceExecutor, fake: FakeBinance) -> None:
+async def test_places_once_then_finds_the_order_by_client_order_id(
+    executor: BinanceExecutor, fake: FakeBinance
+) -> None:
     first = await executor.execute(order())
     again = await executor.execute(order())  # a redelivery
     assert (first.status, first.executed_qty) == ("FILLED", Decimal("100"))

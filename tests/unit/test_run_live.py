@@ -20,7 +20,8 @@ spec: {symbol: XRPETH, side: SELL, quantity: "100", trailingPercent: "0.5"}
 async def test_run_live_follows_the_stream_until_every_stop_is_final(fake: FakeBinance, tmp_path: Path) -> None:
     manifest = tmp_path / "live.yaml"
     manifest.write_text(MANIFEST)
-    env = {**os.environ, "TRAILINGSTOP_BINANCE_API_URL": fake.api_url, "TRAILINGSTOP_BINANCE_STREAM_URL": fake.stream_url}
+    urls = {"TRAILINGSTOP_BINANCE_API_URL": fake.api_url, "TRAILINGSTOP_BINANCE_STREAM_URL": fake.stream_url}
+    env = {**os.environ, **urls}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "trailingstop", "run", str(manifest), "--live",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,

@@ -381,23 +381,14 @@ class BinanceExecutor:
         self.client.timestamp_offset = server["serverTime"] - int(time.time() * 1000)
 
     def _rejected(self, order: PlaceOrder, error: OrderError) -> OrderResult:
-        return OrderResult(
-            client_order_id=order.client_order_id, uid=order.uid, namespace=order.namespace, name=order.name,
-            symbol=order.symbol, side=order.side, status="REJECTED", mode=order.mode, error=error, at=now_ms(),
-        )
+        return OrderResult.for_order(order, status="REJECTED", error=error, at=now_ms())
 
     def _result(self, order: PlaceOrder, payload: Mapping[str, Any]) -> OrderResult:
         executed = Decimal(payload.get("executedQty", "0"))
         quote = Decimal(payload.get("cummulativeQuoteQty", "0"))
-        return OrderResult(
-            client_order_id=order.client_order_id,
-            uid=order.uid,
-            namespace=order.namespace,
-            name=order.name,
-            symbol=order.symbol,
-            side=order.side,
+        return OrderResult.for_order(
+            order,
             status=payload.get("status", "NEW"),
-            mode=order.mode,
             order_id=payload.get("orderId"),
             executed_qty=executed,
             avg_price=_average(quote, executed),

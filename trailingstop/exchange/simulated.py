@@ -33,15 +33,9 @@ class SimulatedExchange:
         if filters is not None:
             quantity = filters.floor_quantity(quantity)
         price = order.trigger_price
-        result = OrderResult(
-            client_order_id=order.client_order_id,
-            uid=order.uid,
-            namespace=order.namespace,
-            name=order.name,
-            symbol=order.symbol,
-            side=order.side,
+        result = OrderResult.for_order(
+            order,
             status="SIMULATED",
-            mode=order.mode,
             order_id=simulated_order_id(order.client_order_id),
             executed_qty=quantity,
             avg_price=price,
