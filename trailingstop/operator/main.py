@@ -78,7 +78,7 @@ RESOURCE = (API_GROUP, API_VERSION, PLURAL)
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -91,7 +91,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.error_backoffs = [1, 2, 5, 10, 20, 30]
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    await OPERATOR.start(_CONFIG)
+    await OPERATOR.start(memo.config)
 
 
 @kopf.on.cleanup()
@@ -118,21 +118,17 @@ async def deleted(body: kopf.Body, **_: Any) -> None:
     await OPERATOR.work.deleted(body)
 
 
-_CONFIG = OperatorConfig()
-
-
 def run(args: argparse.Namespace) -> int:
-    global _CONFIG
     telemetry.setup_logging()
     telemetry.setup_tracing("trailingstop-operator")
-    _CONFIG = OperatorConfig.from_env(
+    config = OperatorConfig.from_env(
         namespaces=tuple(args.namespaces) if args.namespaces else None,
         clusterwide=True if args.all_namespaces else None,
         standalone=True if args.standalone else None,
     )
-    if _CONFIG.clusterwide:
+    if config.clusterwide:
         scope: dict[str, Any] = {"clusterwide": True}
     else:
-        scope = {"namespaces": list(_CONFIG.namespaces)}
-    asyncio.run(kopf.operator(standalone=_CONFIG.standalone, **scope))
+        scope = {"namespaces": list(config.namespaces)}
+    asyncio.run(kopf.operator(standalone=config.standalone, memo=kopf.Memo(config=config), **scope))
     return 0
