@@ -179,8 +179,10 @@ def apply_order_result(status: TrailingStopStatus, result: OrderResult, now: str
         updated_at=ms_to_rfc3339(result.at),
     )
     final = _RANK[status.phase] == _RANK["Filled"]
-    if status.order == order or (final and phase != status.phase):
-        return status  # a duplicate, or a late result that would move a final stop
+    if final and phase != status.phase:
+        return status  # a late result that would move a final stop
+    if status.order == order and (phase == "Triggered" or status.phase == phase):
+        return status  # a duplicate
     update: dict[str, Any] = {"order": order}
     if _RANK[status.phase] < _RANK["Triggered"]:
         update["phase"] = "Triggered"  # an order exists: the stop has triggered, whatever came first
@@ -199,15 +201,17 @@ def apply_order_result(status: TrailingStopStatus, result: OrderResult, now: str
     return status.model_copy(update=update)
 
 
-def order_result_steps(status: TrailingStopStatus, result: OrderResult, now: str) -> list[TrailingStopStatus]:
-    """The statuses to write, in order, for an order result. A result can arrive before the
-    stop's ``triggered`` event (they travel on different queues); then Triggered is written
-    first, so everyone sees the same history: ... -> Triggered -> Filled."""
+def triggered_by_order(status: TrailingStopStatus, result: OrderResult, now: str) -> TrailingStopStatus | None:
+    """The Triggered status to write before an order result's outcome, when the result arrived
+    before the stop's ``triggered`` event (they travel on different queues), so the history reads
+    ... -> Triggered -> Filled either way. None when no such step is needed.
+
+    Compute it, and then the outcome (:func:`apply_order_result`), each from the status current at
+    that moment: events for the same stop may be applied in between."""
     final = apply_order_result(status, result, now)
     if _RANK[status.phase] >= _RANK["Triggered"] or final.phase == "Triggered":
-        return [final]
-    triggered = final.model_copy(update={"phase": "Triggered", "message": None, "conditions": status.conditions})
-    return [triggered, final]
+        return None
+    return final.model_copy(update={"phase": "Triggered", "message": None, "conditions": status.conditions})
 
 
 def order_outcome(result: OrderResult) -> tuple[Phase, str, str]:

@@ -20,7 +20,7 @@ from trailingstop.operator.config import OperatorConfig
 from trailingstop.operator.events import StatusWriter
 from trailingstop.operator.kube import contains, status_patch
 from trailingstop.operator.stops import StopRecord, StopStore
-from trailingstop.status import apply_stop_event, order_result_steps
+from trailingstop.status import apply_order_result, apply_stop_event, triggered_by_order
 
 CONFIG = OperatorConfig(
     namespaces=("trading",),
@@ -185,8 +185,10 @@ async def test_an_early_order_result_is_written_as_triggered_then_filled() -> No
     stop = store.put(record())
     result = OrderResult(client_order_id="ts-x", uid="uid-1", symbol="BTCUSDT", side="SELL", status="FILLED",
                          executed_qty=Decimal(1), avg_price=Decimal(99), at=0)
-    for status in order_result_steps(stop.status, result, "now"):
-        await writer.submit(stop, status)
+    step = triggered_by_order(stop.status, result, "now")
+    assert step is not None
+    await writer.submit(stop, step)
+    await writer.submit(stop, apply_order_result(stop.status, result, "now"))
     assert transitions == [("Tracking", "Triggered"), ("Triggered", "Filled")]
     assert [phase for phase, _, _ in store.written] == ["Triggered", "Filled"]
 
@@ -234,3 +236,20 @@ async def test_a_failed_run_reaches_every_requester_and_the_next_run_is_fresh() 
     assert all(isinstance(r, RuntimeError) for r in results)
     await coalescer.request("k")
     assert calls["n"] == 2
+
+
+async def test_a_trigger_event_landing_between_the_two_steps_keeps_its_details() -> None:
+    """The race that lost trigger details: the result's second step must start from the status
+    as it is after the trigger event, not from a copy taken before it."""
+    store = RecordingStore()
+    writer = StatusWriter(store, interval=3600)
+    stop = store.put(record())
+    result = OrderResult(client_order_id="ts-x", uid="uid-1", symbol="BTCUSDT", side="SELL", status="FILLED",
+                         executed_qty=Decimal(1), avg_price=Decimal(99), at=0)
+    step = triggered_by_order(stop.status, result, "now")
+    assert step is not None
+    await writer.submit(stop, step)
+    await writer.submit(stop, apply_stop_event(stop.status, event("triggered", "100.9", "102", 9), "now"))
+    await writer.submit(stop, apply_order_result(stop.status, result, "now"))
+    status = stop.status
+    assert (status.phase, status.trigger_trade_id, status.trigger_price) == ("Filled", 9, Decimal("100.9"))

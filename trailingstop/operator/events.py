@@ -27,7 +27,7 @@ from trailingstop.contracts import (
     now_ms,
 )
 from trailingstop.operator.stops import StopRecord, StopStore
-from trailingstop.status import apply_stop_event, order_result_steps
+from trailingstop.status import apply_order_result, apply_stop_event, triggered_by_order
 from trailingstop.telemetry import stop_fields
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,12 @@ class EventRouter:
             log.warning("order result for unknown stop %s", result.uid, extra={"uid": result.uid})
             return
         with telemetry.span("status write", headers, clientOrderId=result.client_order_id):
-            for status in order_result_steps(record.status, result, ms_to_rfc3339(now_ms())):
-                await self.writer.submit(record, status)
+            now = ms_to_rfc3339(now_ms())
+            step = triggered_by_order(record.status, result, now)
+            if step is not None:
+                await self.writer.submit(record, step)
+            # From the status as it is now: the trigger's own event may have landed meanwhile.
+            await self.writer.submit(record, apply_order_result(record.status, result, now))
             log.info("order %s of %s: %s; status is %s", result.client_order_id, record.key, result.status,
                      record.status.phase, extra=stop_fields(record.namespace, record.name, record.uid,
                                                             record.spec.symbol, clientOrderId=result.client_order_id))
