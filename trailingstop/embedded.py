@@ -9,7 +9,7 @@ phase change is printed as it happens; the end is a table shaped like ``kubectl 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TextIO
@@ -35,7 +35,6 @@ from trailingstop.trades import Trade
 
 # (symbol, trade) pairs, in trade order per symbol.
 TradeStream = AsyncIterator[tuple[str, Trade]]
-OrderPlacer = Callable[[object], "asyncio.Future[OrderResult] | OrderResult"]
 
 
 @dataclass
