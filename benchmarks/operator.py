@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from kubernetes_asyncio import client, config
 
 from tests.e2e.podrunner import PodRunner
 from tests.fakebinance import FakeBinance, xrpeth
-from tests.harness import Vhost, WorkerProcess, worker_env
+from tests.harness import Vhost, WorkerProcess, metric_total, scrape, worker_env
 from trailingstop.trades import demo_trades_path, load_trades
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,10 +56,7 @@ def manifests(count: int, symbols: list[str]) -> str:
 
 
 def writes(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    name = "trailingstop_operator_status_writes_total"
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+    return metric_total(scrape(port), "trailingstop_operator_status_writes_total")
 
 
 async def phases(api: client.ApiClient, namespace: str) -> dict[str, int]:

@@ -26,7 +26,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import aio_pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness import Vhost, WorkerProcess, worker_env
+from tests.harness import Vhost, WorkerProcess, metric_total, scrape, worker_env
 from trailingstop.bus import (
     MARKETDATA_EXCHANGE,
     STOP_EVENTS_EXCHANGE,
@@ -81,10 +80,7 @@ async def queue_depth(url: str, name: str) -> int:
 
 
 def counter(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and line[len(name)] in " {")
+    return metric_total(scrape(port), name)
 
 
 def rss_mb(pid: int) -> float:

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -71,6 +72,22 @@ def wait_until(check: Callable[[], Any], timeout: float = 60.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
         time.sleep(interval)
+
+
+def metric_total(text: str, series: str) -> float:
+    """Sum of the samples of ``series`` in a Prometheus text page: a bare name sums every label
+    set, a name with its labels (``x_total{kind="a"}``) picks that one series."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(series) and line[len(series)] in " {":
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def scrape(port: int) -> str:
+    """A local process's /metrics page (blocking; for benchmark loops)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
 
 
 # --- RabbitMQ vhosts ---------------------------------------------------------------------------------

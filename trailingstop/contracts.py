@@ -37,6 +37,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from trailingstop.trades import Trade
+
 API_GROUP = "trailingstop.dev"
 API_VERSION = "v1"
 KIND = "TrailingStop"
@@ -290,6 +292,18 @@ class PriceTick(Message):
     trade_time: int
     received_at: int
     source: str
+
+    @classmethod
+    def from_trade(cls, symbol: str, trade: Trade, received_at: int, source: str) -> PriceTick:
+        return cls(
+            symbol=symbol,
+            price=trade.price,
+            qty=trade.qty,
+            trade_id=trade.trade_id,
+            trade_time=trade.time,
+            received_at=received_at,
+            source=source,
+        )
 
 
 class SavedState(_CamelModel):

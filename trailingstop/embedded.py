@@ -84,16 +84,7 @@ class EmbeddedRun:
     def on_trade(self, symbol: str, trade: Trade) -> None:
         self._clock = trade.time
         orchestrator = self.orchestrators[symbol]
-        tick = PriceTick(
-            symbol=symbol,
-            price=trade.price,
-            qty=trade.qty,
-            trade_id=trade.trade_id,
-            trade_time=trade.time,
-            received_at=trade.time,
-            source="replay",
-        )
-        self._handle(orchestrator.on_tick(tick))
+        self._handle(orchestrator.on_tick(PriceTick.from_trade(symbol, trade, trade.time, "replay")))
         if self.verbose:
             self._apply_events([e for e in orchestrator.flush() if e.type == "reference"])
 

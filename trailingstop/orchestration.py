@@ -40,6 +40,11 @@ class Outcome:
         return bool(self.events or self.orders)
 
 
+# Returned for the (by far most common) tick that changes nothing: no allocation on the hot path.
+# Callers only read an Outcome; the methods below build a fresh one whenever there is content.
+NOTHING = Outcome()
+
+
 class SymbolOrchestrator:
     """All stops of one symbol: commands and ticks in, events and orders out."""
 
@@ -146,7 +151,7 @@ class SymbolOrchestrator:
         happened = self.engine.on_trade(tick.price, tick.trade_id, tick.trade_time)
         self._last_tick = tick
         if not happened and not joined:
-            return Outcome()
+            return NOTHING
         outcome = self._outcome(happened)
         if joined:
             outcome.events[:0] = joined.events

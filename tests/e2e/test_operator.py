@@ -17,7 +17,7 @@ from kubernetes_asyncio import client, watch
 
 from tests.e2e.conftest import REPO, Cluster
 from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET
-from tests.harness import eventually
+from tests.harness import eventually, metric_total
 from trailingstop.contracts import client_order_id
 from trailingstop.trades import demo_trades_path, load_trades
 
@@ -129,8 +129,8 @@ async def test_apply_example_runs_the_stop_to_filled_and_kubectl_shows_every_col
     write_traces = {r.get("trace_id") for r in operator.log_records() if r["message"].startswith("order ts-")}
     assert len(trigger_traces) == 1 and trigger_traces == write_traces, "one trace: tick to status write"
     metrics = await operator.metrics()
-    assert _sample(metrics, 'trailingstop_operator_reconciles_total{handler="ensure"}') >= 1
-    assert _sample(metrics, 'trailingstop_operator_status_writes_total{kind="transition"}') >= 4
+    assert metric_total(metrics, 'trailingstop_operator_reconciles_total{handler="ensure"}') >= 1
+    assert metric_total(metrics, 'trailingstop_operator_status_writes_total{kind="transition"}') >= 4
     await eventually(lambda: _filled_gauge(operator), what="the stops-by-phase gauge")
 
     refused = cluster.kubectl("patch", "ts", "xrp-take-profit", "-n", cluster.namespace, "--type=merge",
@@ -240,16 +240,8 @@ async def test_testnet_stop_trades_with_keys_from_its_secret(cluster: Cluster) -
 # --- helpers -----------------------------------------------------------------------------------------
 
 
-def _sample(metrics: str, series: str) -> float:
-    """The value of one exact series (name and labels) in a Prometheus text page, 0 if absent."""
-    for line in metrics.splitlines():
-        if line.startswith(series + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 async def _filled_gauge(operator: Any) -> bool:
-    return _sample(await operator.metrics(), 'trailingstop_operator_stops{phase="Filled"}') == 1
+    return metric_total(await operator.metrics(), 'trailingstop_operator_stops{phase="Filled"}') == 1
 
 
 async def _with_trigger(cluster: Cluster, name: str) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ import aio_pika
 import pytest
 
 from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET, FakeBinance
-from tests.harness import MemoryOperator, Probe, Vhost, Workers, eventually
+from tests.harness import MemoryOperator, Probe, Vhost, Workers, eventually, metric_total
 from trailingstop.bus import DEAD_LETTER_QUEUE, MARKETDATA_EXCHANGE, ORDER_COMMANDS_EXCHANGE, STOP_COMMANDS_EXCHANGE
 from trailingstop.contracts import client_order_id
 from trailingstop.engine import Engine
@@ -246,8 +246,8 @@ async def test_dropped_websocket_is_backfilled_with_no_trade_missing(
     assert ids == list(range(ids[0], ids[0] + len(ids))), "no gap and no duplicate"
     assert ids[-1] == FIRST_ID + 2199
     metrics = await marketdata.metrics()
-    assert _metric(metrics, "trailingstop_marketdata_backfilled_trades_total") > 0
-    assert _metric(metrics, "trailingstop_marketdata_reconnects_total") >= 1
+    assert metric_total(metrics, "trailingstop_marketdata_backfilled_trades_total") > 0
+    assert metric_total(metrics, "trailingstop_marketdata_reconnects_total") >= 1
 
 
 async def test_malformed_messages_are_dead_lettered_and_workers_carry_on(
@@ -273,7 +273,7 @@ async def test_malformed_messages_are_dead_lettered_and_workers_carry_on(
     [record] = await add_stops(operator, [("SELL", "0.5", None)])
     await advance(fake, 400)
     await eventually(lambda: record.status.phase == "Filled", what="a normal stop still fills")
-    assert _metric(await started["orchestrator"].metrics(), "trailingstop_bus_dead_lettered_total") == 2
+    assert metric_total(await started["orchestrator"].metrics(), "trailingstop_bus_dead_lettered_total") == 2
 
 
 async def test_health_and_metrics_endpoints(workers: Workers, fake: FakeBinance, operator: MemoryOperator) -> None:
@@ -285,10 +285,10 @@ async def test_health_and_metrics_endpoints(workers: Workers, fake: FakeBinance,
     status, body = await started["marketdata"].health()
     assert status == 200 and body["checks"]["broker"]["ok"] and body["checks"]["stream"]["ok"]
     orchestrator_metrics = await started["orchestrator"].metrics()
-    assert _metric(orchestrator_metrics, "trailingstop_orchestrator_ticks_processed_total") >= 300
-    assert _metric(orchestrator_metrics, "trailingstop_orchestrator_tick_to_trigger_seconds_count") == 1
-    assert _metric(await started["marketdata"].metrics(), "trailingstop_marketdata_trades_received_total") >= 300
-    assert _metric(await started["executor"].metrics(), "trailingstop_executor_orders_total") == 1
+    assert metric_total(orchestrator_metrics, "trailingstop_orchestrator_ticks_processed_total") >= 300
+    assert metric_total(orchestrator_metrics, "trailingstop_orchestrator_tick_to_trigger_seconds_count") == 1
+    assert metric_total(await started["marketdata"].metrics(), "trailingstop_marketdata_trades_received_total") >= 300
+    assert metric_total(await started["executor"].metrics(), "trailingstop_executor_orders_total") == 1
 
 
 async def _wait_dead_letters(vhost: Vhost, count: int) -> int:
@@ -305,15 +305,6 @@ async def _wait_dead_letters(vhost: Vhost, count: int) -> int:
         return waiting
     finally:
         await connection.close()
-
-
-def _metric(text: str, name: str) -> float:
-    """Sum of every sample of ``name`` (all label sets) in a Prometheus text page."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and (line[len(name)] in " {"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def _trace_id(headers: dict[str, Any]) -> str:

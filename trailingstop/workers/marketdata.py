@@ -45,10 +45,7 @@ class MarketData:
         last_price = telemetry.MARKETDATA_LAST_PRICE.labels(symbol=self.symbol)
         async for trade in trades:
             now = now_ms()
-            tick = PriceTick(
-                symbol=self.symbol, price=trade.price, qty=trade.qty, trade_id=trade.trade_id,
-                trade_time=trade.time, received_at=now, source=self.source,
-            )
+            tick = PriceTick.from_trade(self.symbol, trade, now, self.source)
             received.inc()
             with telemetry.span("tick publish", symbol=self.symbol, tradeId=trade.trade_id):
                 await self._publish(tick)

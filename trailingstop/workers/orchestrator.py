@@ -135,8 +135,7 @@ class OrchestratorWorker:
         filled = 0
         try:
             async for trade in agg_trades(self.rest, self.symbol, first, last):
-                tick = PriceTick(symbol=self.symbol, price=trade.price, qty=trade.qty, trade_id=trade.trade_id,
-                                 trade_time=trade.time, received_at=now_ms(), source="rest-gap-fill")
+                tick = PriceTick.from_trade(self.symbol, trade, now_ms(), "rest-gap-fill")
                 outcome = self.orchestrator.on_tick(tick)
                 filled += 1
                 if outcome:
