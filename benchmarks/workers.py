@@ -70,13 +70,24 @@ async def publish_bodies(url: str, exchange: str, key: str, bodies: list[bytes])
     await connection.close()
 
 
-async def queue_depth(url: str, name: str) -> int:
+async def wait_for_depth(url: str, name: str, depth: int, timeout: float = 120.0) -> None:
+    """Until ``name`` holds ``depth`` messages: unconfirmed publishes are still being enqueued
+    by the broker for a while after the publisher has sent them."""
     connection = await aio_pika.connect_robust(url)
     channel = await connection.channel()
+    deadline = time.monotonic() + timeout
+    try:
+        while (held := await _depth(channel, name)) != depth:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} holds {held} messages, not {depth}")
+            await asyncio.sleep(0.2)
+    finally:
+        await connection.close()
+
+
+async def _depth(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
     queue = await channel.declare_queue(name, passive=True)
-    depth = queue.declaration_result.message_count or 0
-    await connection.close()
-    return depth
+    return queue.declaration_result.message_count or 0
 
 
 def counter(port: int, name: str) -> float:
@@ -103,7 +114,7 @@ async def orchestrator_rate(vhost: Vhost, ticks: int, stops: int, log_dir: Path)
     bodies = [tick(i, f"{100 + (i % 200) / 100:.2f}").to_json() for i in range(1, ticks + 1)]
     await publish_bodies(vhost.url, MARKETDATA_EXCHANGE, SYMBOL, bodies)
     await bus.close()
-    assert await queue_depth(vhost.url, f"orchestrator.{SYMBOL}.ticks") == ticks
+    await wait_for_depth(vhost.url, f"orchestrator.{SYMBOL}.ticks", ticks)
 
     env = worker_env(vhost.url, TRAILINGSTOP_TICK_QUEUE_MAX=str(ticks + 10), TRAILINGSTOP_SYNC_TIMEOUT="1",
                      TRAILINGSTOP_BINANCE_API_URL="http://127.0.0.1:9/api", TRAILINGSTOP_LOG_LEVEL="WARNING")
@@ -153,6 +164,7 @@ async def bare_rate(vhost: Vhost, ticks: int) -> float:
     await connection.close()
     bodies = [tick(i, "100").to_json() for i in range(1, ticks + 1)]
     await publish_bodies(vhost.url, MARKETDATA_EXCHANGE, "BARE", bodies)
+    await wait_for_depth(vhost.url, "bench.bare", ticks)
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", BARE_CONSUMER, vhost.url, "bench.bare", str(ticks), str(PREFETCH),
         stdout=asyncio.subprocess.PIPE,
