@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -248,6 +249,25 @@ async def test_dropped_websocket_is_backfilled_with_no_trade_missing(
     metrics = await marketdata.metrics()
     assert metric_total(metrics, "trailingstop_marketdata_backfilled_trades_total") > 0
     assert metric_total(metrics, "trailingstop_marketdata_reconnects_total") >= 1
+
+
+async def test_marketdata_stops_at_once_on_sigterm_in_a_quiet_market(
+    workers: Workers, fake: FakeBinance, probe: Probe
+) -> None:
+    """python-binance's own socket close waits for the next message or a 10 s timeout; a pod's
+    SIGTERM in a quiet market must not."""
+    marketdata = workers.marketdata(SYMBOL)
+    await marketdata.wait_healthy()
+    await fake.wait_for_stream_connections(1, timeout=10)
+    await advance(fake, 5)
+    await eventually(lambda: len(probe.ticks) >= 5, what="the first ticks")
+    await asyncio.sleep(1)  # then no trade for a while
+
+    started = time.monotonic()
+    assert await marketdata.stop(timeout=20) == 0
+    assert time.monotonic() - started < 3
+    await fake.wait_for_stream_connections(0, timeout=5)
+    assert '"level": "error"' not in marketdata.log_text(), marketdata.log_text()
 
 
 async def test_malformed_messages_are_dead_lettered_and_workers_carry_on(
