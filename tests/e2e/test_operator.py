@@ -208,6 +208,52 @@ async def test_operator_restart_loses_nothing_and_writes_nothing_twice(cluster: 
     assert final["status"]["triggerTradeId"] == FIRST_ID + 4848
 
 
+async def test_editing_a_tracking_stop_keeps_its_reference_and_deleting_one_cancels_it(cluster: Cluster) -> None:
+    """A trader tightens a live stop with kubectl patch and deletes another one mid-flight.
+
+    Offline (the engine over the same trades): the example (SELL, 1 %, from 0.00145) activates at
+    offset 3307; at offset 3600 its reference is 0.00145699. Tightened to 0.5 % there, it keeps
+    that reference and triggers at offset 4054 instead of 4848. "doomed" (SELL, 0.5 %, from
+    0.00145) would trigger at offset 3420; it is deleted while Tracking, before that.
+    """
+    operator = cluster.start_operator()
+    await operator.wait_healthy()
+    assert cluster.apply(EXAMPLE).returncode == 0
+    assert cluster.apply(manifest("doomed", trail="0.5")).returncode == 0
+    await wait_phase(cluster, "doomed", "Armed")
+    await advance(cluster, 3350)
+    await wait_phase(cluster, "doomed", "Tracking")
+    cluster.kubectl("delete", "ts", "doomed", "-n", cluster.namespace)
+    assert cluster.pods is not None
+    orchestrator = cluster.pods.process("ts-orchestrator-xrpeth")
+    await eventually(lambda: _active_stops(orchestrator, 1), what="the orchestrator dropping the deleted stop")
+
+    await advance(cluster, 3600)
+    before = await eventually(lambda: _seen_up_to(cluster, "xrp-take-profit", FIRST_ID + 3599),
+                              what="the status at offset 3600")
+    assert (before["status"]["referencePrice"], before["status"]["stopPrice"]) == ("0.00145699", "0.0014424201")
+    patched = cluster.kubectl("patch", "ts", "xrp-take-profit", "-n", cluster.namespace, "--type=merge",
+                              "-p", '{"spec": {"trailingPercent": "0.5"}}')
+    assert patched.returncode == 0, patched.stderr
+    after = await eventually(lambda: _stop_price_is(cluster, "xrp-take-profit", "0.00144970505"),
+                             what="the stop price of the new trail")
+    status = after["status"]
+    assert status["referencePrice"] == "0.00145699", "the reference survives the edit"
+    assert status["phase"] == "Tracking" and status["activatedTradeId"] == before["status"]["activatedTradeId"]
+    assert status["observedGeneration"] == 2
+    accepted = next(c for c in status["conditions"] if c["type"] == "SpecAccepted")
+    assert (accepted["status"], accepted["observedGeneration"]) == ("True", 2)
+
+    await advance(cluster, 5000)
+    await wait_phase(cluster, "xrp-take-profit", "Filled")
+    final = await eventually(lambda: _with_trigger(cluster, "xrp-take-profit"), what="the trigger details")
+    assert (final["status"]["triggerTradeId"], final["status"]["triggerPrice"]) == (FIRST_ID + 4054, "0.00145965")
+    triggered = [r["message"] for r in orchestrator.log_records() if "triggered at" in r["message"]]
+    assert len(triggered) == 1 and "/xrp-take-profit " in triggered[0], triggered
+    gone = cluster.kubectl("get", "ts", "doomed", "-n", cluster.namespace, check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr
+
+
 async def test_testnet_stop_trades_with_keys_from_its_secret(cluster: Cluster) -> None:
     secret = {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "binance-testnet-keys"},
@@ -238,6 +284,20 @@ async def test_testnet_stop_trades_with_keys_from_its_secret(cluster: Cluster) -
 
 
 # --- helpers -----------------------------------------------------------------------------------------
+
+
+async def _active_stops(worker: Any, count: int) -> bool:
+    return metric_total(await worker.metrics(), "trailingstop_orchestrator_active_stops") == count
+
+
+async def _seen_up_to(cluster: Cluster, name: str, trade_id: int) -> dict[str, Any] | None:
+    resource = await cluster.stop_resource(name)
+    return resource if resource.get("status", {}).get("lastTradeId") == trade_id else None
+
+
+async def _stop_price_is(cluster: Cluster, name: str, price: str) -> dict[str, Any] | None:
+    resource = await cluster.stop_resource(name)
+    return resource if resource.get("status", {}).get("stopPrice") == price else None
 
 
 async def _filled_gauge(operator: Any) -> bool:
