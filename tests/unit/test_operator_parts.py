@@ -10,6 +10,7 @@ import pytest
 
 from trailingstop.contracts import (
     OrderResult,
+    StopCommand,
     StopEvent,
     TrailingStopSpec,
     TrailingStopStatus,
@@ -19,6 +20,7 @@ from trailingstop.operator.builders import Owner
 from trailingstop.operator.config import OperatorConfig
 from trailingstop.operator.events import StatusWriter
 from trailingstop.operator.kube import contains, status_patch
+from trailingstop.operator.reconcile import Reconciler
 from trailingstop.operator.stops import StopRecord, StopStore
 from trailingstop.status import apply_order_result, apply_stop_event, triggered_by_order
 
@@ -140,8 +142,10 @@ class RecordingStore(StopStore):
     def __init__(self) -> None:
         super().__init__()
         self.written: list[tuple[str, str | None, str | None]] = []
+        self.statuses: list[TrailingStopStatus] = []
 
     async def write(self, record: StopRecord, status: TrailingStopStatus) -> None:
+        self.statuses.append(status)
         self.written.append((status.phase, status.reference_price and str(status.reference_price),
                              status.last_price and str(status.last_price)))
 
@@ -191,6 +195,40 @@ async def test_an_early_order_result_is_written_as_triggered_then_filled() -> No
     await writer.submit(stop, apply_order_result(stop.status, result, "now"))
     assert transitions == [("Tracking", "Triggered"), ("Triggered", "Filled")]
     assert [phase for phase, _, _ in store.written] == ["Triggered", "Filled"]
+
+
+class CommandLog:
+    """The bus as the reconciler sees it: connected, keeping what it would publish."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.commands: list[StopCommand] = []
+
+    async def publish_command(self, command: StopCommand) -> None:
+        self.commands.append(command)
+
+
+async def test_a_spec_change_after_the_trigger_is_refused_with_a_condition_and_sends_nothing() -> None:
+    """The CRD's transition rule refuses this at the API server; this is the operator's own line
+    behind it (a CRD from before the rule, or one edited by hand)."""
+    store = RecordingStore()
+    writer = StatusWriter(store, interval=3600)
+    bus = CommandLog()
+    reconciler = Reconciler(CONFIG, None, store, writer, bus)  # type: ignore[arg-type]  # kube is not reached
+    body = {
+        "metadata": {"uid": "uid-1", "namespace": "trading", "name": "s", "generation": 3},
+        "spec": {"symbol": "BTCUSDT", "side": "SELL", "quantity": "1", "trailingPercent": "2"},
+        "status": {"phase": "Filled", "observedGeneration": 1, "triggerPrice": "99"},
+    }
+    await reconciler.spec_changed(body)
+    await writer.flush(force=True)
+    assert bus.commands == [], "a fired stop never goes back to the orchestrator"
+    status = store.statuses[-1]
+    refused = next(c for c in status.conditions if c.type == "SpecAccepted")
+    assert (refused.status, refused.reason, refused.observed_generation) == ("False", "SpecChangeRefused", 3)
+    assert "create a new TrailingStop" in refused.message
+    assert (status.phase, str(status.trigger_price)) == ("Filled", "99")
 
 
 # --- coalescing ---------------------------------------------------------------------------------
