@@ -229,13 +229,13 @@ async def test_editing_a_tracking_stop_keeps_its_reference_and_deleting_one_canc
     await eventually(lambda: _active_stops(orchestrator, 1), what="the orchestrator dropping the deleted stop")
 
     await advance(cluster, 3600)
-    before = await eventually(lambda: _seen_up_to(cluster, "xrp-take-profit", FIRST_ID + 3599),
-                              what="the status at offset 3600")
-    assert (before["status"]["referencePrice"], before["status"]["stopPrice"]) == ("0.00145699", "0.0014424201")
+    # The last trade and the reference reach the status in separate coalesced events: wait for both.
+    at_3600 = {"lastTradeId": FIRST_ID + 3599, "referencePrice": "0.00145699", "stopPrice": "0.0014424201"}
+    before = await eventually(lambda: _status_has(cluster, "xrp-take-profit", at_3600), what=f"status {at_3600}")
     patched = cluster.kubectl("patch", "ts", "xrp-take-profit", "-n", cluster.namespace, "--type=merge",
                               "-p", '{"spec": {"trailingPercent": "0.5"}}')
     assert patched.returncode == 0, patched.stderr
-    after = await eventually(lambda: _stop_price_is(cluster, "xrp-take-profit", "0.00144970505"),
+    after = await eventually(lambda: _status_has(cluster, "xrp-take-profit", {"stopPrice": "0.00144970505"}),
                              what="the stop price of the new trail")
     status = after["status"]
     assert status["referencePrice"] == "0.00145699", "the reference survives the edit"
@@ -290,14 +290,10 @@ async def _active_stops(worker: Any, count: int) -> bool:
     return metric_total(await worker.metrics(), "trailingstop_orchestrator_active_stops") == count
 
 
-async def _seen_up_to(cluster: Cluster, name: str, trade_id: int) -> dict[str, Any] | None:
+async def _status_has(cluster: Cluster, name: str, fields: dict[str, Any]) -> dict[str, Any] | None:
     resource = await cluster.stop_resource(name)
-    return resource if resource.get("status", {}).get("lastTradeId") == trade_id else None
-
-
-async def _stop_price_is(cluster: Cluster, name: str, price: str) -> dict[str, Any] | None:
-    resource = await cluster.stop_resource(name)
-    return resource if resource.get("status", {}).get("stopPrice") == price else None
+    status = resource.get("status", {})
+    return resource if all(status.get(key) == value for key, value in fields.items()) else None
 
 
 async def _filled_gauge(operator: Any) -> bool:
