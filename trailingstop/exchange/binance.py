@@ -254,7 +254,7 @@ async def _promptly_closed(socket: Any) -> AsyncIterator[Any]:
 
     Its own close waits until its read loop notices it is exiting, which happens only once a
     message arrives or its 10 s receive timeout passes: a quiet market held up every shutdown (a
-    pod's SIGTERM, the end of ``run --live``) by up to 10 s. Closing the connection first wakes
+    pod's SIGTERM, Ctrl-C of ``run --live``) by up to 10 s. Closing the connection first wakes
     the read loop at once.
     """
     stream = await socket.__aenter__()
