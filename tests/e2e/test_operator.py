@@ -27,6 +27,8 @@ EXAMPLE = REPO / "examples" / "trailingstop.yaml"
 FIRST_ID = load_trades(demo_trades_path())[0].trade_id
 SYMBOL = "XRPETH"
 DEPLOYMENTS = ("ts-marketdata-xrpeth", "ts-orchestrator-xrpeth", "ts-executor-simulate")
+# The example's status once the first 3,600 trades are in (the engine over the same trades).
+EXAMPLE_AT_3600 = {"lastTradeId": FIRST_ID + 3599, "referencePrice": "0.00145699", "stopPrice": "0.0014424201"}
 
 
 def manifest(name: str, side: str = "SELL", trail: str = "1", activation: str | None = "0.00145", **spec: Any) -> str:
@@ -187,8 +189,9 @@ async def test_operator_restart_loses_nothing_and_writes_nothing_twice(cluster: 
     await wait_phase(cluster, "xrp-take-profit", "Armed")
     await advance(cluster, 3600)
     tracking = await wait_phase(cluster, "xrp-take-profit", "Tracking")
-    await asyncio.sleep(2.5)  # the coalesced reference/price write lands
-    before = await cluster.stop_resource("xrp-take-profit")
+    # Every coalesced write of the trades so far has landed: nothing is left to write.
+    before = await eventually(lambda: _status_has(cluster, "xrp-take-profit", EXAMPLE_AT_3600),
+                              what=f"status {EXAMPLE_AT_3600}")
     children_before = {n: d["metadata"]["resourceVersion"] for n, d in (await deployments(cluster)).items()}
 
     await operator.stop()
@@ -230,8 +233,8 @@ async def test_editing_a_tracking_stop_keeps_its_reference_and_deleting_one_canc
 
     await advance(cluster, 3600)
     # The last trade and the reference reach the status in separate coalesced events: wait for both.
-    at_3600 = {"lastTradeId": FIRST_ID + 3599, "referencePrice": "0.00145699", "stopPrice": "0.0014424201"}
-    before = await eventually(lambda: _status_has(cluster, "xrp-take-profit", at_3600), what=f"status {at_3600}")
+    before = await eventually(lambda: _status_has(cluster, "xrp-take-profit", EXAMPLE_AT_3600),
+                              what=f"status {EXAMPLE_AT_3600}")
     patched = cluster.kubectl("patch", "ts", "xrp-take-profit", "-n", cluster.namespace, "--type=merge",
                               "-p", '{"spec": {"trailingPercent": "0.5"}}')
     assert patched.returncode == 0, patched.stderr
