@@ -128,20 +128,36 @@ def _triggered(status: TrailingStopStatus, event: StopEvent, now: str) -> Traili
         "stop_price": event.stop_price,
     }
     if _RANK[status.phase] >= _RANK["Triggered"]:
-        # The order's result may have been written first; keep its phase, fill in the trigger.
-        return status if status.triggered_at else status.model_copy(update=trigger)
+        # The order's result was written first: keep its phase, fill in the trigger.
+        if status.triggered_at:
+            return status
+        return status.model_copy(update={**trigger, "conditions": _stop_price_reached(status.conditions, event, now)})
     updated = _advance(status, "Triggered", event.generation, message=None)
-    conditions = set_condition(
-        updated.conditions, "Triggered", "True", "StopPriceReached",
-        f"price {event.price} reached stop {event.stop_price} (reference {event.reference_price})",
-        now, event.generation,
-    )
+    conditions = _stop_price_reached(updated.conditions, event, now)
     # An order result may have come first (results and events travel on different queues).
     order = status.order or OrderStatus(
         client_order_id=client_order_id(event.uid or ""), status="PENDING", updated_at=now
     )
     return updated.model_copy(
         update={**trigger, "order": order, "conditions": conditions, **_last_price(status, event, now)}
+    )
+
+
+def _stop_price_reached(conditions: Sequence[Condition], event: StopEvent, now: str) -> list[Condition]:
+    return set_condition(
+        conditions, "Triggered", "True", "StopPriceReached",
+        f"price {event.price} reached stop {event.stop_price} (reference {event.reference_price})",
+        now, event.generation,
+    )
+
+
+def _order_placed(conditions: Sequence[Condition], result: OrderResult, now: str,
+                  generation: int | None) -> list[Condition]:
+    """The Triggered condition when the order's result arrives before the ``triggered`` event;
+    the event then fills in the price (the condition's status, hence its time, stays)."""
+    return set_condition(
+        conditions, "Triggered", "True", "OrderPlaced",
+        f"order {result.client_order_id} is {result.status.lower()}; the trigger details follow", now, generation,
     )
 
 
@@ -184,13 +200,16 @@ def apply_order_result(status: TrailingStopStatus, result: OrderResult, now: str
     if status.order == order and (phase == "Triggered" or status.phase == phase):
         return status  # a duplicate
     update: dict[str, Any] = {"order": order}
+    conditions = status.conditions
     if _RANK[status.phase] < _RANK["Triggered"]:
         update["phase"] = "Triggered"  # an order exists: the stop has triggered, whatever came first
+        conditions = _order_placed(conditions, result, now, status.observed_generation)
+        update["conditions"] = conditions
     if phase != "Triggered" and status.phase != phase:
         update["phase"] = phase
         update["message"] = message
         update["conditions"] = set_condition(
-            status.conditions,
+            conditions,
             "Filled",
             "True" if phase == "Filled" else "False",
             reason,
@@ -211,7 +230,8 @@ def triggered_by_order(status: TrailingStopStatus, result: OrderResult, now: str
     final = apply_order_result(status, result, now)
     if _RANK[status.phase] >= _RANK["Triggered"] or final.phase == "Triggered":
         return None
-    return final.model_copy(update={"phase": "Triggered", "message": None, "conditions": status.conditions})
+    conditions = _order_placed(status.conditions, result, now, status.observed_generation)
+    return final.model_copy(update={"phase": "Triggered", "message": None, "conditions": conditions})
 
 
 def order_outcome(result: OrderResult) -> tuple[Phase, str, str]:

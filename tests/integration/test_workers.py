@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from decimal import Decimal
 from typing import Any
@@ -17,7 +18,15 @@ import pytest
 
 from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET, FakeBinance
 from tests.harness import MemoryOperator, Probe, Vhost, Workers, eventually, metric_total
-from trailingstop.bus import DEAD_LETTER_QUEUE, MARKETDATA_EXCHANGE, ORDER_COMMANDS_EXCHANGE, STOP_COMMANDS_EXCHANGE
+from trailingstop.bus import (
+    DEAD_LETTER_QUEUE,
+    MARKETDATA_EXCHANGE,
+    ORDER_COMMANDS_EXCHANGE,
+    STOP_COMMANDS_EXCHANGE,
+    command_queue,
+    executor_queue,
+    tick_queue,
+)
 from trailingstop.contracts import client_order_id
 from trailingstop.engine import Engine
 from trailingstop.operator.stops import StopRecord
@@ -274,6 +283,10 @@ async def test_malformed_messages_are_dead_lettered_and_workers_carry_on(
     workers: Workers, fake: FakeBinance, operator: MemoryOperator, probe: Probe, vhost: Vhost
 ) -> None:
     started = await start_pipeline(workers, fake)
+    # A worker is healthy once it reaches the broker, a little before it declares its queues; a
+    # message sent before then would be unroutable, not malformed.
+    for name in (tick_queue(SYMBOL).name, command_queue(SYMBOL).name, executor_queue("simulate").name):
+        await eventually(functools.partial(_consumed, vhost, name), what=f"a consumer on {name}")
     connection = await aio_pika.connect_robust(vhost.url)
     channel = await connection.channel()
     garbage = {
@@ -309,6 +322,19 @@ async def test_health_and_metrics_endpoints(workers: Workers, fake: FakeBinance,
     assert metric_total(orchestrator_metrics, "trailingstop_orchestrator_tick_to_trigger_seconds_count") == 1
     assert metric_total(await started["marketdata"].metrics(), "trailingstop_marketdata_trades_received_total") >= 300
     assert metric_total(await started["executor"].metrics(), "trailingstop_executor_orders_total") == 1
+
+
+async def _consumed(vhost: Vhost, name: str) -> bool:
+    connection = await aio_pika.connect_robust(vhost.url)
+    try:
+        channel = await connection.channel()
+        try:
+            queue = await channel.declare_queue(name, passive=True)
+        except aio_pika.exceptions.ChannelClosed:  # not declared yet
+            return False
+        return (queue.declaration_result.consumer_count or 0) > 0
+    finally:
+        await connection.close()
 
 
 async def _wait_dead_letters(vhost: Vhost, count: int) -> int:

@@ -203,6 +203,21 @@ def test_order_result_before_the_triggered_event() -> None:
     assert run(TRIGGERED, status=late) == late
 
 
+def test_conditions_read_the_same_whichever_of_result_and_event_came_first() -> None:
+    early = run(ARMED, ACTIVATED, REFERENCE, SIMULATED)
+    assert conditions(early)["Triggered"][:2] == ("True", "OrderPlaced"), "Triggered at once, details to follow"
+    order_first = run(TRIGGERED, status=early)
+    event_first = run(ARMED, ACTIVATED, REFERENCE, TRIGGERED, SIMULATED)
+
+    def readable(status: TrailingStopStatus) -> dict[str, tuple[str, str, str]]:
+        return {c.type: (c.status, c.reason, c.message) for c in status.conditions}
+
+    assert readable(order_first) == readable(event_first)
+    assert set(readable(order_first)) == {"Ready", "Activated", "Triggered", "Filled"}
+    # the condition was already True: the details do not move its transition time
+    assert conditions(order_first)["Triggered"][2] == conditions(early)["Triggered"][2]
+
+
 def test_duplicate_order_results_change_nothing() -> None:
     filled = run(ARMED, ACTIVATED, TRIGGERED, SIMULATED)
     assert run(SIMULATED, status=filled) is filled
