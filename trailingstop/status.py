@@ -131,7 +131,10 @@ def _triggered(status: TrailingStopStatus, event: StopEvent, now: str) -> Traili
         # The order's result was written first: keep its phase, fill in the trigger.
         if status.triggered_at:
             return status
-        return status.model_copy(update={**trigger, "conditions": _stop_price_reached(status.conditions, event, now)})
+        return status.model_copy(update={
+            **trigger, **_last_price(status, event, now),
+            "conditions": _stop_price_reached(status.conditions, event, now),
+        })
     updated = _advance(status, "Triggered", event.generation, message=None)
     conditions = _stop_price_reached(updated.conditions, event, now)
     # An order result may have come first (results and events travel on different queues).

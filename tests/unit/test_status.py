@@ -214,6 +214,10 @@ def test_conditions_read_the_same_whichever_of_result_and_event_came_first() -> 
 
     assert readable(order_first) == readable(event_first)
     assert set(readable(order_first)) == {"Ready", "Activated", "Triggered", "Filled"}
+    # and so does the rest: the trigger's trade is the last price either way
+    fields = {"conditions", "order"}  # the order's updatedAt and the conditions' times differ by design
+    assert order_first.model_dump(exclude=fields) == event_first.model_dump(exclude=fields)
+    assert (order_first.last_price, order_first.last_trade_id) == (D("109.76"), 7)
     # the condition was already True: the details do not move its transition time
     assert conditions(order_first)["Triggered"][2] == conditions(early)["Triggered"][2]
 
