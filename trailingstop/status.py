@@ -120,30 +120,24 @@ def _price(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingSt
 
 
 def _triggered(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
+    order_first = _RANK[status.phase] >= _RANK["Triggered"]  # its result was applied already
+    if order_first and status.triggered_at:
+        return status  # a duplicate
     trigger = {
         "triggered_at": _time(event.trade_time, now),
         "trigger_price": event.price,
         "trigger_trade_id": event.trade_id,
         "reference_price": event.reference_price,
         "stop_price": event.stop_price,
+        **_last_price(status, event, now),
+        "conditions": _stop_price_reached(status.conditions, event, now),
     }
-    if _RANK[status.phase] >= _RANK["Triggered"]:
-        # The order's result was written first: keep its phase, fill in the trigger.
-        if status.triggered_at:
-            return status
-        return status.model_copy(update={
-            **trigger, **_last_price(status, event, now),
-            "conditions": _stop_price_reached(status.conditions, event, now),
-        })
-    updated = _advance(status, "Triggered", event.generation, message=None)
-    conditions = _stop_price_reached(updated.conditions, event, now)
-    # An order result may have come first (results and events travel on different queues).
+    if order_first:  # keep the outcome's phase and order; fill in the trigger
+        return status.model_copy(update=trigger)
     order = status.order or OrderStatus(
         client_order_id=client_order_id(event.uid or ""), status="PENDING", updated_at=now
     )
-    return updated.model_copy(
-        update={**trigger, "order": order, "conditions": conditions, **_last_price(status, event, now)}
-    )
+    return _advance(status, "Triggered", event.generation, message=None).model_copy(update={**trigger, "order": order})
 
 
 def _stop_price_reached(conditions: Sequence[Condition], event: StopEvent, now: str) -> list[Condition]:

@@ -163,6 +163,11 @@ def event(kind: str, price: str, reference: str | None = None, trade_id: int = 1
                      stop_price=Decimal(reference) * Decimal("0.99") if reference else None, at=0)
 
 
+def filled_result() -> OrderResult:
+    return OrderResult(client_order_id="ts-x", uid="uid-1", symbol="BTCUSDT", side="SELL", status="FILLED",
+                       executed_qty=Decimal(1), avg_price=Decimal(99), at=0)
+
+
 async def test_references_are_coalesced_but_transitions_are_written_at_once() -> None:
     store = RecordingStore()
     writer = StatusWriter(store, interval=3600)
@@ -187,8 +192,7 @@ async def test_an_early_order_result_is_written_as_triggered_then_filled() -> No
 
     writer.on_transition = on_transition
     stop = store.put(record())
-    result = OrderResult(client_order_id="ts-x", uid="uid-1", symbol="BTCUSDT", side="SELL", status="FILLED",
-                         executed_qty=Decimal(1), avg_price=Decimal(99), at=0)
+    result = filled_result()
     step = triggered_by_order(stop.status, result, "now")
     assert step is not None
     await writer.submit(stop, step)
@@ -282,8 +286,7 @@ async def test_a_trigger_event_landing_between_the_two_steps_keeps_its_details()
     store = RecordingStore()
     writer = StatusWriter(store, interval=3600)
     stop = store.put(record())
-    result = OrderResult(client_order_id="ts-x", uid="uid-1", symbol="BTCUSDT", side="SELL", status="FILLED",
-                         executed_qty=Decimal(1), avg_price=Decimal(99), at=0)
+    result = filled_result()
     step = triggered_by_order(stop.status, result, "now")
     assert step is not None
     await writer.submit(stop, step)

@@ -303,8 +303,8 @@ def test_saved_state_of_a_triggered_stop() -> None:
 
 
 def test_an_open_order_reported_before_the_trigger_is_kept() -> None:
-    # Tracking, then OrderResult NEW (orderId 42) arrives first: the phase stays Tracking; the
-    # triggered event then replaces status.order with a fresh {status: PENDING} and loses orderId 42.
+    # Tracking, then OrderResult NEW (orderId 42) arrives first and moves the stop to Triggered;
+    # the triggered event must keep that order, not replace it with a fresh {status: PENDING}.
     early = run(ARMED, ACTIVATED, result("NEW", order_id=42))
     late = run(TRIGGERED, status=early)
     assert late.phase == "Triggered"
