@@ -331,22 +331,24 @@ class Probe:
 class MemoryOperator:
     """The operator's real event router and status writer over an in-memory store."""
 
-    def __init__(self, bus: Bus, interval: float = 0.2) -> None:
+    def __init__(self, bus: Bus, interval: float = 0.2, namespace: str = "default") -> None:
         self.bus = bus
+        self.namespace = namespace  # the one tenant: the test's vhost
         self.store = StopStore()
-        self.router = EventRouter(bus, self.store, StatusWriter(self.store, interval=interval))
+        self.router = EventRouter(self.store, StatusWriter(self.store, interval=interval))
 
     async def start(self) -> MemoryOperator:
         await self.router.start()
+        await self.router.attach(self.namespace, self.bus)
         return self
 
     async def stop(self) -> None:
         await self.router.stop()
 
-    async def add(self, name: str, spec: dict[str, Any], namespace: str = "default") -> StopRecord:
+    async def add(self, name: str, spec: dict[str, Any]) -> StopRecord:
         """What ``kubectl apply`` + the operator's create handler do: record the stop and upsert it."""
         record = self.store.put(
-            StopRecord(str(uuid.uuid4()), namespace, name, 1, TrailingStopSpec.model_validate(spec))
+            StopRecord(str(uuid.uuid4()), self.namespace, name, 1, TrailingStopSpec.model_validate(spec))
         )
         await self.bus.publish_command(StopCommand.upsert(record.definition()))
         return record

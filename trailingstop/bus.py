@@ -1,7 +1,12 @@
 """RabbitMQ: the topology of DESIGN §5, typed publish and consume of the contract models.
 
-Everything is declared idempotently by whoever needs it first, always with the same arguments (a
-queue declared twice with different arguments is a channel error), so start-up order never matters:
+Each namespace's stops live in their own virtual host (a *tenant*, see
+:mod:`trailingstop.operator.tenancy`), so the names below are per tenant and never meet another
+namespace's or another operator release's. The operator owns the topology: it declares the
+exchanges, its own queues and the dead-letter queue when it sets the tenant up. A worker only
+checks that the exchanges exist and declares its own queues, which is all its broker user may do
+(:func:`worker_permissions`). Queues are declared idempotently by whoever needs them first, always
+with the same arguments (a queue declared twice with different arguments is a channel error):
 
 =========================  ======  ==================================================================
 exchange                   type    queues bound to it
@@ -28,7 +33,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aio_pika
 import aiormq
@@ -39,7 +44,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     ExchangeType,
 )
-from aio_pika.exceptions import AMQPException, ChannelInvalidStateError
+from aio_pika.exceptions import AMQPConnectionError, AMQPException, ChannelInvalidStateError
 from aiormq.abc import DeliveredMessage
 from pydantic import ValidationError
 
@@ -73,6 +78,10 @@ EXCHANGES: dict[str, ExchangeType] = {
 
 _QUORUM: dict[str, Any] = {"x-queue-type": "quorum", "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE}
 
+# What a connection does with the vhost's exchanges and the operator's queues: ``declare`` them
+# (the operator, in a tenant's vhost), ``check`` that they exist (a worker, whose broker user may
+# not declare them), or nothing (the operator's own connection in its home vhost).
+Topology = Literal["declare", "check", "none"]
 M = TypeVar("M", bound=Message)
 Handler = Callable[[M, dict[str, Any]], Awaitable[None]]
 
@@ -117,8 +126,34 @@ OPERATOR_QUEUES = (
 DEAD_LETTERS = QueueSpec(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "", {"x-queue-type": "quorum"})
 
 
+def worker_permissions() -> dict[str, str]:
+    """What a tenant's workers may do in its vhost, as RabbitMQ permission regexes.
+
+    * configure: declare (and so delete) the workers' own queues, nothing else; the exchanges are
+      the operator's, so a worker only checks them passively, which needs no permission.
+    * write: publish ticks, stop events, orders, order results and dead letters, and bind its own
+      queues. Not ``stop.commands``: only the operator tells an orchestrator what to run.
+    * read: consume its own queues and bind them to the exchanges it listens to. Not the
+      operator's queues: a worker never sees the operator's events or other workers' orders
+      beyond its own queue.
+
+    Topic permissions are not needed: every exchange is the tenant's alone.
+    """
+    own_queues = r"(orchestrator|executor)\..+"
+    published = r"marketdata\.events|stop\.events|order\.commands|order\.events|trailingstop\.dead-letter"
+    return {
+        "configure": f"^{own_queues}$",
+        "write": f"^({published}|{own_queues})$",
+        "read": rf"^(marketdata\.events|stop\.commands|order\.commands|{own_queues})$",
+    }
+
+
 class PublishFailed(Exception):
     """A publish that could not be delivered to the broker (e.g. the connection is down)."""
+
+
+class TopologyMissing(Exception):
+    """The vhost lacks the exchanges a worker needs: its operator has not set the tenant up yet."""
 
 
 class Bus:
@@ -128,9 +163,10 @@ class Bus:
     the robust connection re-declares exchanges, queues, bindings and consumers by itself.
     """
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, *, topology: Topology = "declare") -> None:
         self.url = url
         self.name = name
+        self.topology = topology
         self.connection: AbstractRobustConnection | None = None
         self._confirming: AbstractChannel | None = None
         self._fast: AbstractChannel | None = None
@@ -149,7 +185,10 @@ class Bus:
         )
         self._confirming = await self.connection.channel(publisher_confirms=True)
         self._fast = await self.connection.channel(publisher_confirms=False)
-        await self.declare_topology()
+        if self.topology == "declare":
+            await self.declare_topology()
+        elif self.topology == "check":
+            await self._check_topology()
         return self
 
     async def close(self) -> None:
@@ -178,6 +217,48 @@ class Bus:
             self._exchanges[(name, True)] = exchange
         for spec in (*OPERATOR_QUEUES, DEAD_LETTERS):
             await self.declare(spec)
+
+    async def _check_topology(self) -> None:
+        """Passive declarations (no permission needed): a missing exchange closes only a probe
+        channel, and says the operator has not finished setting up the tenant."""
+        assert self.connection is not None
+        probe = await self.connection.channel(publisher_confirms=False)
+        try:
+            for name in EXCHANGES:
+                await probe.declare_exchange(name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            raise TopologyMissing(f"exchange {name} does not exist in this vhost yet") from exc
+        finally:
+            if not probe.is_closed:
+                await probe.close()
+
+    async def queue_state(self, name: str) -> tuple[int, int] | None:
+        """(messages, consumers) of an existing queue, None if there is none (a passive
+        declaration, on a channel of its own because the broker closes it when the queue is missing)."""
+        assert self.connection is not None
+        probe = await self.connection.channel(publisher_confirms=False)
+        try:
+            queue = await probe.declare_queue(name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
+        finally:
+            if not probe.is_closed:
+                await probe.close()
+        declared = queue.declaration_result
+        return int(declared.message_count or 0), int(declared.consumer_count or 0)
+
+    async def delete_queue(self, name: str, *, if_unused: bool, if_empty: bool) -> bool:
+        """Delete a queue if it is (still) unused and/or empty; False if the broker refused."""
+        assert self.connection is not None
+        channel = await self.connection.channel(publisher_confirms=False)
+        try:
+            await channel.queue_delete(name, if_unused=if_unused, if_empty=if_empty)
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            return False
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return True
 
     async def declare(self, spec: QueueSpec, channel: AbstractChannel | None = None) -> AbstractQueue:
         channel = channel or self._channel(confirm=True)
@@ -318,6 +399,24 @@ class Bus:
             exchange = await self._channel(confirm).get_exchange(name, ensure=False)
             self._exchanges[(name, confirm)] = exchange
         return exchange
+
+
+async def connect_bus(url: str, name: str, *, topology: Topology = "declare", attempts: int | None = None) -> Bus:
+    """Connect, retrying with backoff: the broker, or the tenant's topology, may come after us
+    (a pod would restart otherwise)."""
+    delay, attempt = 0.5, 0
+    while True:
+        attempt += 1
+        bus = Bus(url, name, topology=topology)
+        try:
+            return await bus.connect()
+        except (TimeoutError, AMQPConnectionError, OSError, TopologyMissing) as exc:
+            await bus.close()
+            if attempts is not None and attempt >= attempts:
+                raise
+            log.warning("broker not ready (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0 if isinstance(exc, TopologyMissing) else 10.0)
 
 
 class Delivery:

@@ -538,11 +538,27 @@ def client_order_id(uid: str) -> str:
         return "ts-" + hashlib.sha256(uid.encode()).hexdigest()[:32]
 
 
+# ``ts-executor-<route>`` must stay a 63-character label value and DNS label: routes are cut to 50.
+ROUTE_MAX = 50
+
+
 def executor_route(mode: str, secret_name: str | None) -> str:
-    """``simulate`` for Simulate, else ``<mode>-<secret>`` (lower case)."""
+    """``simulate`` for Simulate, else ``<mode>-<secret>`` (lower case).
+
+    A Secret name may be 253 characters long; a route longer than :data:`ROUTE_MAX` keeps the
+    name's start and ends with a digest of the whole name, so it is short, stable and still tells
+    different Secrets apart. The route names an executor within one namespace's tenant only: the
+    same Secret name in two namespaces never shares a queue or a process.
+    """
     if mode == "Simulate":
         return "simulate"
-    return f"{mode.lower()}-{secret_name}"
+    prefix = f"{mode.lower()}-"
+    route = f"{prefix}{secret_name}"
+    if len(route) <= ROUTE_MAX:
+        return route
+    digest = hashlib.sha256(str(secret_name).encode()).hexdigest()[:10]
+    kept = str(secret_name)[: ROUTE_MAX - len(prefix) - len(digest) - 1].rstrip(".-")
+    return f"{prefix}{kept}-{digest}"
 
 
 def describe_errors(error: ValidationError, prefix: str = "") -> list[str]:

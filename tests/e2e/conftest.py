@@ -79,6 +79,7 @@ class Cluster:
             self.vhost.url,
             KUBECONFIG=str(self.kubeconfig),
             WATCH_NAMESPACES=self.namespace,
+            TRAILINGSTOP_RABBITMQ_MANAGEMENT_URL=self.vhost.management_url,
             TRAILINGSTOP_STATUS_INTERVAL="1",
             TRAILINGSTOP_TRACING="on",
             TRAILINGSTOP_WORKER_ENV=json.dumps(worker_settings),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -92,7 +93,7 @@ def test_executor_takes_keys_only_by_reference_to_the_secret() -> None:
 
 
 def test_amqp_secret_holds_the_url_for_the_namespace() -> None:
-    secret = builders.amqp_secret(CONFIG, "trading", OWNERS)
+    secret = builders.amqp_secret(CONFIG, "trading", CONFIG.amqp_url, OWNERS)
     assert (secret["metadata"]["name"], secret["metadata"]["namespace"]) == ("ts-amqp", "trading")
     assert base64.b64decode(secret["data"]["url"]).decode() == CONFIG.amqp_url
     assert len(secret["metadata"]["ownerReferences"]) == 2
@@ -219,7 +220,8 @@ async def test_a_spec_change_after_the_trigger_is_refused_with_a_condition_and_s
     store = RecordingStore()
     writer = StatusWriter(store, interval=3600)
     bus = CommandLog()
-    reconciler = Reconciler(CONFIG, None, store, writer, bus)  # type: ignore[arg-type]  # kube is not reached
+    tenants = SimpleNamespace(get=lambda namespace: SimpleNamespace(bus=bus))  # every namespace: this bus
+    reconciler = Reconciler(CONFIG, None, store, writer, bus, tenants)  # type: ignore[arg-type]  # kube is not reached
     body = {
         "metadata": {"uid": "uid-1", "namespace": "trading", "name": "s", "generation": 3},
         "spec": {"symbol": "BTCUSDT", "side": "SELL", "quantity": "1", "trailingPercent": "2"},

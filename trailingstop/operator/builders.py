@@ -1,26 +1,37 @@
 """Desired child objects, built from the TrailingStops that own them. Pure: no I/O.
 
 Per namespace and symbol: ``ts-marketdata-<symbol>`` and ``ts-orchestrator-<symbol>``; per
-namespace and route: ``ts-executor-<route>``; per namespace: the ``ts-amqp`` Secret the workers
-read the broker URL from (a secretKeyRef cannot reach another namespace). Each object is owned
-by every TrailingStop that needs it, so the garbage collector deletes it with the last one.
+namespace and route: ``ts-executor-<route>``; per namespace: the ``ts-amqp`` Secret with the URL
+of the namespace's own broker tenant (:mod:`trailingstop.operator.tenancy`). Each object is owned
+by every TrailingStop that needs it, so the garbage collector deletes it with the last one. The
+workers' pod template carries a digest of that URL, so new credentials roll them.
+
+With the messaging-topology-operator, the tenant itself is made of ``Vhost``, ``User`` and
+``Permission`` objects in the operator's namespace (:func:`topology_objects`).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from trailingstop.bus import worker_permissions
 from trailingstop.contracts import API_GROUP, API_VERSION, KIND
 from trailingstop.operator.config import HEALTH_PORT, OperatorConfig
 
 MANAGED_BY = "trailingstop-operator"
 SYMBOL_LABEL = f"{API_GROUP}/symbol"
 ROUTE_LABEL = f"{API_GROUP}/route"
+TENANT_LABEL = f"{API_GROUP}/tenant"
+# The digest of the ts-amqp URL the pods were started with: a new one (new credentials) rolls them.
+BROKER_CREDENTIALS_ANNOTATION = f"{API_GROUP}/broker-credentials"
 AMQP_KEY = "url"
 WORKER_UID = 10001
+RABBITMQ_TOPOLOGY_GROUP = "rabbitmq.com"
+RABBITMQ_TOPOLOGY_VERSION = "v1beta1"
 
 
 @dataclass(frozen=True, order=True)
@@ -58,7 +69,8 @@ def executor_name(route: str) -> str:
     return f"ts-executor-{route.lower()}"
 
 
-def amqp_secret(config: OperatorConfig, namespace: str, owners: Iterable[Owner]) -> dict[str, Any]:
+def amqp_secret(config: OperatorConfig, namespace: str, url: str, owners: Iterable[Owner]) -> dict[str, Any]:
+    """The namespace's broker tenant URL (its own user, password and vhost) for the workers."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -69,16 +81,17 @@ def amqp_secret(config: OperatorConfig, namespace: str, owners: Iterable[Owner])
             "ownerReferences": owner_references(owners),
         },
         "type": "Opaque",
-        "data": {AMQP_KEY: base64.b64encode(config.amqp_url.encode()).decode()},
+        "data": {AMQP_KEY: _b64(url)},
     }
 
 
 def marketdata_deployment(
-    config: OperatorConfig, namespace: str, symbol: str, owners: Iterable[Owner]
+    config: OperatorConfig, namespace: str, symbol: str, owners: Iterable[Owner], broker: str = ""
 ) -> dict[str, Any]:
     return _deployment(
         config,
         namespace,
+        broker=broker,
         name=marketdata_name(symbol),
         component="marketdata",
         args=["worker", "marketdata", "--symbol", symbol],
@@ -88,12 +101,13 @@ def marketdata_deployment(
 
 
 def orchestrator_deployment(
-    config: OperatorConfig, namespace: str, symbol: str, owners: Iterable[Owner]
+    config: OperatorConfig, namespace: str, symbol: str, owners: Iterable[Owner], broker: str = ""
 ) -> dict[str, Any]:
     # One replica, and Recreate: two orchestrators of one symbol would both fire (DESIGN §6).
     return _deployment(
         config,
         namespace,
+        broker=broker,
         name=orchestrator_name(symbol),
         component="orchestrator",
         args=["worker", "orchestrator", "--symbol", symbol],
@@ -103,7 +117,8 @@ def orchestrator_deployment(
 
 
 def executor_deployment(
-    config: OperatorConfig, namespace: str, route: str, secret_name: str | None, owners: Iterable[Owner]
+    config: OperatorConfig, namespace: str, route: str, secret_name: str | None, owners: Iterable[Owner],
+    broker: str = "",
 ) -> dict[str, Any]:
     env = []
     if secret_name is not None:
@@ -115,6 +130,7 @@ def executor_deployment(
     return _deployment(
         config,
         namespace,
+        broker=broker,
         name=executor_name(route),
         component="executor",
         args=["worker", "executor", "--route", route],
@@ -138,6 +154,7 @@ def _deployment(
     config: OperatorConfig,
     namespace: str,
     *,
+    broker: str,
     name: str,
     component: str,
     args: list[str],
@@ -161,7 +178,7 @@ def _deployment(
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": match},
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {"labels": labels, "annotations": {BROKER_CREDENTIALS_ANNOTATION: broker}},
                 "spec": _pod_spec(config, args, extra_env or []),
             },
         },
@@ -211,3 +228,46 @@ def _pod_spec(config: OperatorConfig, args: list[str], extra_env: list[dict[str,
     if config.worker_service_account:
         spec["serviceAccountName"] = config.worker_service_account
     return spec
+
+
+# --- broker tenants through the messaging-topology-operator -------------------------------------------
+
+
+def topology_objects(
+    namespace: str, cluster: str, vhost: str, user: str, password: str, operator_user: str
+) -> list[dict[str, Any]]:
+    """A tenant as the topology operator's objects, in the operator's ``namespace``: the workers'
+    credentials Secret, the Vhost, the User, and the Permissions of the workers and the operator."""
+    base = "ts-tenant-" + hashlib.sha256(vhost.encode()).hexdigest()[:16]
+    reference = {"name": cluster, "namespace": namespace}
+    labels = _labels("broker-tenant", {TENANT_LABEL: base})
+    credentials = f"{base}-credentials"
+
+    def custom(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{RABBITMQ_TOPOLOGY_GROUP}/{RABBITMQ_TOPOLOGY_VERSION}",
+            "kind": kind,
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {**spec, "rabbitmqClusterReference": reference},
+        }
+
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": credentials, "namespace": namespace, "labels": labels},
+        "type": "Opaque",
+        "data": {"username": _b64(user), "password": _b64(password)},
+    }
+    return [
+        secret,
+        custom("Vhost", base, {"name": vhost}),
+        custom("User", f"{base}-workers", {"tags": [], "importCredentialsSecret": {"name": credentials}}),
+        custom("Permission", f"{base}-workers", {"vhost": vhost, "user": user, "permissions": worker_permissions()}),
+        custom("Permission", f"{base}-operator", {
+            "vhost": vhost, "user": operator_user, "permissions": {"configure": ".*", "write": ".*", "read": ".*"},
+        }),
+    ]
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()

@@ -19,6 +19,7 @@ DEFAULT_RESOURCES: dict[str, Any] = {
     "limits": {"cpu": "1", "memory": "256Mi"},
 }
 HEALTH_PORT = 8080
+BROKER_ADMINS = ("management-api", "topology-operator")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,15 @@ class OperatorConfig:
     status_interval: float = 5.0  # at most one reference/price write per resource per interval
     health_port: int = HEALTH_PORT
     amqp_secret_name: str = "ts-amqp"  # per namespace, made by the operator for its workers
+    # This operator release on the broker: each namespace's vhost and user is ts.<instance>.<ns>,
+    # so two releases on one broker never share a queue (the chart: <release namespace>.<release>).
+    instance: str = "default.trailingstop"
+    operator_namespace: str = "default"
+    # How broker tenants are made: management-api (the operator's user needs the administrator
+    # tag) or topology-operator (Vhost/User/Permission objects for the messaging-topology-operator).
+    broker_admin: str = "management-api"
+    management_url: str = ""  # default: http://<AMQP host>:15672
+    rabbitmq_cluster: str = ""  # topology-operator: the RabbitmqCluster in the operator's namespace
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> OperatorConfig:
@@ -52,8 +62,19 @@ class OperatorConfig:
             "status_interval": float(env.get("TRAILINGSTOP_STATUS_INTERVAL", "5")),
             "health_port": int(env.get("TRAILINGSTOP_HEALTH_PORT", str(HEALTH_PORT))),
         }
+        own_namespace = env.get("POD_NAMESPACE", "default")
+        values.update(
+            operator_namespace=own_namespace,
+            instance=env.get("TRAILINGSTOP_INSTANCE", "") or f"{own_namespace}.trailingstop",
+            broker_admin=env.get("TRAILINGSTOP_BROKER_ADMIN", "management-api"),
+            management_url=env.get("TRAILINGSTOP_RABBITMQ_MANAGEMENT_URL", ""),
+            rabbitmq_cluster=env.get("TRAILINGSTOP_RABBITMQ_CLUSTER", ""),
+        )
+        if values["broker_admin"] not in BROKER_ADMINS:
+            raise ValueError(f"TRAILINGSTOP_BROKER_ADMIN must be one of {', '.join(BROKER_ADMINS)}, "
+                             f"got {values['broker_admin']!r}")
         if not values["namespaces"] and not values["clusterwide"]:
-            values["namespaces"] = (env.get("POD_NAMESPACE", "default"),)
+            values["namespaces"] = (own_namespace,)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

@@ -105,20 +105,35 @@ class StatusWriter:
 
 
 class EventRouter:
-    """Consumes ``operator.stop-events`` and ``operator.order-events``; answers ``sync`` requests."""
+    """Turns each tenant's ``operator.stop-events`` and ``operator.order-events`` into statuses,
+    and answers its orchestrators' ``sync`` requests.
 
-    def __init__(self, bus: Bus, store: StopStore, writer: StatusWriter) -> None:
-        self.bus = bus
+    Every tenant is one namespace (:mod:`trailingstop.operator.tenancy`): its events may only
+    touch stops of that namespace, so a message naming another namespace's stop is refused, and a
+    symbol-wide event (``price``, ``sync``) means that namespace's stops of the symbol.
+    """
+
+    def __init__(self, store: StopStore, writer: StatusWriter) -> None:
         self.store = store
         self.writer = writer
         self._writer_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self._writer_task = asyncio.create_task(self.writer.run())
+
+    async def attach(self, namespace: str, bus: Bus) -> None:
+        """Consume the operator's queues in ``namespace``'s tenant (declared by ``bus``)."""
         stop_events, order_events = OPERATOR_QUEUES
         assert stop_events.name == OPERATOR_STOP_EVENTS_QUEUE and order_events.name == OPERATOR_ORDER_EVENTS_QUEUE
-        self._writer_task = asyncio.create_task(self.writer.run())
-        await self.bus.consume(stop_events, StopEvent, self.on_stop_event, prefetch=500)
-        await self.bus.consume(order_events, OrderResult, self.on_order_result, prefetch=100)
+
+        async def on_stop_event(event: StopEvent, headers: dict[str, Any]) -> None:
+            await self.on_stop_event(event, headers, namespace, bus)
+
+        async def on_order_result(result: OrderResult, headers: dict[str, Any]) -> None:
+            await self.on_order_result(result, headers, namespace)
+
+        await bus.consume(stop_events, StopEvent, on_stop_event, prefetch=500)
+        await bus.consume(order_events, OrderResult, on_order_result, prefetch=100)
 
     async def stop(self) -> None:
         if self._writer_task is not None:
@@ -127,24 +142,29 @@ class EventRouter:
                 await self._writer_task
         await self.writer.flush(force=True)
 
-    async def on_stop_event(self, event: StopEvent, headers: dict[str, Any]) -> None:
+    async def on_stop_event(
+        self, event: StopEvent, headers: dict[str, Any], namespace: str | None, bus: Bus | None = None
+    ) -> None:
+        """``namespace`` None: an event from the pre-tenancy layout, which named no namespace
+        (see :mod:`trailingstop.operator.legacy`); its syncs go unanswered."""
         if event.type == "sync":
-            await self.answer_sync(event.symbol)
+            if bus is not None and namespace is not None:
+                await self.answer_sync(bus, namespace, event.symbol)
             return
         now = ms_to_rfc3339(now_ms())
-        targets = self.store.for_symbol(event.symbol) if event.uid is None else [self.store.get(event.uid)]
+        targets: list[StopRecord | None]
+        if event.uid is None:
+            targets = list(self.store.for_symbol(event.symbol, namespace))
+        else:
+            targets = [self._stop_of(namespace, event.uid, f"{event.type} event")]
         with telemetry.span("status write", headers, type=event.type, symbol=event.symbol):
             for record in targets:
-                if record is None:
-                    log.info("event %s for unknown stop %s (deleted?)", event.type, event.uid,
-                             extra={"uid": event.uid, "symbol": event.symbol})
-                    continue
-                await self.writer.submit(record, apply_stop_event(record.status, event, now))
+                if record is not None:
+                    await self.writer.submit(record, apply_stop_event(record.status, event, now))
 
-    async def on_order_result(self, result: OrderResult, headers: dict[str, Any]) -> None:
-        record = self.store.get(result.uid)
+    async def on_order_result(self, result: OrderResult, headers: dict[str, Any], namespace: str | None) -> None:
+        record = self._stop_of(namespace, result.uid, "order result")
         if record is None:
-            log.warning("order result for unknown stop %s", result.uid, extra={"uid": result.uid})
             return
         with telemetry.span("status write", headers, clientOrderId=result.client_order_id):
             now = ms_to_rfc3339(now_ms())
@@ -157,13 +177,26 @@ class EventRouter:
                      record.status.phase, extra=stop_fields(record.namespace, record.name, record.uid,
                                                             record.spec.symbol, clientOrderId=result.client_order_id))
 
-    async def answer_sync(self, symbol: str) -> None:
-        """Every stop of ``symbol`` with its saved state, then ``synced``."""
-        records = self.store.for_symbol(symbol)
+    def _stop_of(self, namespace: str | None, uid: str, what: str) -> StopRecord | None:
+        record = self.store.get(uid)
+        if record is None:
+            log.info("%s for unknown stop %s (deleted?)", what, uid, extra={"uid": uid})
+            return None
+        if namespace is not None and record.namespace != namespace:
+            # Only a forged message gets here: each namespace's workers have their own vhost.
+            log.warning("%s from namespace %s names stop %s of namespace %s; ignored", what, namespace, uid,
+                        record.namespace, extra={"uid": uid})
+            return None
+        return record
+
+    async def answer_sync(self, bus: Bus, namespace: str, symbol: str) -> None:
+        """Every stop of ``symbol`` in ``namespace`` with its saved state, then ``synced``."""
+        records = self.store.for_symbol(symbol, namespace)
         for record in records:
-            await self.bus.publish_command(StopCommand.upsert(record.definition()))
-        await self.bus.publish_command(StopCommand(op="synced", symbol=symbol))
-        log.info("answered the %s orchestrator's sync with %d stops", symbol, len(records), extra={"symbol": symbol})
+            await bus.publish_command(StopCommand.upsert(record.definition()))
+        await bus.publish_command(StopCommand(op="synced", symbol=symbol))
+        log.info("answered the %s orchestrator's sync in %s with %d stops", symbol, namespace, len(records),
+                 extra={"symbol": symbol, "namespace": namespace})
 
 
 def _milestone(before: TrailingStopStatus, after: TrailingStopStatus) -> bool:

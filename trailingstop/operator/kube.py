@@ -10,6 +10,7 @@ API errors are retried with backoff here (409, 429, 5xx, timeouts); anything els
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import socket
@@ -22,7 +23,7 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from trailingstop import telemetry
 from trailingstop.contracts import API_GROUP, API_VERSION, KIND, PLURAL, TrailingStopStatus, ms_to_rfc3339, now_ms
-from trailingstop.operator.builders import MANAGED_BY
+from trailingstop.operator.builders import MANAGED_BY, RABBITMQ_TOPOLOGY_GROUP
 from trailingstop.operator.stops import StopRecord, StopStore
 
 log = logging.getLogger(__name__)
@@ -141,28 +142,66 @@ class Kube:
     async def ensure(self, desired: dict[str, Any]) -> bool:
         """Server-side apply ``desired`` unless what exists already contains it. True if written."""
         kind, namespace, name = desired["kind"], desired["metadata"]["namespace"], desired["metadata"]["name"]
-        reader, patcher = self._verbs(kind)
+        existing = await self.read(desired)
+        if existing is not None and contains(existing, desired):
+            return False
+        patch = self._verbs(desired)[1]
+        await self.call(f"apply-{kind}", lambda: patch(name, namespace, desired, **APPLY_PATCH))
+        log.info("applied %s %s/%s", kind, namespace, name)
+        return True
+
+    async def read(self, desired: dict[str, Any]) -> dict[str, Any] | None:
+        """The object named like ``desired`` as it is on the server (None if there is none)."""
+        kind, namespace, name = desired["kind"], desired["metadata"]["namespace"], desired["metadata"]["name"]
+        reader = self._verbs(desired)[0]
         try:
             existing = await self.call(f"get-{kind}", lambda: reader(name, namespace))
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            existing = None
-        if existing is not None and contains(self.api.sanitize_for_serialization(existing), desired):
-            return False
-        await self.call(
-            f"apply-{kind}",
-            lambda: patcher(name, namespace, desired, **APPLY_PATCH),
-        )
-        log.info("applied %s %s/%s", kind, namespace, name)
-        return True
+            return None
+        return dict(self.api.sanitize_for_serialization(existing))
 
-    def _verbs(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    async def delete(self, desired: dict[str, Any]) -> None:
+        kind, namespace, name = desired["kind"], desired["metadata"]["namespace"], desired["metadata"]["name"]
+        remove = self._verbs(desired)[2]
+        try:
+            await self.call(f"delete-{kind}", lambda: remove(name, namespace))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """One key of a Secret, decoded (None if the Secret or the key is missing)."""
+        found = await self.read({"kind": "Secret", "metadata": {"namespace": namespace, "name": name}})
+        encoded = ((found or {}).get("data") or {}).get(key)
+        return base64.b64decode(encoded).decode() if encoded else None
+
+    def _verbs(self, desired: dict[str, Any]) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+        """(read, patch, delete), each called with (name, namespace[, body, ...])."""
+        kind = desired["kind"]
         if kind == "Deployment":
-            return self.apps.read_namespaced_deployment, self.apps.patch_namespaced_deployment
+            apps = self.apps
+            return apps.read_namespaced_deployment, apps.patch_namespaced_deployment, apps.delete_namespaced_deployment
         if kind == "Secret":
-            return self.core.read_namespaced_secret, self.core.patch_namespaced_secret
-        raise ValueError(f"no verbs for {kind}")
+            core = self.core
+            return core.read_namespaced_secret, core.patch_namespaced_secret, core.delete_namespaced_secret
+        group, _, version = desired["apiVersion"].partition("/")
+        if group != RABBITMQ_TOPOLOGY_GROUP:
+            raise ValueError(f"no verbs for {kind}")
+        plural = kind.lower() + "s"
+        custom = self.custom
+
+        def read(name: str, namespace: str) -> Any:
+            return custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+
+        def patch(name: str, namespace: str, body: Any, **options: Any) -> Any:
+            return custom.patch_namespaced_custom_object(group, version, namespace, plural, name, body, **options)
+
+        def delete(name: str, namespace: str) -> Any:
+            return custom.delete_namespaced_custom_object(group, version, namespace, plural, name)
+
+        return read, patch, delete
 
 
 def contains(existing: Any, desired: Any) -> bool:

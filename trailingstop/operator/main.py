@@ -16,15 +16,16 @@ from typing import Any
 import kopf
 
 from trailingstop import telemetry
-from trailingstop.bus import Bus
+from trailingstop.bus import Bus, connect_bus
 from trailingstop.contracts import API_GROUP, API_VERSION, PLURAL
 from trailingstop.health import HealthServer
+from trailingstop.operator.brokeradmin import ManagementApi, TopologyOperator, credentials_of, default_management_url
 from trailingstop.operator.config import OperatorConfig
 from trailingstop.operator.events import EventRouter, StatusWriter
 from trailingstop.operator.kube import Kube, KubeStopStore, api_client
+from trailingstop.operator.legacy import LegacyDrain
 from trailingstop.operator.reconcile import Reconciler
-from trailingstop.settings import Settings
-from trailingstop.workers.service import connect_bus
+from trailingstop.operator.tenancy import BrokerAdmin, BrokerAdminError, Tenants
 
 log = logging.getLogger(__name__)
 
@@ -35,33 +36,52 @@ class Operator:
     def __init__(self) -> None:
         self.config = OperatorConfig()
         self.health: HealthServer | None = None
-        self.bus: Bus | None = None
+        self.home: Bus | None = None
         self.kube: Kube | None = None
         self.router: EventRouter | None = None
+        self.tenants: Tenants | None = None
         self.reconciler: Reconciler | None = None
+        self.legacy: LegacyDrain | None = None
+        self._audit: asyncio.Task[None] | None = None
 
     async def start(self, config: OperatorConfig) -> None:
         self.config = config
         self.health = HealthServer(config.health_port)
         await self.health.start()
-        self.kube = Kube(await api_client())
-        store = KubeStopStore(self.kube)
-        self.bus = await connect_bus(Settings(amqp_url=config.amqp_url), "trailingstop-operator")
+        self.kube = kube = Kube(await api_client())
+        store = KubeStopStore(kube)
+        # The operator's own vhost holds nothing of ours; the connection proves the broker is there
+        # and reads what the pre-tenancy layout left behind (see legacy.py).
+        self.home = home = await connect_bus(config.amqp_url, "trailingstop-operator", topology="none")
         writer = StatusWriter(store, interval=config.status_interval)
-        self.reconciler = Reconciler(config, self.kube, store, writer, self.bus)
+        self.router = router = EventRouter(store, writer)
+        await router.start()
+        admin = broker_admin(config, kube)
+        await admin.check()
+
+        async def saved_url(namespace: str) -> str | None:
+            return await kube.secret_value(namespace, config.amqp_secret_name, "url")
+
+        self.tenants = tenants = Tenants(config.instance, config.amqp_url, admin, saved_url, router.attach)
+        self.reconciler = Reconciler(config, kube, store, writer, home, tenants)
         writer.on_transition = self.reconciler.on_transition
         loaded = await self.reconciler.load()
-        self.router = EventRouter(self.bus, store, writer)
-        await self.router.start()
-        bus = self.bus
-        self.health.add_check("broker", lambda: (bus.connected, "connected" if bus.connected else "down"))
+        self.legacy = await LegacyDrain(home, store, router, tenants).start()
+        self._audit = asyncio.create_task(_audit_every(tenants, 60.0))
+        self.health.add_check("broker", lambda: (home.connected, "connected" if home.connected else "down"))
         log.info("operator started (%r); %d TrailingStops loaded", config, loaded)
 
     async def stop(self) -> None:
+        if self._audit is not None:
+            self._audit.cancel()
+        if self.legacy is not None:
+            await self.legacy.stop()
         if self.router is not None:
             await self.router.stop()
-        if self.bus is not None:
-            await self.bus.close()
+        if self.tenants is not None:
+            await self.tenants.close()
+        if self.home is not None:
+            await self.home.close()
         if self.kube is not None:
             await self.kube.close()
         if self.health is not None:
@@ -71,6 +91,22 @@ class Operator:
     def work(self) -> Reconciler:
         assert self.reconciler is not None, "the operator has not started"
         return self.reconciler
+
+
+def broker_admin(config: OperatorConfig, kube: Kube) -> BrokerAdmin:
+    user, password = credentials_of(config.amqp_url)
+    if config.broker_admin == "topology-operator":
+        return TopologyOperator(kube, config.operator_namespace, config.rabbitmq_cluster, user)
+    return ManagementApi(config.management_url or default_management_url(config.amqp_url), user, password)
+
+
+async def _audit_every(tenants: Tenants, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await tenants.audit()
+        except BrokerAdminError as exc:
+            log.warning("broker tenant audit failed: %s", exc)
 
 
 OPERATOR = Operator()

@@ -33,6 +33,7 @@ from trailingstop.operator.config import OperatorConfig
 from trailingstop.operator.events import StatusWriter
 from trailingstop.operator.kube import Kube
 from trailingstop.operator.stops import StopRecord, StopStore
+from trailingstop.operator.tenancy import BrokerAdminError, Tenant, Tenants
 from trailingstop.status import set_condition
 from trailingstop.telemetry import stop_fields
 
@@ -75,12 +76,15 @@ def record_from_body(body: Mapping[str, Any]) -> StopRecord:
 
 
 class Reconciler:
-    def __init__(self, config: OperatorConfig, kube: Kube, store: StopStore, writer: StatusWriter, bus: Bus) -> None:
+    def __init__(
+        self, config: OperatorConfig, kube: Kube, store: StopStore, writer: StatusWriter, home: Bus, tenants: Tenants
+    ) -> None:
         self.config = config
         self.kube = kube
         self.store = store
         self.writer = writer
-        self.bus = bus
+        self.home = home  # the operator's own connection: its health says the broker is there
+        self.tenants = tenants
         self._children: Coalescer[WorkloadKey] = Coalescer(self._apply_children)
 
     async def load(self) -> int:
@@ -99,7 +103,7 @@ class Reconciler:
             await self._mark_pending(record)
         await self.ensure_workloads(record)
         if record.status.phase not in FINAL_PHASES:
-            await self.bus.publish_command(StopCommand.upsert(record.definition()))
+            await self._tenant_bus(record).publish_command(StopCommand.upsert(record.definition()))
 
     async def spec_changed(self, body: Mapping[str, Any]) -> None:
         self._require_broker()
@@ -121,15 +125,18 @@ class Reconciler:
         )
         await self.writer.submit(record, record.status.model_copy(update={"conditions": conditions}))
         await self.ensure_workloads(record)
-        await self.bus.publish_command(StopCommand.upsert(record.definition()))
+        await self._tenant_bus(record).publish_command(StopCommand.upsert(record.definition()))
 
     async def deleted(self, body: Mapping[str, Any]) -> None:
         self._require_broker()
         record = self.store.get(body["metadata"]["uid"]) or record_from_body(body)
-        if record.status.phase not in FINAL_PHASES:
-            await self.bus.publish_command(StopCommand.cancel(record.definition(with_state=False)))
+        tenant = self.tenants.get(record.namespace)
+        if record.status.phase not in FINAL_PHASES and tenant is not None:
+            await tenant.bus.publish_command(StopCommand.cancel(record.definition(with_state=False)))
         self.store.remove(record.uid)
         self.writer.forget(record)
+        if not self.store.in_namespace(record.namespace):  # the last one: its broker tenant goes too
+            await self._request(("broker", record.namespace, ""))
 
     async def ensure_workloads(self, record: StopRecord) -> None:
         """The namespace's broker Secret, the symbol's workers, the route's executor, each with
@@ -140,27 +147,45 @@ class Reconciler:
             ("symbol", namespace, record.spec.symbol),
             ("route", namespace, record.spec.route),
         ]
+        await asyncio.gather(*(self._request(key) for key in keys))
+
+    async def _request(self, key: WorkloadKey) -> None:
         try:
-            await asyncio.gather(*(self._children.request(key) for key in keys))
-        except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
-            raise kopf.TemporaryError(f"applying the workers failed ({exc}); retrying", delay=5) from exc
+            await self._children.request(key)
+        except (ApiException, aiohttp.ClientError, TimeoutError, BrokerAdminError) as exc:
+            what = f"{key[0]} {key[2] or key[1]}"
+            raise kopf.TemporaryError(f"setting up {what} failed ({exc}); retrying", delay=5) from exc
 
     async def _apply_children(self, key: WorkloadKey) -> None:
         kind, namespace, name = key
-        stops = [r for r in self.store.all() if r.namespace == namespace]
+        stops = self.store.in_namespace(namespace)
+        if not stops:
+            if kind == "broker":
+                await self.tenants.retire(namespace)
+            return  # the garbage collector removes the workers of the last stop
+        tenant = await self.tenants.ensure(namespace)
         if kind == "broker":
-            await self.kube.ensure(builders.amqp_secret(self.config, namespace, _owners(stops)))
+            await self.kube.ensure(builders.amqp_secret(self.config, namespace, tenant.worker_url, _owners(stops)))
         elif kind == "symbol":
-            owners = _owners(r for r in stops if r.spec.symbol == name)
-            await self.kube.ensure(builders.marketdata_deployment(self.config, namespace, name, owners))
-            await self.kube.ensure(builders.orchestrator_deployment(self.config, namespace, name, owners))
+            await self._apply_symbol(tenant, name, [r for r in stops if r.spec.symbol == name])
         else:
-            users = [r for r in stops if r.spec.route == name]
-            if not users:
-                return  # the last stop of the route is gone: its executor goes with it
-            reference = users[0].spec.credentials_secret_ref
-            secret = reference.name if reference else None
-            await self.kube.ensure(builders.executor_deployment(self.config, namespace, name, secret, _owners(users)))
+            await self._apply_route(tenant, name, [r for r in stops if r.spec.route == name])
+
+    async def _apply_symbol(self, tenant: Tenant, symbol: str, users: list[StopRecord]) -> None:
+        if not users:
+            return
+        owners, namespace = _owners(users), tenant.namespace
+        await self.kube.ensure(builders.marketdata_deployment(self.config, namespace, symbol, owners, tenant.digest))
+        await self.kube.ensure(builders.orchestrator_deployment(self.config, namespace, symbol, owners, tenant.digest))
+
+    async def _apply_route(self, tenant: Tenant, route: str, users: list[StopRecord]) -> None:
+        if not users:
+            return  # the last stop of the route is gone: its executor goes with it
+        reference = users[0].spec.credentials_secret_ref
+        secret = reference.name if reference else None
+        await self.kube.ensure(
+            builders.executor_deployment(self.config, tenant.namespace, route, secret, _owners(users), tenant.digest)
+        )
 
     async def on_transition(self, record: StopRecord, status: TrailingStopStatus, before: str) -> None:
         """A Kubernetes Event for each phase people want to hear about."""
@@ -178,8 +203,14 @@ class Reconciler:
         await self.writer.submit(record, status)
 
     def _require_broker(self) -> None:
-        if not self.bus.connected:
+        if not self.home.connected:
             raise kopf.TemporaryError("the message broker is unreachable; retrying", delay=5)
+
+    def _tenant_bus(self, record: StopRecord) -> Bus:
+        tenant = self.tenants.get(record.namespace)
+        if tenant is None:  # retired by a concurrent delete of the namespace's last other stop
+            raise kopf.TemporaryError(f"the broker tenant of {record.namespace} is being set up again", delay=1)
+        return tenant.bus
 
 
 def _owners(records: Iterable[StopRecord]) -> list[Owner]:

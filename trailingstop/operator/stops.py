@@ -59,8 +59,15 @@ class StopStore:
     def remove(self, uid: str) -> StopRecord | None:
         return self._records.pop(uid, None)
 
-    def for_symbol(self, symbol: str) -> list[StopRecord]:
-        return [r for r in self._records.values() if r.spec.symbol == symbol]
+    def for_symbol(self, symbol: str, namespace: str | None = None) -> list[StopRecord]:
+        """The stops of ``symbol`` (in ``namespace``, unless None)."""
+        return [
+            r for r in self._records.values()
+            if r.spec.symbol == symbol and (namespace is None or r.namespace == namespace)
+        ]
+
+    def in_namespace(self, namespace: str) -> list[StopRecord]:
+        return [r for r in self._records.values() if r.namespace == namespace]
 
     def all(self) -> list[StopRecord]:
         return list(self._records.values())

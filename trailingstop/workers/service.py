@@ -9,31 +9,14 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from aio_pika.exceptions import AMQPConnectionError
-
 from trailingstop import telemetry
-from trailingstop.bus import Bus
+from trailingstop.bus import Bus, connect_bus
 from trailingstop.health import HealthServer
 from trailingstop.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Body = Callable[[Bus, HealthServer], Coroutine[Any, Any, None]]
-
-
-async def connect_bus(settings: Settings, name: str, attempts: int | None = None) -> Bus:
-    """Connect, retrying with backoff: the broker may start after us (a pod restarts otherwise)."""
-    delay, attempt = 0.5, 0
-    while True:
-        attempt += 1
-        try:
-            return await Bus(settings.amqp_url, name).connect()
-        except (TimeoutError, AMQPConnectionError, OSError) as exc:
-            if attempts is not None and attempt >= attempts:
-                raise
-            log.warning("broker not reachable (%s); retrying in %.1fs", type(exc).__name__, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
 
 
 async def serve(name: str, body: Body, settings: Settings | None = None) -> int:
@@ -50,7 +33,7 @@ async def serve(name: str, body: Body, settings: Settings | None = None) -> int:
         loop.add_signal_handler(signum, stop.set)
     bus: Bus | None = None
     try:
-        bus = await _until_stopped(connect_bus(settings, name), stop)
+        bus = await _until_stopped(connect_bus(settings.amqp_url, name, topology="check"), stop)
         if bus is None:
             return 0
         connected = bus

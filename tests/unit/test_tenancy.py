@@ -1,0 +1,196 @@
+"""Broker tenancy, the pure parts: names, URLs, permissions, routes, builders, the router's fences."""
+
+from __future__ import annotations
+
+import base64
+import re
+from decimal import Decimal
+
+import pytest
+
+from trailingstop.bus import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    EXCHANGES,
+    MARKETDATA_EXCHANGE,
+    OPERATOR_ORDER_EVENTS_QUEUE,
+    OPERATOR_STOP_EVENTS_QUEUE,
+    ORDER_COMMANDS_EXCHANGE,
+    ORDER_EVENTS_EXCHANGE,
+    STOP_COMMANDS_EXCHANGE,
+    STOP_EVENTS_EXCHANGE,
+    command_queue,
+    executor_queue,
+    tick_queue,
+    worker_permissions,
+)
+from trailingstop.contracts import ROUTE_MAX, StopEvent, TrailingStopSpec, executor_route
+from trailingstop.operator import builders
+from trailingstop.operator.builders import BROKER_CREDENTIALS_ANNOTATION, Owner
+from trailingstop.operator.config import OperatorConfig
+from trailingstop.operator.events import EventRouter, StatusWriter
+from trailingstop.operator.legacy import legacy_route
+from trailingstop.operator.stops import StopRecord, StopStore
+from trailingstop.operator.tenancy import amqp_url, credentials_digest, password_in, tenant_name
+from trailingstop.workers.executor import route_mode
+
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+CONFIG = OperatorConfig(namespaces=("a", "b"), amqp_url="amqp://admin:pw@rabbit.broker.svc:5672/")
+OWNERS = [Owner("stop", "uid-1")]
+
+
+def allowed(kind: str, name: str) -> bool:
+    return re.search(worker_permissions()[kind], name) is not None
+
+
+# --- names and URLs -------------------------------------------------------------------------------------
+
+
+def test_tenancy_names_differ_per_release_and_namespace() -> None:
+    names = {tenant_name(instance, ns) for instance in ("ops.ts", "ops.ts2", "other.ts") for ns in ("a", "b")}
+    assert len(names) == 6
+    assert tenant_name("ops.trailingstop", "trading") == "ts.ops.trailingstop.trading"
+
+
+def test_tenancy_url_swaps_vhost_and_credentials_and_keeps_the_rest() -> None:
+    base = "amqps://admin:p%40ss@rabbit.example:5671/%2F?heartbeat=30"
+    url = amqp_url(base, "ts.ops.rel.ns", "ts.ops.rel.ns", "s/cr@t:")
+    assert url == "amqps://ts.ops.rel.ns:s%2Fcr%40t%3A@rabbit.example:5671/ts.ops.rel.ns?heartbeat=30"
+    assert amqp_url(base, "v") == "amqps://admin:p%40ss@rabbit.example:5671/v?heartbeat=30"
+    assert amqp_url("amqp://[::1]/", "v", "u", "p") == "amqp://u:p@[::1]/v"
+
+
+def test_tenancy_password_is_read_back_only_from_its_own_url() -> None:
+    url = amqp_url("amqp://admin:pw@rabbit:5672/", "ts.x.ns", "ts.x.ns", "secret+/=")
+    assert password_in(url, "ts.x.ns", "ts.x.ns") == "secret+/="
+    assert password_in(url, "ts.x.other", "ts.x.other") is None  # another release's tenant
+    assert password_in("amqp://admin:pw@rabbit:5672/", "ts.x.ns", "ts.x.ns") is None  # the 0.1 Secret
+    assert password_in(None, "u", "v") is None
+    assert credentials_digest(url) != credentials_digest(url.replace("secret", "Secret"))
+
+
+# --- what a worker's broker user may do ---------------------------------------------------------------
+
+
+def test_tenancy_workers_may_declare_only_their_own_queues() -> None:
+    own = [tick_queue("BTCUSDT").name, command_queue("BTCUSDT").name, executor_queue("live-keys.v2").name]
+    assert all(allowed("configure", name) for name in own)
+    refused = [*EXCHANGES, OPERATOR_STOP_EVENTS_QUEUE, OPERATOR_ORDER_EVENTS_QUEUE, DEAD_LETTER_QUEUE]
+    assert not any(allowed("configure", name) for name in refused)
+
+
+def test_tenancy_workers_may_publish_what_they_produce_but_no_stop_command() -> None:
+    for exchange in (MARKETDATA_EXCHANGE, STOP_EVENTS_EXCHANGE, ORDER_COMMANDS_EXCHANGE, ORDER_EVENTS_EXCHANGE,
+                     DEAD_LETTER_EXCHANGE):
+        assert allowed("write", exchange), exchange
+    assert allowed("write", tick_queue("XRPETH").name)  # binding needs write on the queue
+    assert not allowed("write", STOP_COMMANDS_EXCHANGE)
+    assert not allowed("write", OPERATOR_STOP_EVENTS_QUEUE)
+    assert not allowed("write", "stop.commands.evil")
+
+
+def test_tenancy_workers_may_read_their_queues_but_not_the_operators() -> None:
+    assert allowed("read", command_queue("XRPETH").name) and allowed("read", executor_queue("simulate").name)
+    for exchange in (MARKETDATA_EXCHANGE, STOP_COMMANDS_EXCHANGE, ORDER_COMMANDS_EXCHANGE):
+        assert allowed("read", exchange), exchange  # binding needs read on the exchange
+    for name in (OPERATOR_STOP_EVENTS_QUEUE, OPERATOR_ORDER_EVENTS_QUEUE, DEAD_LETTER_QUEUE, STOP_EVENTS_EXCHANGE,
+                 ORDER_EVENTS_EXCHANGE):
+        assert not allowed("read", name), name
+
+
+# --- executor routes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [1, 40, 44, 45, 55, 56, 63, 200, 253])
+def test_isolation_routes_of_any_secret_name_fit_a_label_and_keep_their_mode(length: int) -> None:
+    name = ("k" * length)[:length]
+    for mode in ("Testnet", "Live"):
+        route = executor_route(mode, name)
+        assert len(route) <= ROUTE_MAX and LABEL_VALUE.match(route), route
+        assert len(builders.executor_name(route)) <= 63
+        assert route_mode(route) == mode
+        assert executor_route(mode, name) == route  # stable
+
+
+def test_isolation_long_secret_names_sharing_a_prefix_get_different_routes() -> None:
+    a, b = "binance-" + "x" * 60 + "-alice", "binance-" + "x" * 60 + "-bob"
+    assert executor_route("Live", a) != executor_route("Live", b)
+    assert executor_route("Live", "binance-keys") == "live-binance-keys"  # short names unchanged
+    dotted = executor_route("Live", "a." * 40 + "z")
+    assert LABEL_VALUE.match(dotted) and "..-" not in dotted
+
+
+def test_isolation_legacy_routes_are_the_uncut_names_of_0_1() -> None:
+    spec = TrailingStopSpec.model_validate({"symbol": "BTCUSDT", "side": "SELL", "quantity": "1",
+                                            "trailingPercent": "1", "mode": "Live",
+                                            "credentialsSecretRef": {"name": "k" * 70}})
+    assert legacy_route(spec) == "live-" + "k" * 70 != spec.route
+
+
+# --- builders ------------------------------------------------------------------------------------------
+
+
+def test_tenancy_amqp_secret_holds_the_tenant_url_not_the_operators() -> None:
+    url = amqp_url(CONFIG.amqp_url, "ts.x.a", "ts.x.a", "worker-pw")
+    secret = builders.amqp_secret(CONFIG, "a", url, OWNERS)
+    stored = base64.b64decode(secret["data"]["url"]).decode()
+    assert stored == url and "admin" not in stored and ":pw@" not in stored
+
+
+def test_tenancy_new_credentials_roll_the_workers() -> None:
+    one = builders.orchestrator_deployment(CONFIG, "a", "BTCUSDT", OWNERS, "digest-1")
+    two = builders.orchestrator_deployment(CONFIG, "a", "BTCUSDT", OWNERS, "digest-2")
+    assert one["spec"]["template"]["metadata"]["annotations"] == {BROKER_CREDENTIALS_ANNOTATION: "digest-1"}
+    assert one["spec"]["template"] != two["spec"]["template"]
+    executor = builders.executor_deployment(CONFIG, "a", "simulate", None, OWNERS, "digest-1")
+    assert executor["spec"]["template"]["metadata"]["annotations"][BROKER_CREDENTIALS_ANNOTATION] == "digest-1"
+
+
+def test_tenancy_topology_operator_objects_stay_in_the_operators_namespace() -> None:
+    objects = builders.topology_objects("trailingstop-system", "rabbit", "ts.x.a", "ts.x.a", "pw", "admin")
+    assert [o["kind"] for o in objects] == ["Secret", "Vhost", "User", "Permission", "Permission"]
+    assert {o["metadata"]["namespace"] for o in objects} == {"trailingstop-system"}
+    secret, vhost, user, workers, operator = objects
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {"username": "ts.x.a",
+                                                                                      "password": "pw"}
+    assert vhost["spec"] == {"name": "ts.x.a", "rabbitmqClusterReference": {"name": "rabbit",
+                                                                            "namespace": "trailingstop-system"}}
+    assert user["spec"]["importCredentialsSecret"] == {"name": secret["metadata"]["name"]}
+    assert (workers["spec"]["user"], workers["spec"]["permissions"]) == ("ts.x.a", worker_permissions())
+    assert (operator["spec"]["user"], operator["spec"]["vhost"]) == ("admin", "ts.x.a")
+    names = [o["metadata"]["name"] for o in objects]
+    assert len({(o["kind"], o["metadata"]["name"]) for o in objects}) == 5 and all(len(n) <= 63 for n in names)
+    other = builders.topology_objects("trailingstop-system", "rabbit", "ts.x.b", "ts.x.b", "pw", "admin")
+    assert not {o["metadata"]["name"] for o in objects} & {o["metadata"]["name"] for o in other}
+
+
+def test_tenancy_config_names_the_release_and_refuses_an_unknown_admin() -> None:
+    config = OperatorConfig.from_env({"POD_NAMESPACE": "ops", "AMQP_URL": "amqp://a:b@h/"})
+    assert (config.instance, config.operator_namespace, config.namespaces) == ("ops.trailingstop", "ops", ("ops",))
+    assert OperatorConfig.from_env({"TRAILINGSTOP_INSTANCE": "ops.rel2"}).instance == "ops.rel2"
+    with pytest.raises(ValueError, match="TRAILINGSTOP_BROKER_ADMIN"):
+        OperatorConfig.from_env({"TRAILINGSTOP_BROKER_ADMIN": "magic"})
+
+
+# --- the router: a tenant's events touch only its namespace --------------------------------------------
+
+
+def _stop(store: StopStore, uid: str, namespace: str) -> StopRecord:
+    spec = TrailingStopSpec.model_validate({"symbol": "BTCUSDT", "side": "SELL", "quantity": "1",
+                                            "trailingPercent": "1"})
+    return store.put(StopRecord(uid, namespace, f"stop-{uid}", 1, spec))
+
+
+async def test_isolation_a_tenants_events_touch_only_its_own_namespace() -> None:
+    store = StopStore()
+    mine, theirs = _stop(store, "uid-a", "a"), _stop(store, "uid-b", "b")
+    router = EventRouter(store, StatusWriter(store, interval=0))
+    armed = StopEvent(type="armed", symbol="BTCUSDT", uid="uid-b", at=1)
+    await router.on_stop_event(armed, {}, "a")  # forged by namespace a about b's stop
+    assert theirs.status.phase == "Pending"
+    await router.on_stop_event(armed.model_copy(update={"uid": "uid-a"}), {}, "a")
+    assert mine.status.phase == "Armed"
+    price = StopEvent(type="price", symbol="BTCUSDT", price=Decimal("65000.5"), trade_id=7, trade_time=1, at=1)
+    await router.on_stop_event(price, {}, "a")
+    await router.writer.flush(force=True)
+    assert (mine.status.last_price, theirs.status.last_price) == (Decimal("65000.5"), None)
