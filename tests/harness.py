@@ -116,6 +116,35 @@ class Vhost:
                 response.raise_for_status()
         return self.url
 
+    async def delete_tenants(self, namespaces: Iterable[str]) -> None:
+        """The operator's broker tenants (vhost and user ``ts.<instance>.<namespace>``) of these namespaces."""
+        endings = tuple(f".{namespace}" for namespace in namespaces)
+        async with aiohttp.ClientSession(headers=self.auth_headers) as session:
+            for kind in ("vhosts", "users"):
+                async with session.get(f"{self.management_url}/api/{kind}") as response:
+                    names = [item["name"] for item in await response.json()]
+                for name in names:
+                    if name.startswith("ts.") and name.endswith(endings):
+                        async with session.delete(f"{self.management_url}/api/{kind}/{quote(name, safe='')}"):
+                            pass
+
+    async def queues(self, vhost: str) -> list[dict[str, Any]]:
+        """The queues of ``vhost`` as the management API lists them (name, messages, consumers, ...)."""
+        async with (
+            aiohttp.ClientSession(headers=self.auth_headers) as session,
+            session.get(f"{self.management_url}/api/queues/{quote(vhost, safe='')}") as response,
+        ):
+            response.raise_for_status()
+            return list(await response.json())
+
+    async def exists(self, kind: str, name: str) -> bool:
+        """Whether the broker has this vhost or user (``kind``: ``vhosts`` or ``users``)."""
+        async with (
+            aiohttp.ClientSession(headers=self.auth_headers) as session,
+            session.get(f"{self.management_url}/api/{kind}/{quote(name, safe='')}") as response,
+        ):
+            return response.status == 200
+
     async def delete(self) -> None:
         async with (
             aiohttp.ClientSession(headers=self.auth_headers) as session,
@@ -149,11 +178,17 @@ def worker_env(amqp_url: str, fake: Any = None, **extra: str) -> dict[str, str]:
 class WorkerProcess:
     """``trailingstop <args>`` as a child process with its own health port and log file."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_dir: Path, name: str | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], log_dir: Path, name: str | None = None, code: Path | None = None
+    ) -> None:
+        """``code``: run the ``trailingstop`` package found there (another version) instead of ours."""
         self.args = args
+        self.code = code
         self.name = name or "-".join(a.lstrip("-") for a in args[:3])
         self.port = free_port()
         self.env = {**env, "TRAILINGSTOP_HEALTH_PORT": str(self.port)}
+        if code is not None:  # `python -m` puts the working directory first on sys.path
+            self.env["PYTHONPATH"] = str(code)
         self.log_path = log_dir / f"{self.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -165,6 +200,7 @@ class WorkerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=self.code,
         )
         log.close()
         return self

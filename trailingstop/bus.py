@@ -247,18 +247,17 @@ class Bus:
         declared = queue.declaration_result
         return int(declared.message_count or 0), int(declared.consumer_count or 0)
 
-    async def delete_queue(self, name: str, *, if_unused: bool, if_empty: bool) -> bool:
-        """Delete a queue if it is (still) unused and/or empty; False if the broker refused."""
+    async def delete_queue(self, name: str) -> None:
+        """Delete a queue, messages and all. (``if_empty``/``if_unused`` would be atomic, but
+        RabbitMQ refuses them for quorum queues by closing the whole connection: callers check
+        :meth:`queue_state` first.)"""
         assert self.connection is not None
         channel = await self.connection.channel(publisher_confirms=False)
         try:
-            await channel.queue_delete(name, if_unused=if_unused, if_empty=if_empty)
-        except aiormq.exceptions.ChannelPreconditionFailed:
-            return False
+            await channel.queue_delete(name)
         finally:
             if not channel.is_closed:
                 await channel.close()
-        return True
 
     async def declare(self, spec: QueueSpec, channel: AbstractChannel | None = None) -> AbstractQueue:
         channel = channel or self._channel(confirm=True)
@@ -348,6 +347,12 @@ class Bus:
         await consumer.start()
         self._drains.append(consumer)
         return queue
+
+    async def stop_consuming(self, queue: str) -> None:
+        """Cancel this connection's consumers of ``queue`` (before deleting it, say)."""
+        for consumer in [c for c in self._drains if c.queue == queue]:
+            await consumer.cancel()
+            self._drains.remove(consumer)
 
     async def _retry_or_park(self, delivery: Delivery, queue: str, exc: Exception) -> None:
         """A quorum queue counts deliveries and dead-letters past its ``x-delivery-limit``, so it
@@ -468,6 +473,8 @@ class _Consumer:
         self.inbox: collections.deque[Delivery] = collections.deque()
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.tag: str | None = None
+        self.cancelled = False
 
     async def start(self) -> None:
         if self.ordered:
@@ -476,9 +483,19 @@ class _Consumer:
         await self._subscribe()
 
     async def _subscribe(self) -> None:
+        if self.cancelled:
+            return
         self.generation += 1
         self.underlay = await self.channel.get_underlay_channel()
-        await self.underlay.basic_consume(self.queue, self._on_delivery, no_ack=False)
+        ok = await self.underlay.basic_consume(self.queue, self._on_delivery, no_ack=False)
+        self.tag = ok.consumer_tag
+
+    async def cancel(self) -> None:
+        """Stop receiving from the queue (for good: a reopened channel does not subscribe again)."""
+        self.cancelled = True
+        if self.underlay is not None and self.tag and not self.underlay.is_closed:
+            await self.underlay.basic_cancel(self.tag)
+        await self.stop()
 
     async def _resubscribe(self, channel: Any = None) -> None:
         self.inbox.clear()  # delivered on the closed channel: the broker gives them again

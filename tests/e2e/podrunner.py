@@ -15,6 +15,7 @@ import base64
 import contextlib
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,18 @@ MANAGED = "app.kubernetes.io/managed-by=trailingstop-operator"
 
 
 class PodRunner:
-    def __init__(self, api: client.ApiClient, namespace: str, log_dir: Path, host_env: dict[str, str]) -> None:
+    def __init__(
+        self, api: client.ApiClient, namespace: str, log_dir: Path, host_env: dict[str, str],
+        code_for: Callable[[dict[str, Any]], Path | None] | None = None,
+    ) -> None:
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
         self.log_dir = log_dir
         self.host_env = host_env  # PATH and the like: what the image would provide
+        # Which version of the code "the image" holds, by pod template (an upgrade test runs the old
+        # code for old templates, as a new image tag would only come with the new ones).
+        self.code_for = code_for
         self.running: dict[str, tuple[str, WorkerProcess]] = {}  # deployment -> (template hash, process)
         self.starts: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -72,17 +79,19 @@ class PodRunner:
             if current is not None and current[0] == digest:
                 current[1].assert_running()
                 continue
-            env = await self._environment(template["spec"]["containers"][0])
+            env = await self._environment(template)
             if env is None:
                 continue  # a Secret is not there yet: the kubelet would wait too
             if current is not None:
                 await current[1].stop()
             args = template["spec"]["containers"][0]["args"]
             self.starts[name] = self.starts.get(name, 0) + 1
-            process = WorkerProcess(args, env, self.log_dir, f"{name}-{self.starts[name]}").start()
+            code = self.code_for(template) if self.code_for else None
+            process = WorkerProcess(args, env, self.log_dir, f"{name}-{self.starts[name]}", code).start()
             self.running[name] = (digest, process)
 
-    async def _environment(self, container: dict[str, Any]) -> dict[str, str] | None:
+    async def _environment(self, template: dict[str, Any]) -> dict[str, str] | None:
+        container = template["spec"]["containers"][0]
         env = dict(self.host_env)
         for item in container.get("env", []):
             if "value" in item:

@@ -45,6 +45,8 @@ class OperatorConfig:
     broker_admin: str = "management-api"
     management_url: str = ""  # default: http://<AMQP host>:15672
     rabbitmq_cluster: str = ""  # topology-operator: the RabbitmqCluster in the operator's namespace
+    # Queues of the pre-tenancy layout are deleted once drained and quiet this long (legacy.py).
+    legacy_queue_grace: float = 300.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> OperatorConfig:
@@ -61,6 +63,7 @@ class OperatorConfig:
             "worker_service_account": env.get("TRAILINGSTOP_WORKER_SERVICE_ACCOUNT", ""),
             "status_interval": float(env.get("TRAILINGSTOP_STATUS_INTERVAL", "5")),
             "health_port": int(env.get("TRAILINGSTOP_HEALTH_PORT", str(HEALTH_PORT))),
+            "legacy_queue_grace": float(env.get("TRAILINGSTOP_LEGACY_QUEUE_GRACE", "300")),
         }
         own_namespace = env.get("POD_NAMESPACE", "default")
         values.update(

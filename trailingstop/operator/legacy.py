@@ -16,8 +16,9 @@ and what becomes of it (DESIGN §5.1, docs/INSTALL.md "Upgrading"):
   sync from the resources' status and refill missed trades by id); they are deleted once no old
   orchestrator consumes them.
 
-A drained queue is deleted once it is empty and has been quiet for ``quiet`` seconds, by which
-time the old worker pods are long replaced (each Deployment's pod template changed, so they roll).
+The old worker pods roll (each Deployment's pod template changed). Once no old orchestrator
+consumes its queues they are deleted; then each drained queue is deleted once it is empty, has no
+consumer but us (no old executor) and has been quiet for ``quiet`` seconds.
 """
 
 from __future__ import annotations
@@ -136,12 +137,24 @@ class LegacyDrain:
         log.info("the pre-tenancy queues are gone; %d orders were handed over", self.moved)
 
     async def retire_quiet(self) -> None:
+        """Delete the old orchestrators' queues once none consumes them, then each drained queue
+        once it is empty, quiet, and read by nobody but us: with no old orchestrator and no old
+        executor left, nothing can publish into it any more."""
+        for name in list(self.leftover):
+            state = await self.home.queue_state(name)
+            if state is None or state[1] == 0:
+                await self._delete(name)
+                self.leftover.remove(name)
+        if self.leftover:
+            return
         now = time.monotonic()
         for name, last in list(self.drained.items()):
-            if now - last >= self.quiet and await self.home.delete_queue(name, if_unused=False, if_empty=True):
+            state = await self.home.queue_state(name)
+            if state is None or (state[0] == 0 and state[1] <= 1 and now - last >= self.quiet):
+                await self.home.stop_consuming(name)
+                await self._delete(name)
                 del self.drained[name]
-                log.info("deleted the drained legacy queue %s", name)
-        for name in list(self.leftover):
-            if await self.home.delete_queue(name, if_unused=True, if_empty=False):
-                self.leftover.remove(name)
-                log.info("deleted the legacy queue %s", name)
+
+    async def _delete(self, name: str) -> None:
+        await self.home.delete_queue(name)
+        log.info("deleted the legacy queue %s", name)

@@ -66,7 +66,7 @@ class Operator:
         self.reconciler = Reconciler(config, kube, store, writer, home, tenants)
         writer.on_transition = self.reconciler.on_transition
         loaded = await self.reconciler.load()
-        self.legacy = await LegacyDrain(home, store, router, tenants).start()
+        self.legacy = await LegacyDrain(home, store, router, tenants, quiet=config.legacy_queue_grace).start()
         self._audit = asyncio.create_task(_audit_every(tenants, 60.0))
         self.health.add_check("broker", lambda: (home.connected, "connected" if home.connected else "down"))
         log.info("operator started (%r); %d TrailingStops loaded", config, loaded)

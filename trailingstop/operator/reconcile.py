@@ -142,12 +142,10 @@ class Reconciler:
         """The namespace's broker Secret, the symbol's workers, the route's executor, each with
         every stop that needs it among its owners (coalesced: see :mod:`.coalesce`)."""
         namespace = record.namespace
-        keys: list[WorkloadKey] = [
-            ("broker", namespace, ""),
-            ("symbol", namespace, record.spec.symbol),
-            ("route", namespace, record.spec.route),
-        ]
-        await asyncio.gather(*(self._request(key) for key in keys))
+        # The broker Secret first: a pod that starts must find its tenant's URL, not an older one.
+        await self._request(("broker", namespace, ""))
+        workers = [("symbol", namespace, record.spec.symbol), ("route", namespace, record.spec.route)]
+        await asyncio.gather(*(self._request(key) for key in workers))
 
     async def _request(self, key: WorkloadKey) -> None:
         try:
