@@ -489,7 +489,10 @@ async def test_the_operator_works_with_the_charts_namespaced_role_and_nothing_mo
 
         await asyncio.to_thread(wait_until, children, 60, 0.5, "the three worker Deployments")
         secret = json.loads(kubectl("get", "secret", "ts-amqp", "-n", namespace, "-o", "json").stdout)
-        assert base64.b64decode(secret["data"][AMQP_KEY]).decode() == vhost.url
+        tenant = f"ts.{namespace}.{release}.{namespace}"  # the namespace's own vhost and user
+        assert base64.b64decode(secret["data"][AMQP_KEY]).decode().startswith(f"amqp://{tenant}:")
+        assert env["TRAILINGSTOP_INSTANCE"] == f"{namespace}.{release}"
+        assert await vhost.exists("vhosts", tenant) and await vhost.exists("users", tenant)
 
         def phase() -> str | None:
             stop = json.loads(kubectl("get", "trailingstop", "xrp-take-profit", "-n", namespace, "-o", "json").stdout)
@@ -498,6 +501,7 @@ async def test_the_operator_works_with_the_charts_namespaced_role_and_nothing_mo
         assert await asyncio.to_thread(wait_until, phase, 60, 0.5, "status.phase") == "Pending"
         # Deleting goes through the operator's finalizer: its removal is a patch the Role allows.
         kubectl("delete", "trailingstop", "xrp-take-profit", "-n", namespace, "--timeout=60s")
+        assert not await vhost.exists("users", tenant), "the last stop takes its broker user along"
         operator.assert_running()
     finally:
         await operator.stop()

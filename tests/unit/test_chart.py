@@ -310,7 +310,8 @@ def test_network_policy(rendered: dict[str, list[dict[str, Any]]]) -> None:
     (ingress,) = spec["ingress"]
     assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
     ports = [sorted((p["port"], p["protocol"]) for p in rule["ports"]) for rule in spec["egress"]]
-    assert ports == [[(53, "TCP"), (53, "UDP")], [(443, "TCP"), (6443, "TCP")], [(5671, "TCP"), (5672, "TCP")]]
+    broker = [(5671, "TCP"), (5672, "TCP"), (15671, "TCP"), (15672, "TCP")]  # AMQP and the management API
+    assert ports == [[(53, "TCP"), (53, "UDP")], [(443, "TCP"), (6443, "TCP")], broker]
     assert not [d for d in rendered["no-network-policy"] if d["kind"] == "NetworkPolicy"]
 
 

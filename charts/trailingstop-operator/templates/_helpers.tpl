@@ -196,3 +196,26 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/*
+Broker tenancy: this release's name on the broker (the namespaces' vhosts and users are
+ts.<instance>.<namespace>) and how tenants are made.
+*/}}
+{{- define "trailingstop.tenancyEnv" -}}
+{{- $tenancy := .Values.rabbitmq.tenancy }}
+- name: TRAILINGSTOP_INSTANCE
+  value: {{ printf "%s.%s" .Release.Namespace .Release.Name | quote }}
+{{- if eq $tenancy.admin "topologyOperator" }}
+- name: TRAILINGSTOP_BROKER_ADMIN
+  value: topology-operator
+- name: TRAILINGSTOP_RABBITMQ_CLUSTER
+  value: {{ default (include "trailingstop.rabbitmqCluster.name" .) $tenancy.clusterName | quote }}
+{{- else }}
+- name: TRAILINGSTOP_BROKER_ADMIN
+  value: management-api
+{{- with $tenancy.managementUrl }}
+- name: TRAILINGSTOP_RABBITMQ_MANAGEMENT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
