@@ -456,6 +456,10 @@ class PlaceOrder(Message):
     trigger_price: WireDecimal
     triggered_at: int
     trigger_trade_id: int | None = None
+    # The levels at the trigger, so the order's result can tell the whole trigger even when the
+    # orchestrator died before its ``triggered`` event went out (added; absent from older senders).
+    reference_price: WireDecimal | None = None
+    stop_price: WireDecimal | None = None
 
 
 OrderResultStatus = Literal[
@@ -488,6 +492,12 @@ class OrderResult(Message):
     cummulative_quote_qty: WireDecimal | None = None
     error: OrderError | None = None
     at: int
+    # The trigger, copied from the PlaceOrder (added; absent from older senders).
+    trigger_price: WireDecimal | None = None
+    triggered_at: int | None = None
+    trigger_trade_id: int | None = None
+    reference_price: WireDecimal | None = None
+    stop_price: WireDecimal | None = None
 
     @property
     def filled(self) -> bool:
@@ -504,6 +514,11 @@ class OrderResult(Message):
             symbol=order.symbol,
             side=order.side,
             mode=order.mode,
+            trigger_price=order.trigger_price,
+            triggered_at=order.triggered_at,
+            trigger_trade_id=order.trigger_trade_id,
+            reference_price=order.reference_price,
+            stop_price=order.stop_price,
             **outcome,
         )
 

@@ -235,6 +235,8 @@ class SymbolOrchestrator:
             trigger_price=change.price,
             triggered_at=change.time if change.time is not None else self._clock(),
             trigger_trade_id=change.trade_id,
+            reference_price=change.reference,
+            stop_price=change.stop_price,
         )
 
     def _from_engine(self, kind: StopEventType, stop: StopDefinition, change: EngineEvent) -> StopEvent:

@@ -222,13 +222,41 @@ def triggered_by_order(status: TrailingStopStatus, result: OrderResult, now: str
     before the stop's ``triggered`` event (they travel on different queues), so the history reads
     ... -> Triggered -> Filled either way. None when no such step is needed.
 
+    A result carries its trigger (copied from the PlaceOrder), so the step is the very status the
+    ``triggered`` event gives, and the event, should it still come, is a duplicate: the status is
+    complete even if the orchestrator died between the order and the event. A result from an older
+    executor has no trigger: the step then says so (reason ``OrderPlaced``), and the event fills in
+    the details.
+
     Compute it, and then the outcome (:func:`apply_order_result`), each from the status current at
     that moment: events for the same stop may be applied in between."""
     final = apply_order_result(status, result, now)
     if _RANK[status.phase] >= _RANK["Triggered"] or final.phase == "Triggered":
         return None
+    trigger = trigger_of(result)
+    if trigger is not None:
+        return _triggered(status, trigger, now)
     conditions = _order_placed(status.conditions, result, now, status.observed_generation)
     return final.model_copy(update={"phase": "Triggered", "message": None, "conditions": conditions})
+
+
+def trigger_of(result: OrderResult) -> StopEvent | None:
+    """The ``triggered`` event an order result stands for (None if it carries no trigger)."""
+    if result.trigger_trade_id is None or result.trigger_price is None:
+        return None
+    return StopEvent(
+        type="triggered",
+        symbol=result.symbol,
+        uid=result.uid,
+        namespace=result.namespace or None,
+        name=result.name or None,
+        price=result.trigger_price,
+        reference_price=result.reference_price,
+        stop_price=result.stop_price,
+        trade_id=result.trigger_trade_id,
+        trade_time=result.triggered_at,
+        at=result.at,
+    )
 
 
 def order_outcome(result: OrderResult) -> tuple[Phase, str, str]:

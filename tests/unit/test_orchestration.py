@@ -98,6 +98,8 @@ def test_sell_worked_example_one_order_with_the_uid_client_order_id() -> None:
         "triggerPrice": "109.76",
         "triggeredAt": 1_700_000_000_007,
         "triggerTradeId": 7,
+        "referencePrice": "112",
+        "stopPrice": "109.76",
     }
     assert orders[0].client_order_id == client_order_id(UID)
 

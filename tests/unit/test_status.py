@@ -21,6 +21,7 @@ from trailingstop.status import (
     order_outcome,
     saved_state,
     set_condition,
+    triggered_by_order,
 )
 
 D = Decimal
@@ -333,3 +334,24 @@ def test_saved_state_when_the_activated_event_was_late() -> None:
     assert status.phase == "Triggered"
     state = saved_state(status)
     assert state.triggered
+
+
+def test_a_result_carrying_its_trigger_completes_the_status_without_the_triggered_event() -> None:
+    """The orchestrator may die after its PlaceOrder and before its ``triggered`` event; a restarted
+    one sees the stop as triggered (its order exists) and never sends the event. The result carries
+    the trigger from the PlaceOrder, so the status is whole anyway, and a late event changes nothing."""
+    carrying = SIMULATED.model_copy(update={
+        "trigger_price": D("109.76"), "triggered_at": T0 + 7_000, "trigger_trade_id": 7,
+        "reference_price": D("112"), "stop_price": D("109.76")})
+    tracking = run(ARMED, ACTIVATED, REFERENCE_6)
+    step = triggered_by_order(tracking, carrying, "2026-11-21T10:00:04Z")
+    assert step is not None
+    alone = apply_order_result(step, carrying, "2026-11-21T10:00:05Z")
+    in_order = run(ARMED, ACTIVATED, REFERENCE_6, TRIGGERED, carrying)
+    assert (alone.phase, alone.trigger_trade_id, alone.trigger_price, alone.triggered_at) == (
+        "Filled", 7, D("109.76"), in_order.triggered_at)
+    assert (alone.reference_price, alone.stop_price) == (D("112"), D("109.76"))
+    assert conditions(alone)["Triggered"][:2] == ("True", "StopPriceReached")
+    assert apply_stop_event(alone, TRIGGERED, "2026-11-21T10:00:09Z") == alone  # the late event: a duplicate
+    different = {"conditions", "last_price_at"}
+    assert alone.model_dump(exclude=different) == in_order.model_dump(exclude=different)
