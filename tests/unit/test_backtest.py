@@ -190,12 +190,13 @@ def test_render_results(sell_trades: list[Trade]) -> None:
     result = run_backtest(sell_trades, combinations("SELL", [D("1"), D("5")], [None, D("120")]))
     lines = render_results(result).splitlines()
     assert lines[0].split() == ["SIDE", "TRAIL%", "ACTIVATION", "ACTIVATED", "AT", "ACTIVATED", "PRICE",
-                                "TRIGGERED", "AT", "TRIGGER", "PRICE", "REFERENCE", "STOP"]
+                                "TRIGGERED", "AT", "TRIGGER", "PRICE", "REFERENCE", "STOP", "EXIT", "PRICE", "KEPT%"]
     assert lines[1].split() == ["SELL", "1", "none", "2023-11-14T22:13:21.000Z", "100", "2023-11-14T22:13:25.000Z",
-                                "108.5", "110", "108.9"]
-    assert lines[2].split() == ["SELL", "1", "120", "-", "-", "not", "triggered", "-", "-", "-"]
+                                "108.5", "110", "108.9", "108.5", "+8.5000"]
+    assert lines[2].split() == ["SELL", "1", "120", "-", "-", "not", "triggered", "-", "-", "-", "-", "-"]
     assert lines[3].split() == ["SELL", "5", "none", "2023-11-14T22:13:21.000Z", "100", "not", "triggered", "-",
-                                "112", "106.4"]
+                                "112", "106.4", "109.76", "(open)", "+9.7600", "<-", "best"]
+    assert lines[-2] == "best: SELL trail 5%, activation none: kept +9.7600%"
     assert lines[-1] == ("7 trades from 2023-11-14T22:13:21.000Z to 2023-11-14T22:13:27.000Z; 4 combinations; "
                          "reference/stop are at the trigger, else at the end of the data")
 
