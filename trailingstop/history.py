@@ -184,39 +184,41 @@ class Span:
 
 def parse_date_span(text: str) -> Span:
     """``YYYY-MM-DD`` or ``YYYY-MM-DD..YYYY-MM-DD`` (inclusive)."""
-    first_text, _, last_text = text.strip().partition("..")
-    first = _parse_day(first_text, "--date")
-    last = _parse_day(last_text, "--date") if last_text else first
-    if last < first:
-        raise HistoryError(f"--date: the range {text.strip()!r} ends before it starts")
+    first, last = _parse_range(text, _parse_day, "--date", "a date (YYYY-MM-DD, or FIRST..LAST)")
     label = first.isoformat() if first == last else f"{first.isoformat()}..{last.isoformat()}"
     return Span(first, last, label)
 
 
 def parse_month_span(text: str) -> Span:
     """``YYYY-MM`` or ``YYYY-MM..YYYY-MM`` (inclusive): every day of those months."""
-    first_text, _, last_text = text.strip().partition("..")
-    first = _parse_month(first_text)
-    last_month = _parse_month(last_text) if last_text else first
-    if last_month < first:
-        raise HistoryError(f"--month: the range {text.strip()!r} ends before it starts")
-    last = _month_end(last_month)
+    first, last_month = _parse_range(text, _parse_month, "--month", "a month (YYYY-MM, or FIRST..LAST)")
     label = first.strftime("%Y-%m") if first == last_month else f"{first:%Y-%m}..{last_month:%Y-%m}"
-    return Span(first, last, label)
+    return Span(first, _month_end(last_month), label)
 
 
-def _parse_day(text: str, flag: str) -> date:
+def _parse_range(text: str, parse: Callable[[str], date | None], flag: str, what: str) -> tuple[date, date]:
+    first_text, dots, last_text = text.strip().partition("..")
+    first = parse(first_text)
+    last = parse(last_text) if dots else first
+    if first is None or last is None:
+        raise HistoryError(f"{flag}: {text.strip()[:40]!r} is not {what}")
+    if last < first:
+        raise HistoryError(f"{flag}: the range {text.strip()!r} ends before it starts")
+    return first, last
+
+
+def _parse_day(text: str) -> date | None:
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
         with contextlib.suppress(ValueError):
             return date.fromisoformat(text.strip())
-    raise HistoryError(f"{flag}: {text.strip()[:40]!r} is not a date (YYYY-MM-DD, or FIRST..LAST)")
+    return None
 
 
-def _parse_month(text: str) -> date:
+def _parse_month(text: str) -> date | None:
     match = re.fullmatch(r"(\d{4})-(\d{2})", text.strip())
     if match and 1 <= int(match.group(2)) <= 12 and int(match.group(1)) >= 1:
         return date(int(match.group(1)), int(match.group(2)), 1)
-    raise HistoryError(f"--month: {text.strip()[:40]!r} is not a month (YYYY-MM, or FIRST..LAST)")
+    return None
 
 
 def _month_end(first: date) -> date:
@@ -695,7 +697,8 @@ async def _lock(handle: IO[bytes]) -> None:
 
 
 def _remove_if_empty(part: Path, handle: IO[bytes]) -> None:
-    """Remove ``part`` if it is still the (empty) file ``handle`` holds."""
+    """Remove ``part`` if it is still the (empty) file ``handle`` holds; keep what it has otherwise."""
+    handle.flush()
     ours = os.fstat(handle.fileno())
     with contextlib.suppress(FileNotFoundError):
         if ours.st_size == 0 and os.stat(part).st_ino == ours.st_ino:

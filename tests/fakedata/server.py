@@ -45,6 +45,7 @@ class Request:
     range: str | None
     status: int
     sent: int  # body bytes written
+    client_port: int  # one per connection: how many connections the client used
 
 
 @dataclass
@@ -209,21 +210,21 @@ class _Handler(BaseHTTPRequestHandler):
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.end_headers()
-        sent = self._write_body(body, fault if isinstance(fault, Fault) else None)
-        self._record(path, status, sent)
+        self._write_body(path, status, body, fault if isinstance(fault, Fault) else None)
 
-    def _write_body(self, body: bytes, fault: Fault | None) -> int:
+    def _write_body(self, path: str, status: int, body: bytes, fault: Fault | None) -> None:
         sent = 0
         cut = fault.after_bytes if fault is not None and fault.kind in ("stall", "drop") else None
         try:
             while sent < len(body):
                 if cut is not None and sent >= cut:
                     assert fault is not None
+                    self._record(path, status, sent)  # now: a stalled answer may never end
                     if fault.kind == "stall":
                         time.sleep(fault.seconds)
                     self.close_connection = True
                     self.connection.shutdown(2)  # SHUT_RDWR: the client sees the connection end early
-                    return sent
+                    return
                 end = min(len(body), sent + self.fake.chunk, cut if cut is not None else len(body))
                 self.wfile.write(body[sent:end])
                 self.wfile.flush()
@@ -232,7 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
                     time.sleep(self.fake.chunk_pause)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout)
             self.close_connection = True
-        return sent
+        self._record(path, status, sent)
 
     def _send_listing(self, path: str, local: Path) -> None:
         names = sorted(p.name + ("/" if p.is_dir() else "") for p in local.iterdir())
@@ -261,4 +262,5 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _record(self, path: str, status: int, sent: int) -> None:
         with self.fake.state.lock:
-            self.fake.state.requests.append(Request(path, self.headers.get("Range"), status, sent))
+            self.fake.state.requests.append(
+                Request(path, self.headers.get("Range"), status, sent, self.client_address[1]))
