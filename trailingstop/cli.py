@@ -136,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
         wanted = history.check_symbol(args.symbol) if args.symbol else _single_symbol(manifests)
         symbol = _only_symbol(wanted, manifests, f"--date {args.date}" if args.date else f"--month {args.month}")
         fetched = history.fetch_for(args, symbol)
-        stream = _file_stream(symbol, fetched.trades())
+        stream = _file_stream(symbol, fetched.trades(show_progress=False))  # the transitions show progress
         source = f"{symbol} aggTrades of {fetched.span.label} from {fetched.data_url}"
     else:
         path = args.trades or demo_trades_path()

@@ -319,11 +319,8 @@ def parse_checksum(text: str, name: str, where: str) -> str:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 # --- progress ------------------------------------------------------------------------------------
@@ -725,10 +722,14 @@ class History:
     report: FetchReport = field(default_factory=FetchReport)
     progress_stream: IO[str] | None = None
 
-    def trades(self) -> Iterator[Trade]:
-        """Every trade, file after file, parsed as it is decompressed (nothing held in memory)."""
+    def trades(self, show_progress: bool = True) -> Iterator[Trade]:
+        """Every trade, file after file, parsed as it is decompressed (nothing held in memory).
+
+        ``show_progress``: a reading bar on a terminal; off where the caller prints as it goes.
+        """
         sizes = [_uncompressed_size(path) for path in self.files]
-        progress = Progress(f"reading {self.symbol} {self.span.label}", self.progress_stream)
+        progress = Progress(f"reading {self.symbol} {self.span.label}", self.progress_stream,
+                            enabled=None if show_progress else False)
         progress.expect(sum(sizes))
         try:
             for path in self.files:

@@ -384,6 +384,18 @@ def test_a_connection_that_keeps_dropping_fails_cleanly_and_resumes_later(
     assert list(private_cache.rglob("*.part")) == []
 
 
+def test_a_stale_part_that_does_not_fit_is_downloaded_again_whole(
+        server: FakeDataServer, private_cache: Path, synth_days: dict[date, list[Trade]]) -> None:
+    host = f"127.0.0.1_{server.url.rsplit(':', 1)[1]}"
+    stale = private_cache / "trailingstop/history" / host / (remote_path("daily", SYNTH, "2023-02-01") + ".part")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"not the start of this zip" * 4)
+    assert fetch(server, "2023-02-01") == synth_days[D(2023, 2, 1)]
+    assert [(r.range, r.status) for r in server.requests if r.path.endswith(".zip")] == [
+        ("bytes=100-", 206), (None, 200)]
+    assert not stale.exists()
+
+
 def test_server_errors_are_retried(server: FakeDataServer, synth_days: dict[date, list[Trade]]) -> None:
     server.fail(503, times=2)
     assert fetch(server, "2023-02-01") == synth_days[D(2023, 2, 1)]
