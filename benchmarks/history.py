@@ -87,18 +87,32 @@ def build_month(root: Path, month: str, per_day: int, seed: int) -> tuple[Path, 
     return path, per_day * len(days), size
 
 
-def run_child(argv: list[str], env: dict[str, str], scratch: Path) -> tuple[float, int, str]:
-    """(seconds, peak RSS bytes, stdout) of one child process (its own rusage, from wait4)."""
-    out_path, err_path = scratch / "out.txt", scratch / "err.txt"
+# Each measured child reports its own peak memory: /proc's VmHWM belongs to the process image
+# (ru_maxrss would also count the benchmark's pages that the child had before its exec).
+_MEASURED = """
+import atexit, sys
+peak_file = sys.argv.pop(1)
+def peak():
+    with open("/proc/self/status") as status, open(peak_file, "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+atexit.register(peak)
+"""
+CLI = "from trailingstop.cli import main\nsys.exit(main(sys.argv[1:]))"
+PARSE_ONLY = ("from pathlib import Path\nfrom trailingstop.history import zip_trades\n"
+              "print(sum(1 for _ in zip_trades(Path(sys.argv[1]))))")
+
+
+def run_child(code: str, args: list[str], env: dict[str, str], scratch: Path) -> tuple[float, int, str]:
+    """(seconds, peak resident bytes, stdout) of ``python -c CODE ARGS``."""
+    out_path, err_path, peak_path = scratch / "out.txt", scratch / "err.txt", scratch / "peak.txt"
     with out_path.open("wb") as out, err_path.open("wb") as err:
         started = time.perf_counter()
-        process = subprocess.Popen(argv, env=env, stdout=out, stderr=err)
-        _, status, usage = os.wait4(process.pid, 0)
+        done = subprocess.run([sys.executable, "-c", _MEASURED + code, str(peak_path), *args], env=env,
+                              stdout=out, stderr=err, check=False)
         seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({process.returncode}):\n{err_path.read_text()}")
-    return seconds, usage.ru_maxrss * 1024, out_path.read_text()
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({done.returncode}):\n{err_path.read_text()}")
+    return seconds, int(peak_path.read_text()) * 1024, out_path.read_text()
 
 
 def main() -> None:
@@ -118,26 +132,22 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}")
 
     trails = ",".join(str(t) for t in [0.5, 1, 2, 5, 0.25, 3, 4, 1.5][: args.combos])
-    script = str(Path(sys.executable).parent / "trailingstop")
     scratch = Path(tempfile.mkdtemp(prefix="bench-history-"))
     env = {**os.environ, "XDG_CACHE_HOME": str(scratch / "cache")}
     try:
         with FakeDataServer(data, chunk=1 << 20) as server:
-            command = [script, "backtest", "--symbol", SYMBOL, "--month", args.month, "--data-url", server.url,
+            command = ["backtest", "--symbol", SYMBOL, "--month", args.month, "--data-url", server.url,
                        "--side", "SELL", "--trailing-percent", trails]
             rows = []
             for label, extra in [("cold (download + verify + backtest)", []), ("warm (cache, verify + backtest)", []),
                                  ("warm + --plot PNG", ["--plot", str(scratch / "month.png")])]:
                 server.clear()
-                seconds, peak, out = run_child([*command, *extra], env, scratch)
+                seconds, peak, out = run_child(CLI, [*command, *extra], env, scratch)
                 assert f"{trades:,} trades" in out, out[-500:]
                 downloaded = sum(r.sent for r in server.requests)
                 rows.append((label, seconds, peak, downloaded))
             cached = next((scratch / "cache").rglob(path.name))
-            parse = [sys.executable, "-c", "import sys; from pathlib import Path; "
-                     "from trailingstop.history import zip_trades; "
-                     "print(sum(1 for _ in zip_trades(Path(sys.argv[1]))))", str(cached)]
-            seconds, peak, out = run_child(parse, env, scratch)
+            seconds, peak, out = run_child(PARSE_ONLY, [str(cached)], env, scratch)
             assert int(out) == trades
             rows.append(("baseline: parse only (zip_trades)", seconds, peak, 0))
     finally:

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 
@@ -194,29 +195,30 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_file(path, local, fault)
 
     def _send_file(self, path: str, local: Path, fault: object) -> None:
-        data = local.read_bytes()
+        size = local.stat().st_size
         start, status = 0, 200
         wanted = self.headers.get("Range")
         if wanted and self.fake.ranges and wanted.startswith("bytes=") and wanted.endswith("-"):
             start = int(wanted.removeprefix("bytes=").removesuffix("-"))
-            if start >= len(data):
+            if start >= size:
                 return self._send_text(path, 416, "range not satisfiable\n")
             status = 206
-        body = data[start:]
         self.send_response(status)
         self.send_header("Content-Type", "application/zip" if path.endswith(".zip") else "text/plain")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(size - start))
         self.send_header("Accept-Ranges", "bytes" if self.fake.ranges else "none")
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
         self.end_headers()
-        self._write_body(path, status, body, fault if isinstance(fault, Fault) else None)
+        with local.open("rb") as body:  # streamed from disk: a month's zip is never in memory here
+            body.seek(start)
+            self._write_body(path, status, body, size - start, fault if isinstance(fault, Fault) else None)
 
-    def _write_body(self, path: str, status: int, body: bytes, fault: Fault | None) -> None:
+    def _write_body(self, path: str, status: int, body: BinaryIO, length: int, fault: Fault | None) -> None:
         sent = 0
         cut = fault.after_bytes if fault is not None and fault.kind in ("stall", "drop") else None
         try:
-            while sent < len(body):
+            while sent < length:
                 if cut is not None and sent >= cut:
                     assert fault is not None
                     self._record(path, status, sent)  # now: a stalled answer may never end
@@ -225,10 +227,10 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     self.connection.shutdown(2)  # SHUT_RDWR: the client sees the connection end early
                     return
-                end = min(len(body), sent + self.fake.chunk, cut if cut is not None else len(body))
-                self.wfile.write(body[sent:end])
+                block = body.read(min(self.fake.chunk, length - sent, (cut - sent) if cut is not None else length))
+                self.wfile.write(block)
                 self.wfile.flush()
-                sent = end
+                sent += len(block)
                 if self.fake.chunk_pause:
                     time.sleep(self.fake.chunk_pause)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout)
