@@ -134,10 +134,9 @@ def run_backtest(trades: Iterable[Trade], combos: list[Combination], record: boo
     prices = PriceSeries()  # bounded: a month of trades must not be kept for a chart
     count = 0
     first_time = last_time = None
-    last: Trade | None = None
+    trade: Trade | None = None  # after the loop: the last trade, what open stops are valued at
     on_trade = engine.on_trade
-    for last in trades:
-        trade = last
+    for trade in trades:
         count += 1
         if first_time is None:
             first_time = trade.time
@@ -152,7 +151,7 @@ def run_backtest(trades: Iterable[Trade], combos: list[Combination], record: boo
                     track.references.append(event.reference)
                     track.stops.append(event.stop_price)
     states = {c.key: engine.state(c.key) for c in combos}
-    end = None if last is None else LastTrade(last.price, last.time, last.trade_id)
+    end = None if trade is None else LastTrade(trade.price, trade.time, trade.trade_id)
     return BacktestResult(combos, states, count, first_time, last_time, prices.points(), tracks, end)
 
 

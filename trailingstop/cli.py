@@ -160,18 +160,22 @@ def _announce(manifests: list[Manifest], source: str) -> None:
 
 def _file_symbol(path: Path, given: str | None, manifests: list[Manifest]) -> str:
     """Which symbol a trade file holds: --symbol, else its Binance file name, else the stops'."""
-    wanted = sorted({m.spec.symbol for m in manifests})
-    if given:
-        symbol = given.upper()
-    elif (match := _SYMBOL_IN_FILE_NAME.match(path.name)) is not None:
-        symbol = match.group(1)
-    elif path == demo_trades_path():
-        symbol = DEMO_SYMBOL
-    elif len(wanted) == 1:
+    symbol = _named_symbol(path, given)
+    if symbol is None:
+        wanted = sorted({m.spec.symbol for m in manifests})
+        if len(wanted) != 1:
+            raise UsageError(f"cannot tell the symbol of {path}; pass --symbol")
         symbol = wanted[0]
-    else:
-        raise UsageError(f"cannot tell the symbol of {path}; pass --symbol")
     return _only_symbol(symbol, manifests, path.name)
+
+
+def _named_symbol(path: Path, given: str | None) -> str | None:
+    """The symbol of a trade file when something names it: --symbol, its Binance file name, or the bundled one's."""
+    if given:
+        return given.upper()
+    if (match := _SYMBOL_IN_FILE_NAME.match(path.name)) is not None:
+        return match.group(1)
+    return DEMO_SYMBOL if path == demo_trades_path() else None
 
 
 def _only_symbol(symbol: str, manifests: list[Manifest], source: str) -> str:
@@ -248,7 +252,7 @@ def _backtest(args: argparse.Namespace) -> int:
     else:
         path = args.trades or demo_trades_path()
         trades, source = read_trades(path), path.name
-        symbol = _title_symbol(path, args.symbol)
+        symbol = _named_symbol(path, args.symbol)
     result = run_backtest(trades, combos, record=args.plot is not None)
     result.symbol, result.source = symbol, source
     if args.plot is not None:
@@ -264,15 +268,6 @@ def _backtest(args: argparse.Namespace) -> int:
     else:
         print(render_results(result, args.sort))
     return EXIT_OK
-
-
-def _title_symbol(path: Path, given: str | None) -> str | None:
-    """The symbol of a trade file for titles: --symbol, its Binance file name, or the bundled one's."""
-    if given:
-        return given.upper()
-    if (match := _SYMBOL_IN_FILE_NAME.match(path.name)) is not None:
-        return match.group(1)
-    return DEMO_SYMBOL if path == demo_trades_path() else None
 
 
 def _crd(args: argparse.Namespace) -> int:

@@ -343,8 +343,8 @@ def test_a_slow_server_is_waited_for(server: FakeDataServer, synth_days: dict[da
 
 def test_a_stalled_transfer_is_retried_from_where_it_stopped(server: FakeDataServer,
                                                               synth_days: dict[date, list[Trade]]) -> None:
-    server.stall(after_bytes=700, seconds=3)
-    assert fetch(server, "2023-02-01", read_timeout=0.3) == synth_days[D(2023, 2, 1)]
+    server.stall(after_bytes=700, seconds=6)  # silent far longer than the 1 s read timeout
+    assert fetch(server, "2023-02-01", read_timeout=1.0) == synth_days[D(2023, 2, 1)]
     zips = [r for r in server.requests if r.path.endswith(".zip")]
     assert [(r.range, r.status) for r in zips] == [(None, 200), ("bytes=700-", 206)]
     assert zips[0].sent == 700
