@@ -1,6 +1,6 @@
 """The full month path: ``backtest --symbol S --month YYYY-MM`` from a local public-data host.
 
-    python benchmarks/history.py [--per-day N] [--month 2024-02] [--combos N]
+    python benchmarks/history.py [--per-day N] [--month 2024-02] [--combos N] [--no-plot]
 
 Builds one monthly aggTrades archive in Binance's layout (a seeded BTCUSDT-like random walk,
 ``--per-day`` trades a day, prices and quantities with Binance's 8 decimals, cached under
@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--month", default="2024-02")
     parser.add_argument("--combos", type=int, default=4, help="trailing percents swept (default 4)")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--no-plot", action="store_true", help="skip run 3 (for the largest months)")
     args = parser.parse_args()
 
     data = Path.home() / ".cache" / "trailingstop" / "bench-history" / f"{args.month}-{args.per_day}-{args.seed}"
@@ -139,8 +140,10 @@ def main() -> None:
             command = ["backtest", "--symbol", SYMBOL, "--month", args.month, "--data-url", server.url,
                        "--side", "SELL", "--trailing-percent", trails]
             rows = []
-            for label, extra in [("cold (download + verify + backtest)", []), ("warm (cache, verify + backtest)", []),
-                                 ("warm + --plot PNG", ["--plot", str(scratch / "month.png")])]:
+            runs = [("cold (download + verify + backtest)", []), ("warm (cache, verify + backtest)", [])]
+            if not args.no_plot:
+                runs.append(("warm + --plot PNG", ["--plot", str(scratch / "month.png")]))
+            for label, extra in runs:
                 server.clear()
                 seconds, peak, out = run_child(CLI, [*command, *extra], env, scratch)
                 assert f"{trades:,} trades" in out, out[-500:]
