@@ -651,6 +651,8 @@ def _describe(exc: BaseException, settings: HistorySettings) -> str:
         return "the connection dropped before the file was complete"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the server closed the connection"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0]
 

@@ -405,7 +405,9 @@ def test_server_errors_are_retried(server: FakeDataServer, synth_days: dict[date
 def test_an_unreachable_host(tmp_path: Path) -> None:
     with FakeDataServer(tmp_path) as gone:
         url = gone.url
-    with pytest.raises(DownloadFailed, match=rf"^cannot download {url}/data/.*\.CHECKSUM: .* \(tried 2 times\)$"):
+    port = url.rsplit(":", 1)[1]
+    with pytest.raises(DownloadFailed, match=rf"^cannot download {url}/data/.*\.CHECKSUM: cannot connect to "
+                                             rf"127\.0\.0\.1:{port} \(Connect call failed .*\) \(tried 2 times\)$"):
         list(fetch_history(SYNTH, parse_date_span("2023-02-01"),
                            HistorySettings(data_url=url, retries=1, retry_delay=0.01)).trades())
 
