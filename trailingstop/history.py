@@ -45,7 +45,7 @@ import re
 import sys
 import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar, cast
@@ -822,7 +822,3 @@ def fetch_for(args: argparse.Namespace, symbol: str) -> History:
     span = span_of(args)
     settings = HistorySettings.from_env(data_url=args.data_url)
     return fetch_history(symbol, span, settings)
-
-
-def with_data_url(settings: HistorySettings, url: str) -> HistorySettings:
-    return replace(settings, data_url=check_data_url(url))
