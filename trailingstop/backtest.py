@@ -13,6 +13,18 @@ from typing import Any
 
 from trailingstop.contracts import ms_to_rfc3339, to_wire
 from trailingstop.engine import Engine, Side, StopState
+from trailingstop.outcome import (
+    JSON_PLACES,
+    TABLE_PLACES,
+    LastTrade,
+    Outcome,
+    best,
+    outcome_name,
+    outcome_of,
+    percent,
+    ranking,
+)
+from trailingstop.series import PriceSeries
 from trailingstop.trades import Trade
 
 RESULT_KEYS = (
@@ -30,6 +42,9 @@ RESULT_KEYS = (
     "referencePrice",
     "stopPrice",
 )
+# The outcome of each combination (trailingstop/outcome.py), after RESULT_KEYS in `--json`.
+OUTCOME_KEYS = ("exit", "exitPrice", "exitAt", "exitTradeId", "changePercent", "outcomePercent", "best")
+ORDERS = ("input", "outcome")  # --sort
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,15 @@ class Combination:
     def key(self) -> str:
         activation = "none" if self.activation_price is None else to_wire(self.activation_price)
         return f"{self.side}/{to_wire(self.trailing_percent)}/{activation}"
+
+    # The two sweep axes, as labels (a later trailing kind, e.g. an amount, labels itself here).
+    @property
+    def trail_label(self) -> str:
+        return f"{to_wire(self.trailing_percent)}%"
+
+    @property
+    def activation_label(self) -> str:
+        return "none" if self.activation_price is None else to_wire(self.activation_price)
 
 
 @dataclass
@@ -62,9 +86,34 @@ class BacktestResult:
     last_time: int | None
     prices: list[tuple[int, Decimal]] = field(default_factory=list)
     tracks: dict[str, Track] = field(default_factory=dict)
+    last: LastTrade | None = None
+    symbol: str | None = None  # for titles: what the trades are of
+    source: str | None = None  # and where they came from (a file name, dates)
 
     def records(self) -> list[dict[str, Any]]:
         return [result_record(c, self.states[c.key]) for c in self.combinations]
+
+    def outcomes(self) -> list[Outcome | None]:
+        """Each combination's outcome, in combination order."""
+        return [outcome_of(self.states[c.key], self.last) for c in self.combinations]
+
+    def order(self, by: str = "input") -> list[int]:
+        """Combination indices as listed (``input``) or best outcome first (``outcome``)."""
+        if by not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {by!r}")
+        return ranking(self.outcomes()) if by == "outcome" else list(range(len(self.combinations)))
+
+    def report(self, by: str = "input") -> list[dict[str, Any]]:
+        """The ``--json`` objects: :data:`RESULT_KEYS` then :data:`OUTCOME_KEYS`, in ``by`` order."""
+        outcomes = self.outcomes()
+        winners = best(outcomes)
+        return [{**result_record(self.combinations[i], self.states[self.combinations[i].key]),
+                 **outcome_record(outcomes[i], i in winners)} for i in self.order(by)]
+
+    def title(self) -> str:
+        """``SYMBOL SOURCE: N trades`` (what the chart titles say)."""
+        what = ", ".join(part for part in (self.symbol, self.source) if part)
+        return f"{what + ': ' if what else ''}{self.trades:,} trades"
 
 
 def combinations(side: Side, trails: Iterable[Decimal], activations: Iterable[Decimal | None]) -> list[Combination]:
@@ -82,9 +131,10 @@ def run_backtest(trades: Iterable[Trade], combos: list[Combination], record: boo
     for combo in combos:
         engine.upsert(combo.key, combo.side, combo.trailing_percent, combo.activation_price)
     tracks = {c.key: Track() for c in combos} if record else {}
-    prices: list[tuple[int, Decimal]] = []
+    prices = PriceSeries()  # bounded: a month of trades must not be kept for a chart
     count = 0
     first_time = last_time = None
+    trade: Trade | None = None  # after the loop: the last trade, what open stops are valued at
     on_trade = engine.on_trade
     for trade in trades:
         count += 1
@@ -93,7 +143,7 @@ def run_backtest(trades: Iterable[Trade], combos: list[Combination], record: boo
         last_time = trade.time
         happened = on_trade(trade.price, trade.trade_id, trade.time)
         if record:
-            prices.append((trade.time, trade.price))
+            prices.add(trade.time, trade.price)
             for event in (*happened, *engine.drain_reference_changes()):
                 if event.reference is not None and event.stop_price is not None:
                     track = tracks[event.stop_id]
@@ -101,7 +151,8 @@ def run_backtest(trades: Iterable[Trade], combos: list[Combination], record: boo
                     track.references.append(event.reference)
                     track.stops.append(event.stop_price)
     states = {c.key: engine.state(c.key) for c in combos}
-    return BacktestResult(combos, states, count, first_time, last_time, prices, tracks)
+    end = None if trade is None else LastTrade(trade.price, trade.time, trade.trade_id)
+    return BacktestResult(combos, states, count, first_time, last_time, prices.points(), tracks, end)
 
 
 def result_record(combo: Combination, state: StopState) -> dict[str, Any]:
@@ -127,32 +178,88 @@ def result_record(combo: Combination, state: StopState) -> dict[str, Any]:
     return record
 
 
-def render_results(result: BacktestResult) -> str:
-    """A readable table, one row per combination."""
+def outcome_record(outcome: Outcome | None, is_best: bool) -> dict[str, Any]:
+    """The :data:`OUTCOME_KEYS` of one combination (percents rounded half to even, JSON_PLACES)."""
+    if outcome is None:
+        return {"exit": None, "exitPrice": None, "exitAt": None, "exitTradeId": None, "changePercent": None,
+                "outcomePercent": None, "best": False}
+    return {
+        "exit": outcome.exit,
+        "exitPrice": to_wire(outcome.price),
+        "exitAt": outcome.at,
+        "exitTradeId": outcome.trade_id,
+        "changePercent": to_wire(percent(outcome.change, JSON_PLACES)),
+        "outcomePercent": to_wire(percent(outcome.value, JSON_PLACES)),
+        "best": is_best,
+    }
+
+
+def render_results(result: BacktestResult, order: str = "input") -> str:
+    """A readable table, one row per combination (in ``order``), the best outcome marked."""
+    name = outcome_name({c.side for c in result.combinations})
     headers = ["SIDE", "TRAIL%", "ACTIVATION", "ACTIVATED AT", "ACTIVATED PRICE", "TRIGGERED AT",
-               "TRIGGER PRICE", "REFERENCE", "STOP"]
+               "TRIGGER PRICE", "REFERENCE", "STOP", "EXIT PRICE", f"{name.upper()}%", ""]
+    outcomes = result.outcomes()
+    winners = best(outcomes)
     rows = []
-    for record in result.records():
-        rows.append([
-            record["side"],
-            record["trailingPercent"],
-            record["activationPrice"] or "none",
-            _when(record["activatedAt"]),
-            record["activatedPrice"] or "-",
-            _when(record["triggeredAt"]) if record["triggered"] else "not triggered",
-            record["triggerPrice"] or "-",
-            record["referencePrice"] or "-",
-            record["stopPrice"] or "-",
-        ])
+    for index in result.order(order):
+        combo = result.combinations[index]
+        rows.append(_row(result_record(combo, result.states[combo.key]), outcomes[index], index in winners))
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     span = ""
     if result.first_time is not None and result.last_time is not None:
         span = f" from {ms_to_rfc3339(result.first_time)} to {ms_to_rfc3339(result.last_time)}"
-    lines.append(f"\n{result.trades:,} trades{span}; {len(rows)} combinations; "
+    lines.append("")
+    lines.extend(_outcome_notes(result, name))
+    lines.append(f"{result.trades:,} trades{span}; {len(rows)} combinations; "
                  "reference/stop are at the trigger, else at the end of the data")
     return "\n".join(lines)
+
+
+def _row(record: dict[str, Any], outcome: Outcome | None, is_best: bool) -> list[str]:
+    exit_price = "-"
+    if outcome is not None:
+        exit_price = to_wire(outcome.price) + (" (open)" if outcome.exit == "end" else "")
+    return [
+        record["side"],
+        record["trailingPercent"],
+        record["activationPrice"] or "none",
+        _when(record["activatedAt"]),
+        record["activatedPrice"] or "-",
+        _when(record["triggeredAt"]) if record["triggered"] else "not triggered",
+        record["triggerPrice"] or "-",
+        record["referencePrice"] or "-",
+        record["stopPrice"] or "-",
+        exit_price,
+        "-" if outcome is None else _signed(percent(outcome.value, TABLE_PLACES)),
+        "<- best" if is_best else "",
+    ]
+
+
+def _signed(value: Decimal) -> str:
+    return ("+" if value > 0 else "") + format(value, "f")
+
+
+def _outcome_notes(result: BacktestResult, name: str) -> list[str]:
+    meaning = {
+        "kept": "KEPT% = (exit - activated price) / activated price: the share of the move kept by the SELL",
+        "saved": "SAVED% = (activated price - exit) / activated price: what the BUY entry saved",
+        "outcome": "OUTCOME% = SELL: (exit - activated) / activated; BUY: (activated - exit) / activated",
+    }[name]
+    notes = [f"{meaning}, rounded half to even to {TABLE_PLACES} decimals; exit: the trigger price, or "
+             "the last price when the stop is still open"]
+    outcomes = result.outcomes()
+    ranked = [i for i in result.order("outcome") if i in best(outcomes)]
+    for index in ranked:
+        top, outcome = result.combinations[index], outcomes[index]
+        assert outcome is not None
+        value = _signed(percent(outcome.value, TABLE_PLACES))
+        notes.append(f"best: {top.side} trail {top.trail_label}, activation {top.activation_label}: {name} {value}%")
+    if not ranked:
+        notes.append("best: none (no combination activated)")
+    return notes
 
 
 def _text(value: Decimal | None) -> str | None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import html
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
-from trailingstop.backtest import BacktestResult, Combination
+from trailingstop.backtest import BacktestResult
 from trailingstop.contracts import ms_to_rfc3339
+from trailingstop.sweep import Grid, Line, grid, heat_colour, lines, references
 
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
-WIDTH, HEIGHT = 1200, 620
-LEFT, RIGHT, TOP, BOTTOM = 90, 260, 30, 60
+WIDTH, HEIGHT = 1200, 640
+LEFT, RIGHT, TOP, BOTTOM = 110, 300, 50, 60
+CELL_HEIGHT, HEATMAP_TOP = 34, 70  # the heatmap below the price chart (two-axis sweeps)
 MAX_PRICE_POINTS = 4000
 
 
@@ -37,11 +39,6 @@ def write_chart(result: BacktestResult, path: str | Path) -> Path:
     else:
         raise PlotError(f"--plot writes .png, .html or .svg, not {suffix or 'a file without extension'}")
     return path
-
-
-def _label(combo: Combination) -> str:
-    activation = "none" if combo.activation_price is None else str(combo.activation_price)
-    return f"{combo.side} {combo.trailing_percent}% act {activation}"
 
 
 def _thin(points: list[tuple[int, Decimal]]) -> list[tuple[int, Decimal]]:
@@ -81,43 +78,111 @@ class _Scale:
 
 def _svg(result: BacktestResult) -> str:
     scale = _Scale(result)
+    outcome_grid = grid(result)
+    height = HEIGHT + (_heatmap_height(outcome_grid) if outcome_grid else 0)
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-        f'font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>',
+        f'<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{html.escape(_title(result))}</text>',
     ]
     parts += _axes(scale)
     price_line = " ".join(f"{scale.x(t):.1f},{scale.y(p):.1f}" for t, p in _thin(result.prices))
     parts.append(f'<polyline points="{price_line}" fill="none" stroke="#555" stroke-width="1"/>')
-    end = result.prices[-1][0]
-    for index, combo in enumerate(result.combinations):
-        color = PALETTE[index % len(PALETTE)]
-        state = result.states[combo.key]
-        track = result.tracks.get(combo.key)
-        if track and track.times:
-            stop_end = state.triggered_at or end
-            parts.append(_steps(scale, track.times, track.references, stop_end, color, dashed=True))
-            parts.append(_steps(scale, track.times, track.stops, stop_end, color, dashed=False))
-        if state.activated_at is not None and state.activated_price is not None:
-            parts.append(f'<circle cx="{scale.x(state.activated_at):.1f}" cy="{scale.y(state.activated_price):.1f}" '
-                         f'r="5" fill="none" stroke="{color}" stroke-width="2"><title>activated at '
-                         f'{state.activated_price}</title></circle>')
-        if state.triggered_at is not None and state.trigger_price is not None:
-            x, y = scale.x(state.triggered_at), scale.y(state.trigger_price)
-            parts.append(f'<path d="M{x - 6:.1f},{y - 6:.1f}L{x + 6:.1f},{y + 6:.1f}M{x - 6:.1f},{y + 6:.1f}'
-                         f'L{x + 6:.1f},{y - 6:.1f}" stroke="{color}" stroke-width="2.5"><title>triggered at '
-                         f'{state.trigger_price}</title></path>')
-        legend_y = TOP + 16 + index * 18
-        parts.append(f'<line x1="{WIDTH - RIGHT + 16}" y1="{legend_y - 4}" x2="{WIDTH - RIGHT + 40}" '
-                     f'y2="{legend_y - 4}" stroke="{color}" stroke-width="2"/>')
-        parts.append(f'<text x="{WIDTH - RIGHT + 46}" y="{legend_y}">{html.escape(_label(combo))}</text>')
-    notes_y = TOP + 24 + len(result.combinations) * 18
-    parts.append(f'<text x="{WIDTH - RIGHT + 16}" y="{notes_y}" fill="#555">solid: stop, dashed: reference</text>')
-    parts.append(f'<text x="{WIDTH - RIGHT + 16}" y="{notes_y + 16}" fill="#555">o activated, x triggered</text>')
+    for reference in references(result):
+        parts.append(_steps(scale, reference.times, reference.values, reference.end, "#333", dashed=True, width=1.2))
+        x, y = scale.x(reference.activated_at), scale.y(reference.activated_price)
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="none" stroke="#000" stroke-width="2">'
+                     f'<title>activated at {reference.activated_price}</title></circle>')
+    drawn = lines(result)
+    for line in drawn:
+        parts += _svg_line(result, scale, line)
+    parts += _svg_legend(drawn, result)
+    if outcome_grid is not None:
+        parts += _svg_heatmap(outcome_grid, HEIGHT)
     parts.append("</svg>")
     return "\n".join(parts)
 
 
-def _steps(scale: _Scale, times: list[int], values: list[Decimal], end: int, color: str, dashed: bool) -> str:
+def _svg_line(result: BacktestResult, scale: _Scale, line: Line) -> list[str]:
+    state = result.states[line.lead.key]
+    track = result.tracks.get(line.lead.key)
+    parts = []
+    if track and track.times:
+        stop_end = state.triggered_at or result.prices[-1][0]
+        parts.append(_steps(scale, track.times, track.stops, stop_end, line.colour, dashed=False, width=line.width))
+    if state.triggered_at is not None and state.trigger_price is not None:
+        x, y = scale.x(state.triggered_at), scale.y(state.trigger_price)
+        parts.append(f'<path d="M{x - 6:.1f},{y - 6:.1f}L{x + 6:.1f},{y + 6:.1f}M{x - 6:.1f},{y + 6:.1f}'
+                     f'L{x + 6:.1f},{y - 6:.1f}" stroke="{line.colour}" stroke-width="2.5"><title>triggered at '
+                     f'{state.trigger_price}</title></path>')
+    return parts
+
+
+def _svg_legend(drawn: list[Line], result: BacktestResult) -> list[str]:
+    x = WIDTH - RIGHT + 16
+    parts = []
+    entries = [(line.colour, min(line.width, 4.0), "", line.label) for line in drawn]
+    entries.append(("#333", 1.2, ' stroke-dasharray="5,4"', _reference_label(result)))
+    entries.append(("#555", 1.0, "", "price"))
+    for index, (colour, width, dash, label) in enumerate(entries):
+        y = TOP + 16 + index * 18
+        parts.append(f'<line x1="{x}" y1="{y - 4}" x2="{x + 24}" y2="{y - 4}" stroke="{colour}" '
+                     f'stroke-width="{width}"{dash}/>')
+        parts.append(f'<text x="{x + 30}" y="{y}">{html.escape(label)}</text>')
+    notes_y = TOP + 24 + len(entries) * 18
+    parts.append(f'<text x="{x}" y="{notes_y}" fill="#555">solid: stop; o activated (black), x triggered</text>')
+    return parts
+
+
+def _svg_heatmap(outcome_grid: Grid, top: int) -> list[str]:
+    label_width = 70
+    cell_width = min(140.0, (WIDTH - LEFT - RIGHT - label_width) / len(outcome_grid.columns))
+    left = LEFT + label_width
+    y0 = top + HEATMAP_TOP
+    parts = [f'<text x="{LEFT}" y="{top + 30}" font-size="14" font-weight="bold">'
+             f'{html.escape(outcome_grid.caption)}</text>',
+             f'<text x="{left}" y="{y0 - 26}" fill="#555">activation price</text>',
+             f'<text x="{LEFT}" y="{y0 - 8}" fill="#555">trail</text>']
+    for col, label in enumerate(outcome_grid.columns):
+        parts.append(f'<text x="{left + (col + 0.5) * cell_width:.1f}" y="{y0 - 8}" text-anchor="middle">'
+                     f'{html.escape(label)}</text>')
+    for row, label in enumerate(outcome_grid.rows):
+        y = y0 + row * CELL_HEIGHT
+        parts.append(f'<text x="{left - 8}" y="{y + CELL_HEIGHT / 2 + 4:.1f}" text-anchor="end">'
+                     f'{html.escape(label)}</text>')
+        for col, column in enumerate(outcome_grid.columns):
+            cell = outcome_grid.cells.get((label, column))
+            x = left + col * cell_width
+            fill = heat_colour(None if cell is None else cell.value, outcome_grid.limit)
+            parts.append(f'<rect x="{x:.1f}" y="{y}" width="{cell_width:.1f}" height="{CELL_HEIGHT}" '
+                         f'fill="{fill}" stroke="white"/>')
+            if cell is not None:
+                parts.append(f'<text x="{x + cell_width / 2:.1f}" y="{y + CELL_HEIGHT / 2 + 4:.1f}" '
+                             f'text-anchor="middle">{html.escape(cell.text)}</text>')
+    for row, col in outcome_grid.best_cells:
+        parts.append(f'<rect class="best" x="{left + col * cell_width + 1.5:.1f}" y="{y0 + row * CELL_HEIGHT + 1.5}" '
+                     f'width="{cell_width - 3:.1f}" height="{CELL_HEIGHT - 3}" fill="none" stroke="black" '
+                     f'stroke-width="3"><title>best</title></rect>')
+    return parts
+
+
+def _heatmap_height(outcome_grid: Grid) -> int:
+    return HEATMAP_TOP + CELL_HEIGHT * len(outcome_grid.rows) + 30
+
+
+def _title(result: BacktestResult) -> str:
+    sides = sorted({c.side for c in result.combinations})
+    return f"{result.title()}; {len(result.combinations)} {'/'.join(sides)} combinations"
+
+
+def _reference_label(result: BacktestResult) -> str:
+    sides = {c.side for c in result.combinations}
+    kind = "high" if sides == {"SELL"} else "low" if sides == {"BUY"} else "high/low"
+    return f"reference ({kind} since activation)"
+
+
+def _steps(scale: _Scale, times: list[int], values: list[Decimal], end: int, color: str, dashed: bool,
+           width: float = 1.5) -> str:
     points = []
     for index, (t, v) in enumerate(zip(times, values, strict=True)):
         y = scale.y(v)
@@ -125,7 +190,7 @@ def _steps(scale: _Scale, times: list[int], values: list[Decimal], end: int, col
         following = times[index + 1] if index + 1 < len(times) else end
         points.append(f"{scale.x(following):.1f},{y:.1f}")
     dash = ' stroke-dasharray="5,4"' if dashed else ""
-    return f'<polyline points="{" ".join(points)}" fill="none" stroke="{color}" stroke-width="1.5"{dash}/>'
+    return f'<polyline points="{" ".join(points)}" fill="none" stroke="{color}" stroke-width="{width}"{dash}/>'
 
 
 def _axes(scale: _Scale) -> list[str]:
@@ -145,7 +210,7 @@ def _axes(scale: _Scale) -> list[str]:
 
 
 def _html_page(result: BacktestResult) -> str:
-    title = f"trailingstop backtest: {result.trades:,} trades, {len(result.combinations)} combinations"
+    title = f"trailingstop backtest: {_title(result)}"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
             f"<body><h3>{html.escape(title)}</h3>{_svg(result)}</body></html>\n")
 
@@ -158,6 +223,22 @@ def _write_png(result: BacktestResult, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise PlotError("PNG charts need matplotlib: pip install 'trailingstop[plot]' (or use .html)") from None
+    outcome_grid = grid(result)
+    if outcome_grid is None:
+        figure, axes = plt.subplots(figsize=(14, 6.5))
+    else:
+        rows = len(outcome_grid.rows)
+        figure, (axes, heat_axes) = plt.subplots(
+            2, 1, figsize=(14, 6.5 + 0.45 * rows + 1.6), height_ratios=[6.5, 0.45 * rows + 1.0])
+        _png_heatmap(heat_axes, outcome_grid)
+    _png_prices(axes, result)
+    figure.suptitle(_title(result), fontsize=13, fontweight="bold")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _png_prices(axes: Any, result: BacktestResult) -> None:
     from datetime import UTC, datetime
 
     from matplotlib import dates
@@ -165,31 +246,67 @@ def _write_png(result: BacktestResult, path: Path) -> None:
     def when(ms: int) -> float:
         return float(dates.date2num(datetime.fromtimestamp(ms / 1000, tz=UTC)))
 
-    figure, axes = plt.subplots(figsize=(13, 6.5))
     thinned = _thin(result.prices)
     axes.plot([when(t) for t, _ in thinned], [float(p) for _, p in thinned], color="#555", linewidth=0.8, label="price")
+    for index, reference in enumerate(references(result)):
+        times = [when(t) for t in (*reference.times, reference.end)]
+        axes.step(times, [float(v) for v in [*reference.values, reference.values[-1]]], where="post", color="#333",
+                  linestyle="--", linewidth=1, label=_reference_label(result) if index == 0 else None)
+        axes.plot(when(reference.activated_at), float(reference.activated_price), "o", mfc="none", color="black",
+                  markersize=9, mew=1.8, zorder=5)
     end = result.prices[-1][0]
-    for index, combo in enumerate(result.combinations):
-        color = PALETTE[index % len(PALETTE)]
-        state = result.states[combo.key]
-        track = result.tracks.get(combo.key)
+    for line in lines(result):
+        state = result.states[line.lead.key]
+        track = result.tracks.get(line.lead.key)
         if track and track.times:
-            stop_end = state.triggered_at or end
-            times = [when(t) for t in (*track.times, stop_end)]
-            axes.step(times, [float(v) for v in [*track.references, track.references[-1]]], where="post",
-                      color=color, linestyle="--", linewidth=1)
+            times = [when(t) for t in (*track.times, state.triggered_at or end)]
             axes.step(times, [float(v) for v in [*track.stops, track.stops[-1]]], where="post",
-                      color=color, linewidth=1.3, label=_label(combo))
-        if state.activated_at is not None and state.activated_price is not None:
-            activated = (when(state.activated_at), float(state.activated_price))
-            axes.plot(*activated, "o", mfc="none", color=color, markersize=8)
+                      color=line.colour, linewidth=line.width, label=line.label, solid_capstyle="butt")
         if state.triggered_at is not None and state.trigger_price is not None:
-            axes.plot(when(state.triggered_at), float(state.trigger_price), "x", color=color, markersize=10, mew=2.5)
+            axes.plot(when(state.triggered_at), float(state.trigger_price), "x", color=line.colour, markersize=10,
+                      mew=2.5)
     axes.xaxis_date(tz="UTC")
     axes.set_xlabel("trade time (UTC)")
     axes.set_ylabel("price")
-    axes.set_title("solid: stop, dashed: reference, o activated, x triggered")
-    axes.legend(loc="best", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    axes.set_title("solid: stop level of each combination; o activated (black), x triggered", fontsize=10)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0,
+                ncol=1 if len(result.combinations) <= 24 else 2)
+
+
+def _png_heatmap(axes: Any, outcome_grid: Grid) -> None:
+    from matplotlib.colors import ListedColormap, TwoSlopeNorm
+    from matplotlib.patches import Rectangle
+
+    values = [[_cell_value(outcome_grid, r, c) for c in outcome_grid.columns] for r in outcome_grid.rows]
+    colours = [[heat_colour(v, outcome_grid.limit) for v in row] for row in values]
+    rgb = [[tuple(int(c[i:i + 2], 16) / 255 for i in (1, 3, 5)) for c in row] for row in colours]
+    axes.imshow(rgb, aspect="auto")
+    for row, label in enumerate(outcome_grid.rows):
+        for col, column in enumerate(outcome_grid.columns):
+            cell = outcome_grid.cells.get((label, column))
+            if cell is not None:
+                axes.text(col, row, cell.text, ha="center", va="center", fontsize=9)
+    for row, col in outcome_grid.best_cells:
+        axes.add_patch(Rectangle((col - 0.47, row - 0.47), 0.94, 0.94, fill=False, edgecolor="black", linewidth=3))
+        axes.text(col + 0.45, row - 0.42, "best", ha="right", va="top", fontsize=8, fontweight="bold")
+    axes.set_xticks(range(len(outcome_grid.columns)), outcome_grid.columns)
+    axes.set_yticks(range(len(outcome_grid.rows)), outcome_grid.rows)
+    axes.set_xlabel("activation price")
+    axes.set_ylabel("trail")
+    axes.set_title(outcome_grid.caption, fontsize=10)
+    limit = outcome_grid.limit
+    scale = ListedColormap([heat_colour(-limit + 2 * limit * i / 255, limit) for i in range(256)])
+    bar = axes.figure.colorbar(
+        matplotlib_mappable(scale, TwoSlopeNorm(0, -limit, limit)), ax=axes, fraction=0.03, pad=0.01)
+    bar.set_label(f"% {outcome_grid.name}")
+
+
+def matplotlib_mappable(colormap: Any, norm: Any) -> Any:
+    from matplotlib.cm import ScalarMappable
+
+    return ScalarMappable(norm=norm, cmap=colormap)
+
+
+def _cell_value(outcome_grid: Grid, row: str, column: str) -> float | None:
+    cell = outcome_grid.cells.get((row, column))
+    return None if cell is None else cell.value

@@ -105,6 +105,15 @@ def read_trades(path: str | Path) -> Iterator[Trade]:
         yield from _parse_csv(path, text)
 
 
+def read_csv_stream(path: str | Path, lines: Iterable[str]) -> Iterator[Trade]:
+    """Yield the trades of Binance aggTrades CSV ``lines`` as they are read, never holding them all.
+
+    ``lines`` is e.g. a zip member opened as text (``trailingstop.history`` streams a month this
+    way); errors name ``path`` and the line like :func:`read_trades`.
+    """
+    return _parse_csv(Path(path), lines)
+
+
 def load_trades(path: str | Path) -> list[Trade]:
     """All trades of a file, as a list."""
     return list(read_trades(path))
@@ -164,8 +173,8 @@ def _looks_like_json(path: Path, text: str) -> bool:
     return text.lstrip()[:1] in ("[", "{")
 
 
-def _parse_csv(path: Path, text: str) -> Iterator[Trade]:
-    reader = csv.reader(io.StringIO(text))
+def _parse_csv(path: Path, text: str | Iterable[str]) -> Iterator[Trade]:
+    reader = csv.reader(io.StringIO(text) if isinstance(text, str) else text)
     for row in reader:
         line = reader.line_num
         if not row or all(not cell.strip() for cell in row):

@@ -190,12 +190,13 @@ def test_render_results(sell_trades: list[Trade]) -> None:
     result = run_backtest(sell_trades, combinations("SELL", [D("1"), D("5")], [None, D("120")]))
     lines = render_results(result).splitlines()
     assert lines[0].split() == ["SIDE", "TRAIL%", "ACTIVATION", "ACTIVATED", "AT", "ACTIVATED", "PRICE",
-                                "TRIGGERED", "AT", "TRIGGER", "PRICE", "REFERENCE", "STOP"]
+                                "TRIGGERED", "AT", "TRIGGER", "PRICE", "REFERENCE", "STOP", "EXIT", "PRICE", "KEPT%"]
     assert lines[1].split() == ["SELL", "1", "none", "2023-11-14T22:13:21.000Z", "100", "2023-11-14T22:13:25.000Z",
-                                "108.5", "110", "108.9"]
-    assert lines[2].split() == ["SELL", "1", "120", "-", "-", "not", "triggered", "-", "-", "-"]
+                                "108.5", "110", "108.9", "108.5", "+8.5000"]
+    assert lines[2].split() == ["SELL", "1", "120", "-", "-", "not", "triggered", "-", "-", "-", "-", "-"]
     assert lines[3].split() == ["SELL", "5", "none", "2023-11-14T22:13:21.000Z", "100", "not", "triggered", "-",
-                                "112", "106.4"]
+                                "112", "106.4", "109.76", "(open)", "+9.7600", "<-", "best"]
+    assert lines[-2] == "best: SELL trail 5%, activation none: kept +9.7600%"
     assert lines[-1] == ("7 trades from 2023-11-14T22:13:21.000Z to 2023-11-14T22:13:27.000Z; 4 combinations; "
                          "reference/stop are at the trigger, else at the end of the data")
 
@@ -239,13 +240,14 @@ def test_png_chart(tmp_path: Path, charted: Any) -> None:
 def test_html_and_svg_charts(tmp_path: Path, charted: Any) -> None:
     page = write_chart(charted, tmp_path / "chart.html").read_text()
     assert page.startswith("<!doctype html>")
-    assert "trailingstop backtest: 7 trades, 4 combinations" in page
+    assert "trailingstop backtest: 7 trades; 4 SELL combinations" in page
     svg = write_chart(charted, tmp_path / "chart.svg").read_text()
     root = ET.fromstring(svg)  # well-formed XML
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     for label in ("SELL 1% act none", "SELL 1% act 105", "SELL 2% act none", "SELL 2% act 105"):
         assert label in svg
-    assert svg.count("<title>triggered at") == 4 and svg.count("<title>activated at") == 4
+    # one activation marker per activating trade (100 and 105.5), shared by the trails it activated
+    assert svg.count("<title>triggered at") == 4 and svg.count("<title>activated at") == 2
     assert "<svg" in page and svg.split("\n", 1)[1] in page
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.unit.test_backtest import naive
-from trailingstop.backtest import RESULT_KEYS
+from trailingstop.backtest import OUTCOME_KEYS, RESULT_KEYS
 from trailingstop.cli import main
 from trailingstop.contracts import ms_to_rfc3339, to_wire
 from trailingstop.operator.crd import crd_yaml
@@ -355,9 +355,9 @@ def test_backtest_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[0].split() == ["SIDE", "TRAIL%", "ACTIVATION", "ACTIVATED", "AT", "ACTIVATED", "PRICE", "TRIGGERED",
-                                "AT", "TRIGGER", "PRICE", "REFERENCE", "STOP"]
+                                "AT", "TRIGGER", "PRICE", "REFERENCE", "STOP", "EXIT", "PRICE", "KEPT%"]
     assert lines[1].split() == ["SELL", "2", "105", "2023-11-14T22:13:23.000Z", "105.5", "2023-11-14T22:13:27.000Z",
-                                "109.76", "112", "109.76"]
+                                "109.76", "112", "109.76", "109.76", "+4.0379", "<-", "best"]
     assert lines[-1].startswith("7 trades from 2023-11-14T22:13:21.000Z to 2023-11-14T22:13:27.000Z; 1 combinations")
 
 
@@ -369,8 +369,11 @@ def test_backtest_json_exact_keys_and_decimal_strings(capsys: pytest.CaptureFixt
         "activated": True, "activatedAt": 1700000003000, "activatedPrice": "105.5", "activatedTradeId": 103,
         "triggered": True, "triggeredAt": 1700000007000, "triggerPrice": "109.76", "triggerTradeId": 107,
         "referencePrice": "112", "stopPrice": "109.76",
+        # (109.76 - 105.5) / 105.5 = 4.0379146919...%, rounded half to even to 8 decimals
+        "exit": "trigger", "exitPrice": "109.76", "exitAt": 1700000007000, "exitTradeId": 107,
+        "changePercent": "4.03791469", "outcomePercent": "4.03791469", "best": True,
     }]
-    assert tuple(records[0]) == RESULT_KEYS
+    assert tuple(records[0]) == RESULT_KEYS + OUTCOME_KEYS
 
 
 def test_backtest_none_activation_is_the_default(capsys: pytest.CaptureFixture[str]) -> None:
