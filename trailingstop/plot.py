@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from trailingstop.backtest import BacktestResult, Combination
-from trailingstop.contracts import ms_to_rfc3339
+from trailingstop.contracts import ms_to_rfc3339, to_wire
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 WIDTH, HEIGHT = 1200, 620
@@ -40,8 +40,8 @@ def write_chart(result: BacktestResult, path: str | Path) -> Path:
 
 
 def _label(combo: Combination) -> str:
-    activation = "none" if combo.activation_price is None else str(combo.activation_price)
-    return f"{combo.side} {combo.trailing_percent}% act {activation}"
+    activation = "none" if combo.activation_price is None else to_wire(combo.activation_price)
+    return f"{combo.side} {to_wire(combo.trailing_percent)}% act {activation}"
 
 
 def _thin(points: list[tuple[int, Decimal]]) -> list[tuple[int, Decimal]]:
