@@ -96,7 +96,7 @@ def _decimal_checker(pattern: str, message: str, *, positive: bool) -> Any:
                 "decimal_string",
                 f"{message}, got the {type(value).__name__} {short_repr(value)}: write it as a quoted string",
             )
-        if not compiled.fullmatch(value) or (positive and not re.search(NONZERO_DIGIT, value)):
+        if not compiled.fullmatch(value) or (positive and not _NONZERO.search(value)):
             raise PydanticCustomError("decimal_value", f"{message}, got {quoted(value)}")
         return Decimal(value)
 
@@ -151,8 +151,13 @@ ActivationPrice = Annotated[
 WireDecimal = Annotated[Decimal, BeforeValidator(_check_wire_decimal), _wire_decimal()]
 
 
+_NONZERO = re.compile(NONZERO_DIGIT)
+_SYMBOL = re.compile(SYMBOL_PATTERN)
+_SECRET_NAME = re.compile(SECRET_NAME_PATTERN)
+
+
 def _check_symbol(value: str) -> str:
-    if not re.fullmatch(SYMBOL_PATTERN, value):
+    if not _SYMBOL.fullmatch(value):
         raise PydanticCustomError("symbol", f'{MESSAGES["symbol"]}, got {quoted(value)}')
     return value
 
@@ -201,7 +206,7 @@ class Message(_CamelModel):
 
 
 def _check_secret_name(value: str) -> str:
-    if len(value) > SECRET_NAME_MAX or not re.fullmatch(SECRET_NAME_PATTERN, value):
+    if len(value) > SECRET_NAME_MAX or not _SECRET_NAME.fullmatch(value):
         raise PydanticCustomError("secret_name", f'{MESSAGES["secretName"]}, got {quoted(value)}')
     return value
 
