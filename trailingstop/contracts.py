@@ -37,11 +37,22 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from trailingstop.decimals import WIRE_FRACTION_DIGITS, WIRE_INTEGER_DIGITS, WIRE_MAX_CHARS, digits, to_wire
+from trailingstop.decimals import (
+    NONZERO_DIGIT,
+    PRICE_PATTERN,
+    QUANTITY_PATTERN,
+    TRAILING_PERCENT_PATTERN,
+    WIRE_FRACTION_DIGITS,
+    WIRE_INTEGER_DIGITS,
+    WIRE_MAX_CHARS,
+    digits,
+    to_wire,
+)
 from trailingstop.echo import cut, quoted, short_repr
 from trailingstop.trades import Trade
 
-__all__ = ["to_wire"]  # re-exported: the serializer of every decimal on the wire lives in decimals
+# Re-exported from trailingstop.decimals: the CRD generator and callers import them from here.
+__all__ = ["NONZERO_DIGIT", "PRICE_PATTERN", "QUANTITY_PATTERN", "TRAILING_PERCENT_PATTERN", "to_wire"]
 
 API_GROUP = "trailingstop.dev"
 API_VERSION = "v1"
@@ -57,17 +68,11 @@ Phase = Literal["Pending", "Armed", "Tracking", "Triggered", "Filled", "Rejected
 FINAL_PHASES: frozenset[str] = frozenset({"Filled", "Rejected", "Failed"})
 
 # --- field rules shared with the CRD schema (contract) ---------------------------------------
-# Decimal strings: plain digits with an optional fraction; no sign, exponent or spaces.
-# "> 0" is checked as "has a non-zero digit", which is exact for strings of this shape, so the
-# CRD's CEL rule and this module agree to the last digit.
+# The decimal patterns (PRICE_PATTERN, QUANTITY_PATTERN, TRAILING_PERCENT_PATTERN, NONZERO_DIGIT)
+# live in trailingstop.decimals with the digit limits they set; trade files are held to them too.
 SYMBOL_PATTERN = r"^[A-Z0-9]{2,20}$"
-QUANTITY_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?$"
-PRICE_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?$"
-# At most two integer digits makes "< 100" a property of the pattern itself.
-TRAILING_PERCENT_PATTERN = r"^[0-9]{1,2}(\.[0-9]{1,8})?$"
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_NAME_MAX = 253
-NONZERO_DIGIT = "[1-9]"
 
 MESSAGES = {
     "symbol": "symbol must be 2-20 upper-case letters or digits, like BTCUSDT",

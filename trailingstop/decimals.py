@@ -26,6 +26,15 @@ EXACT = decimal.Context(
     traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow, decimal.DivisionByZero],
 )
 
+# Decimal strings as users write them (CRD, manifests, trade files): plain ASCII digits with an
+# optional fraction; no sign, exponent, spaces or other scripts' digits. "> 0" is checked as "has a
+# non-zero digit", which is exact for strings of this shape, so the CRD's CEL rule and Python agree
+# to the last digit. At most two integer digits makes trailingPercent's "< 100" part of its pattern.
+QUANTITY_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?$"
+PRICE_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?$"
+TRAILING_PERCENT_PATTERN = r"^[0-9]{1,2}(\.[0-9]{1,8})?$"
+NONZERO_DIGIT = "[1-9]"
+
 # Values on the bus and in a status: a computed order value is the largest (quantity x price).
 WIRE_INTEGER_DIGITS = 40
 WIRE_FRACTION_DIGITS = 40
