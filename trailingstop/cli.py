@@ -14,26 +14,50 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import math
 import re
 import sys
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import TypeAdapter, ValidationError
 
 from trailingstop import __version__
-from trailingstop.contracts import ActivationPrice, TrailingPercent, describe_errors
+from trailingstop.contracts import SYMBOL_PATTERN, ActivationPrice, TrailingPercent, describe_errors
+from trailingstop.echo import short_repr
 from trailingstop.manifests import Manifest, ManifestError, load_manifests
-from trailingstop.trades import DEMO_SYMBOL, Trade, TradeFileError, demo_trades_path, read_trades
+from trailingstop.trades import (
+    DEMO_SYMBOL,
+    SkippedTrades,
+    Trade,
+    TradeFileError,
+    demo_trades_path,
+    read_trades,
+)
+from trailingstop.userfiles import os_problem
+
+if TYPE_CHECKING:
+    from trailingstop.backtest import BacktestResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _SYMBOL_IN_FILE_NAME = re.compile(r"^([A-Z0-9]{2,20})-aggTrades")
+# --speed: slower than a thousandth of the recorded pace is no replay (a day would take 3 years).
+MIN_SPEED = 0.001
 
 
 class UsageError(Exception):
     """Bad input: printed as ``error: ...`` with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other error of this command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +88,7 @@ def _print_error(exc: Exception) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trailingstop", description="Crypto trailing stops as Kubernetes resources.")
+    parser = _Parser(prog="trailingstop", description="Crypto trailing stops as Kubernetes resources.")
     parser.add_argument("--version", action="version", version=f"trailingstop {__version__}")
     commands = parser.add_subparsers(metavar="COMMAND")
 
@@ -74,8 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--trades", type=Path, help="trade file (CSV or JSON); default: bundled XRPETH trades")
     source.add_argument("--live", action="store_true", help="stream Binance's live aggTrade feed")
     run.add_argument("--symbol", help="symbol of the trade file when its name does not say")
-    run.add_argument("--speed", type=float, default=0.0,
-                     help="replay at X times the recorded pace (default: as fast as possible)")
+    run.add_argument("--speed", metavar="X",
+                     help=f"replay at X times the recorded pace, X >= {MIN_SPEED} (default: as fast as possible)")
     run.add_argument("-v", "--verbose", action="store_true", help="also print every reference change")
     run.set_defaults(handler=_run)
 
@@ -111,25 +135,54 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from trailingstop.embedded import EmbeddedRun
 
+    speed = _speed(args.speed)
     manifests, notes = load_manifests(args.manifest)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    if args.speed < 0:
-        raise UsageError("--speed must be >= 0")
     run = EmbeddedRun(manifests, sys.stdout, verbose=args.verbose)
+    skipped = SkippedTrades()
     if args.live:
         stream = _live_stream(run.symbols)
         source = "Binance live aggTrade stream"
     else:
         path = args.trades or demo_trades_path()
         symbol = _file_symbol(path, args.symbol, manifests)
-        stream = _file_stream(symbol, read_trades(path))
+        stream = _file_stream(symbol, _trades(path, skipped))
         source = f"{path.name} ({symbol})"
     _announce(manifests, source)
-    asyncio.run(run.run(stream, speed=args.speed))
+    asyncio.run(run.run(stream, speed=speed))
     print()
     print(run.table())
+    _warn_skipped(skipped)
     return EXIT_OK
+
+
+def _speed(text: str | None) -> float:
+    """--speed as a float: finite and at least MIN_SPEED (0 = as fast as possible, the default)."""
+    if text is None:
+        return 0.0
+    try:
+        speed = float(text)
+    except ValueError:
+        raise UsageError(f"--speed must be a number, got {short_repr(text)}") from None
+    if not math.isfinite(speed) or speed < MIN_SPEED:
+        raise UsageError(f"--speed must be a number >= {MIN_SPEED} (times the recorded pace), got {short_repr(text)}")
+    return speed
+
+
+def _trades(path: Path, skipped: SkippedTrades) -> Iterator[Trade]:
+    """The file's trades in id order (the others counted in ``skipped``); a file without a single
+    trade is an error, found before anything is printed."""
+    trades = read_trades(path, skipped=skipped)
+    first = next(trades, None)
+    if first is None:
+        raise TradeFileError(path, None, "no trades in this file")
+    return itertools.chain([first], trades)
+
+
+def _warn_skipped(skipped: SkippedTrades) -> None:
+    if skipped.count:
+        print(f"warning: {skipped.note()}", file=sys.stderr)
 
 
 def _announce(manifests: list[Manifest], source: str) -> None:
@@ -145,6 +198,8 @@ def _file_symbol(path: Path, given: str | None, manifests: list[Manifest]) -> st
     wanted = sorted({m.spec.symbol for m in manifests})
     if given:
         symbol = given.upper()
+        if not re.fullmatch(SYMBOL_PATTERN, symbol):
+            raise UsageError(f"--symbol must be 2-20 letters or digits, like BTCUSDT, got {short_repr(given)}")
     elif (match := _SYMBOL_IN_FILE_NAME.match(path.name)) is not None:
         symbol = match.group(1)
     elif path == demo_trades_path():
@@ -203,21 +258,40 @@ def _backtest(args: argparse.Namespace) -> int:
     trails = parse_decimal_list(args.trailing_percent, _TRAIL, "--trailing-percent", allow_none=False)
     activations = parse_decimal_list(args.activation_price, _ACTIVATION, "--activation-price", allow_none=True)
     combos = combinations(args.side, [t for t in trails if t is not None], activations)
-    path = args.trades or demo_trades_path()
-    result = run_backtest(read_trades(path), combos, record=args.plot is not None)
     if args.plot is not None:
-        from trailingstop.plot import PlotError, write_chart
-
-        try:
-            written = write_chart(result, args.plot)
-        except PlotError as exc:
-            raise UsageError(str(exc)) from None
-        print(f"chart written to {written}", file=sys.stderr)
+        _check_plot_target(args.plot)  # before the work, not after it
+    path = args.trades or demo_trades_path()
+    skipped = SkippedTrades()
+    result = run_backtest(_trades(path, skipped), combos, record=args.plot is not None)
+    if args.plot is not None:
+        _write_plot(result, args.plot)
     if args.json:
         print(json.dumps(result.records(), indent=2))
     else:
         print(render_results(result))
+    _warn_skipped(skipped)
     return EXIT_OK
+
+
+def _check_plot_target(target: Path) -> None:
+    from trailingstop.plot import PlotError, check_target
+
+    try:
+        check_target(target)
+    except PlotError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _write_plot(result: BacktestResult, target: Path) -> None:
+    from trailingstop.plot import PlotError, write_chart
+
+    try:
+        written = write_chart(result, target)
+    except PlotError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:  # the disk filled up, the folder went away meanwhile, ...
+        raise UsageError(f"--plot {target}: {os_problem(exc, 'write')}") from None
+    print(f"chart written to {written}", file=sys.stderr)
 
 
 def _crd(args: argparse.Namespace) -> int:

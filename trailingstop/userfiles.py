@@ -20,8 +20,10 @@ class UserFileError(ValueError):
         self.line = line
 
 
-def os_problem(exc: OSError) -> str:
-    """What went wrong opening or reading a file, in a few words."""
+def os_problem(exc: OSError, doing: str = "read") -> str:
+    """What went wrong opening, reading (or writing) a file, in a few words."""
+    if doing != "read":
+        return f"cannot {doing}: {exc.strerror or exc}"
     if isinstance(exc, FileNotFoundError):
         return "no such file"
     if isinstance(exc, IsADirectoryError):
@@ -30,7 +32,7 @@ def os_problem(exc: OSError) -> str:
         return "permission denied"
     if exc.errno == errno.ENOTDIR:
         return "no such file (a part of the path is not a directory)"
-    return f"cannot read: {exc.strerror or exc}"
+    return f"cannot {doing}: {exc.strerror or exc}"
 
 
 def read_bytes(path: Path, limit: int, what: str) -> bytes:
