@@ -402,13 +402,14 @@ def _int(value: Any, field: str) -> int:
         return int(value)  # the usual case, fast: fewer than 19 ASCII digits always fit
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"{field} must be an integer, got {short_repr(value)}")
-    number = value
     if isinstance(value, str):
         if not _ASCII_INTEGER.fullmatch(value):
             raise ValueError(f"{field} must be an integer, got {short_repr(value)}")
         if len(value.lstrip("-")) > MAX_INT_DIGITS:
             raise ValueError(f"{field} must have at most {MAX_INT_DIGITS} digits, got {short_repr(value)}")
         number = int(value)
+    else:
+        number = value
     if not 0 <= number <= MAX_INT:
         raise ValueError(f"{field} must be from 0 to {MAX_INT}, got {short_repr(value)}")
     return number
