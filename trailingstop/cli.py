@@ -7,7 +7,8 @@
     trailingstop operator [--namespace NS ... | --all-namespaces]
     trailingstop crd
 
-Exit codes: 0 done, 1 failed while running, 2 bad input (a message says which and where).
+Exit codes: 0 done, 1 failed while running, 2 bad input (one line says which file, line and
+field), 130 / 143 when ``run`` is stopped by Ctrl-C / SIGTERM (after printing where the stops stood).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import itertools
 import json
 import math
 import re
+import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Coroutine, Iterator
+from contextlib import aclosing
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _SYMBOL_IN_FILE_NAME = re.compile(r"^([A-Z0-9]{2,20})-aggTrades")
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # --speed: slower than a thousandth of the recorded pace is no replay (a day would take 3 years).
 MIN_SPEED = 0.001
 
@@ -150,11 +154,13 @@ def _run(args: argparse.Namespace) -> int:
         stream = _file_stream(symbol, _trades(path, skipped))
         source = f"{path.name} ({symbol})"
     _announce(manifests, source)
-    asyncio.run(run.run(stream, speed=speed))
+    signalled = asyncio.run(_until_signalled(run.run(stream, speed=speed)))
+    if signalled is not None:
+        print(f"stopped by {signal.Signals(signalled).name}; where the stops stood:", file=sys.stderr, flush=True)
     print()
     print(run.table())
     _warn_skipped(skipped)
-    return EXIT_OK
+    return EXIT_OK if signalled is None else 128 + signalled
 
 
 def _speed(text: str | None) -> float:
@@ -217,16 +223,45 @@ def _file_symbol(path: Path, given: str | None, manifests: list[Manifest]) -> st
     return symbol
 
 
-async def _file_stream(symbol: str, trades: Iterator[Trade]) -> AsyncIterator[tuple[str, Trade]]:
+async def _file_stream(symbol: str, trades: Iterator[Trade]) -> AsyncGenerator[tuple[str, Trade], None]:
     for trade in trades:
         yield symbol, trade
 
 
-async def _live_stream(symbols: list[str]) -> AsyncIterator[tuple[str, Trade]]:
+async def _live_stream(symbols: list[str]) -> AsyncGenerator[tuple[str, Trade], None]:
     from trailingstop.exchange.binance import BinanceSettings, live_trades
 
-    async for symbol, trade in live_trades(symbols, BinanceSettings.from_env()):
-        yield symbol, trade
+    async with aclosing(live_trades(symbols, BinanceSettings.from_env())) as trades:
+        async for symbol, trade in trades:
+            yield symbol, trade
+
+
+async def _until_signalled(work: Coroutine[Any, Any, None]) -> int | None:
+    """Run ``work``; SIGINT (Ctrl-C) or SIGTERM cancels it, and the signal's number is returned.
+
+    The work closes its streams on the way out (a live feed's sockets within seconds), so the
+    caller can still print where the stops stood. None when the work ended by itself.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        received.append(signum)
+        if task is not None:
+            task.cancel()
+
+    for signum in _STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not received:
+            raise
+    finally:
+        for signum in _STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+    return received[0] if received else None
 
 
 # --- backtest ------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ phase change is printed as it happens; the end is a table shaped like ``kubectl 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TextIO
@@ -33,8 +34,8 @@ from trailingstop.status import apply_order_result, apply_stop_event
 from trailingstop.table import render_table, stop_row
 from trailingstop.trades import Trade
 
-# (symbol, trade) pairs, in trade order per symbol.
-TradeStream = AsyncIterator[tuple[str, Trade]]
+# (symbol, trade) pairs, in trade order per symbol; an async generator, so that it can be closed.
+TradeStream = AsyncGenerator[tuple[str, Trade], None]
 
 
 @dataclass
@@ -94,22 +95,28 @@ class EmbeddedRun:
             self._apply_events(orchestrator.flush())
 
     async def run(self, trades: TradeStream, speed: float = 0) -> None:
+        """Apply ``trades`` until every stop is final or they end; then close them (a live stream's
+        sockets close at once) and bring the statuses up to date. Cancelled (Ctrl-C, SIGTERM), it
+        does the same on the way out, so the table shows where the stops stood."""
         started = False
         previous_time: int | None = None
-        async for symbol, trade in trades:
+        try:
+            async with aclosing(trades) as stream:
+                async for symbol, trade in stream:
+                    if not started:
+                        self.start(trade.time)
+                        started = True
+                    if speed > 0 and previous_time is not None and trade.time > previous_time:
+                        await asyncio.sleep((trade.time - previous_time) / 1000 / speed)
+                    previous_time = trade.time
+                    if symbol in self.orchestrators:
+                        self.on_trade(symbol, trade)
+                    if self.all_final():
+                        break
+        finally:
             if not started:
-                self.start(trade.time)
-                started = True
-            if speed > 0 and previous_time is not None and trade.time > previous_time:
-                await asyncio.sleep((trade.time - previous_time) / 1000 / speed)
-            previous_time = trade.time
-            if symbol in self.orchestrators:
-                self.on_trade(symbol, trade)
-            if self.all_final():
-                break
-        if not started:
-            self.start(now_ms())
-        self.finish()
+                self.start(now_ms())
+            self.finish()
 
     def table(self) -> str:
         end = self._clock
