@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakebinance import FakeBinance
-from trailingstop.exchange.binance import CLOSE_TIMEOUT, BinanceSettings, live_trades
+from trailingstop.exchange.binance import BinanceSettings, live_trades
 
 SYMBOL = "XRPETH"
 MANIFEST = """\
@@ -29,9 +29,12 @@ kind: TrailingStop
 metadata: {name: live-sell}
 spec: {symbol: XRPETH, side: SELL, quantity: "100", trailingPercent: "%s"}
 """
-# Starting, connecting and importing take long on a loaded machine; stopping must not.
+# Starting, connecting and importing take long on a loaded machine; stopping must not. A child
+# that stops takes well under a second on a quiet machine; STOPPED_WITHIN leaves room for a busy
+# one and still tells apart python-binance's 10 s wait and a hang.
 START_TIMEOUT = 60
-STOP_TIMEOUT = 10
+STOP_TIMEOUT = 30
+STOPPED_WITHIN = 8.0
 
 
 class Child:
@@ -146,7 +149,7 @@ async def test_a_signal_stops_it_at_once_with_the_table(
     child.process.send_signal(signum)
     took = await child.finish(STOP_TIMEOUT)
     assert child.process.returncode == code, child.said()
-    assert took < 2 * CLOSE_TIMEOUT + 2, child.said()
+    assert took < STOPPED_WITHIN, child.said()
     assert f"stopped by {signal.Signals(signum).name}; where the stops stood:" in child.err.decode(), child.said()
     assert child.text.splitlines()[-1].split()[:5] == ["live-sell", "XRPETH", "SELL", "50", "Tracking"], child.said()
     await fake.wait_for_stream_connections(0, timeout=5)
@@ -168,7 +171,7 @@ async def test_sigterm_is_prompt_with_a_silent_or_refused_socket(
     child.process.send_signal(signal.SIGTERM)
     took = await child.finish(STOP_TIMEOUT)
     assert child.process.returncode == 143, child.said()
-    assert took < 2 * CLOSE_TIMEOUT + 2, child.said()
+    assert took < STOPPED_WITHIN, child.said()
 
 
 # --- live_trades in this process: the queue full, the reader gone ---------------------------------
@@ -189,7 +192,7 @@ async def test_closing_the_stream_with_a_full_queue_stops_the_feed(fake: FakeBin
         await asyncio.sleep(0.5)
         started = time.monotonic()
     took = time.monotonic() - started  # aclose: cancel the feed, close its socket and the client
-    assert took < 2 * CLOSE_TIMEOUT + 1
+    assert took < STOPPED_WITHIN
     await fake.wait_for_stream_connections(0, timeout=5)
     assert first.trade_id == fake.tape(SYMBOL).happened[0].trade_id
 
@@ -212,7 +215,7 @@ async def test_cancelling_the_reader_stops_the_feed(fake: FakeBinance) -> None:
     reader.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reader
-    assert time.monotonic() - started < 2 * CLOSE_TIMEOUT + 1
+    assert time.monotonic() - started < STOPPED_WITHIN
     await fake.wait_for_stream_connections(0, timeout=5)
 
 

@@ -268,9 +268,10 @@ async def _promptly_closed(socket: Any) -> AsyncIterator[Any]:
 
     Its own close waits until its read loop notices it is exiting, which happens only once a
     message arrives or its 10 s receive timeout passes: a quiet market held up every shutdown (a
-    pod's SIGTERM, Ctrl-C of ``run --live``) by up to 10 s. Closing the connection first wakes
-    the read loop at once. A read loop that is reconnecting sleeps up to a minute between tries
-    and forgets it was told to exit when it connects; after :data:`CLOSE_TIMEOUT` it is cancelled.
+    pod's SIGTERM, Ctrl-C of ``run --live``) by up to 10 s. And a read loop that is reconnecting
+    sleeps up to a minute between tries and forgets it was told to exit when it connects. So the
+    connection is closed and the read loop cancelled first; what is left of the close gets
+    :data:`CLOSE_TIMEOUT`.
     """
     stream = await socket.__aenter__()
     try:
@@ -281,11 +282,11 @@ async def _promptly_closed(socket: Any) -> AsyncIterator[Any]:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 if socket.ws is not None:
                     await socket.ws.close()
+                for task in _read_loops(socket):
+                    task.cancel()
                 await socket.__aexit__(None, None, None)
         except TimeoutError:
-            log.warning("trade socket did not close in %.0fs; stopping its read loop", CLOSE_TIMEOUT)
-            for task in _read_loops(socket):
-                task.cancel()
+            log.warning("trade socket did not close in %.0fs; left to the garbage collector", CLOSE_TIMEOUT)
 
 
 def _read_loops(socket: Any) -> list[asyncio.Task[Any]]:
