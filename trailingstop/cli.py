@@ -31,7 +31,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from trailingstop import __version__
 from trailingstop.contracts import SYMBOL_PATTERN, ActivationPrice, TrailingPercent, describe_errors
-from trailingstop.echo import short_repr
+from trailingstop.echo import printable, short_repr
 from trailingstop.manifests import Manifest, ManifestError, load_manifests
 from trailingstop.trades import (
     DEMO_SYMBOL,
@@ -83,12 +83,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_error(exc: Exception) -> None:
+    """One line (one per problem of a manifest object); a line break in a file name or a value
+    is printed escaped, never as a second line."""
     if isinstance(exc, ManifestError) and len(exc.problems) > 1:
-        print(f"error: {exc.where}:", file=sys.stderr)
+        print(f"error: {printable(exc.where)}:", file=sys.stderr)
         for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+            print(f"  {printable(problem)}", file=sys.stderr)
     else:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -30,10 +30,12 @@ metadata: {name: live-sell}
 spec: {symbol: XRPETH, side: SELL, quantity: "100", trailingPercent: "%s"}
 """
 # Starting, connecting and importing take long on a loaded machine; stopping must not. A child
-# that stops takes well under a second on a quiet machine; STOPPED_WITHIN leaves room for a busy
-# one and still tells apart python-binance's 10 s wait and a hang.
+# stops in well under a second on a quiet machine (python-binance's own close waited 10 s, and the
+# bug this guards against hung for ever). How long "prompt" may be is measured against the child's
+# own start (spawn to connected) in the same test, so that a machine busy with other work (a load
+# of 20 on 2 cores has been seen) stretches both alike: allowed = max(STOPPED_WITHIN, start).
 START_TIMEOUT = 60
-STOP_TIMEOUT = 30
+STOP_TIMEOUT = 60
 STOPPED_WITHIN = 8.0
 
 
@@ -42,6 +44,8 @@ class Child:
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
+        self.spawned = time.monotonic()
+        self.startup = 0.0  # seconds from spawn to its first stream connection
         self.out = bytearray()
         self.err = bytearray()
         assert process.stdout is not None and process.stderr is not None
@@ -64,6 +68,10 @@ class Child:
     async def _drain(stream: asyncio.StreamReader, into: bytearray) -> None:
         while chunk := await stream.read(65536):
             into.extend(chunk)
+
+    @property
+    def allowed_stop(self) -> float:
+        return max(STOPPED_WITHIN, self.startup)
 
     @property
     def text(self) -> str:
@@ -113,6 +121,7 @@ async def start(children: list[Child], fake: FakeBinance, tmp_path: Path, traili
     except TimeoutError:
         await child.finish(STOP_TIMEOUT)
         raise AssertionError(f"never connected\n{child.said()}") from None
+    child.startup = time.monotonic() - child.spawned
     return child
 
 
@@ -149,7 +158,7 @@ async def test_a_signal_stops_it_at_once_with_the_table(
     child.process.send_signal(signum)
     took = await child.finish(STOP_TIMEOUT)
     assert child.process.returncode == code, child.said()
-    assert took < STOPPED_WITHIN, child.said()
+    assert took < child.allowed_stop, f"{took:.1f}s (started in {child.startup:.1f}s)\n{child.said()}"
     assert f"stopped by {signal.Signals(signum).name}; where the stops stood:" in child.err.decode(), child.said()
     assert child.text.splitlines()[-1].split()[:5] == ["live-sell", "XRPETH", "SELL", "50", "Tracking"], child.said()
     await fake.wait_for_stream_connections(0, timeout=5)
@@ -171,7 +180,7 @@ async def test_sigterm_is_prompt_with_a_silent_or_refused_socket(
     child.process.send_signal(signal.SIGTERM)
     took = await child.finish(STOP_TIMEOUT)
     assert child.process.returncode == 143, child.said()
-    assert took < STOPPED_WITHIN, child.said()
+    assert took < child.allowed_stop, f"{took:.1f}s (started in {child.startup:.1f}s)\n{child.said()}"
 
 
 # --- live_trades in this process: the queue full, the reader gone ---------------------------------
