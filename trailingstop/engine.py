@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-from trailingstop.decimals import EXACT, negate, oriented
+from trailingstop.decimals import EXACT, oriented
 
 Side = Literal["SELL", "BUY"]
 EventKind = Literal["armed", "activated", "reference", "triggered"]
@@ -226,7 +226,7 @@ class _SideBook:
         if best is None:
             return
         level = EXACT.multiply(group.reference, best.factor)
-        heapq.heappush(self.triggers, (negate(level), next(self.seq), group.version, group))
+        heapq.heappush(self.triggers, (level.copy_negate(), next(self.seq), group.version, group))
 
     # --- the tick ----------------------------------------------------------------------------
 
@@ -493,7 +493,7 @@ class Engine:
         self.last_time = time
         out: list[EngineEvent] = []
         sell, buy = self._sell, self._buy
-        minus_price = negate(price)  # the BUY side's oriented price, negated once per tick
+        minus_price = price.copy_negate()  # the BUY side's oriented price, once per tick; exact (not "-")
         if sell.by_reference or sell.pending or sell.immediate:
             sell.on_price(price, minus_price, price, trade_id, time, out)
         if buy.by_reference or buy.pending or buy.immediate:
