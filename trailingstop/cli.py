@@ -57,6 +57,10 @@ class UsageError(Exception):
     """Bad input: printed as ``error: ...`` with exit code 2."""
 
 
+class RunFailed(Exception):
+    """Something outside the user's input failed (Binance unreachable): ``error: ...``, exit 1."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors on one line like every other error of this command."""
 
@@ -75,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ManifestError, TradeFileError) as exc:
         _print_error(exc)
         return EXIT_USAGE
+    except RunFailed as exc:
+        _print_error(exc)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `trailingstop run ... | head`: the reader left; that is fine
@@ -142,6 +149,8 @@ def _run(args: argparse.Namespace) -> int:
     from trailingstop.embedded import EmbeddedRun
 
     speed = _speed(args.speed)
+    if args.live and (args.speed is not None or args.symbol):
+        raise UsageError("--speed and --symbol apply to a trade file, not to --live (the stops' symbols are streamed)")
     manifests, notes = load_manifests(args.manifest)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -231,11 +240,19 @@ async def _file_stream(symbol: str, trades: Iterator[Trade]) -> AsyncGenerator[t
 
 
 async def _live_stream(symbols: list[str]) -> AsyncGenerator[tuple[str, Trade], None]:
+    import aiohttp
+    from binance.exceptions import BinanceAPIException, BinanceRequestException
+
     from trailingstop.exchange.binance import BinanceSettings, live_trades
 
-    async with aclosing(live_trades(symbols, BinanceSettings.from_env())) as trades:
-        async for symbol, trade in trades:
-            yield symbol, trade
+    settings = BinanceSettings.from_env()
+    try:
+        async with aclosing(live_trades(symbols, settings)) as trades:
+            async for symbol, trade in trades:
+                yield symbol, trade
+    except (aiohttp.ClientError, BinanceAPIException, BinanceRequestException, TimeoutError, OSError) as exc:
+        # Only connecting can fail this way: the feeds reconnect and backfill by themselves.
+        raise RunFailed(f"cannot reach Binance at {settings.api_url}: {exc}") from None
 
 
 async def _until_signalled(work: Coroutine[Any, Any, None]) -> int | None:

@@ -113,10 +113,15 @@ class EmbeddedRun:
                         self.on_trade(symbol, trade)
                     if self.all_final():
                         break
-        finally:
-            if not started:
-                self.start(now_ms())
-            self.finish()
+        except asyncio.CancelledError:
+            self._wrap_up(started)
+            raise
+        self._wrap_up(started)
+
+    def _wrap_up(self, started: bool) -> None:
+        if not started:
+            self.start(now_ms())
+        self.finish()
 
     def table(self) -> str:
         end = self._clock

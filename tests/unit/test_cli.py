@@ -298,6 +298,14 @@ def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: lis
     assert capsys.readouterr().err == f"error: {message}\n"
 
 
+def test_live_takes_no_file_options(capsys: pytest.CaptureFixture[str]) -> None:
+    for extra in (["--speed", "2"], ["--symbol", "BTCUSDT"]):
+        code, out, err = cli(capsys, "run", DATA / "paced.yaml", "--live", *extra)
+        assert (code, out) == (2, "")
+        assert err == ("error: --speed and --symbol apply to a trade file, not to --live (the stops' symbols are "
+                       "streamed)\n")
+
+
 def test_run_refuses_a_bad_symbol(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = cli(capsys, "run", DATA / "paced.yaml", "--trades", DATA / "paced.csv", "--symbol", "BTC/USDT")
     assert (code, out, err) == (2, "", "error: --symbol must be 2-20 letters or digits, like BTCUSDT, got 'BTC/USDT'\n")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakebinance import FakeBinance
+from tests.fakebinance import FakeBinance, ThreadedFakeBinance
+from trailingstop.cli import main
 from trailingstop.exchange.binance import BinanceSettings, live_trades
 
 SYMBOL = "XRPETH"
@@ -238,3 +239,19 @@ async def test_a_feed_that_fails_ends_the_stream_with_its_error(fake: FakeBinanc
         with pytest.raises(ValueError, match="p \\(price\\) must be a plain decimal"):
             await asyncio.wait_for(next_trade, START_TIMEOUT)
     await fake.wait_for_stream_connections(0, timeout=5)
+
+
+@pytest.mark.fakebinance
+def test_binance_out_of_reach_is_one_line_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "live.yaml"
+    manifest.write_text(MANIFEST % "1")
+    with ThreadedFakeBinance() as fake:  # run() is synchronous: the fake answers from its own thread
+        wrong = f"{fake.fake.base_url}/not-binance/api"  # answers 404 to python-binance's ping
+        monkeypatch.setenv("TRAILINGSTOP_BINANCE_API_URL", wrong)
+        monkeypatch.setenv("TRAILINGSTOP_BINANCE_STREAM_URL", fake.stream_url)
+        code = main(["run", str(manifest), "--live"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith(f"error: cannot reach Binance at {wrong}: ") and err.count("\n") == 1, err
