@@ -240,20 +240,24 @@ def _reading(path: Path, line: int | None) -> Iterator[None]:
 @contextlib.contextmanager
 def _open_binary(path: Path) -> Iterator[IO[bytes]]:
     """The file's bytes as a stream, through its archive when it is a ``.zip`` or ``.gz``."""
+    with contextlib.ExitStack() as stack:
+        yield _open(path, stack)
+
+
+def _open(path: Path, stack: contextlib.ExitStack) -> IO[bytes]:
+    """Open ``path`` (and its one member, for a zip) on ``stack``; failures to open as TradeFileError.
+    Failures while reading are _reading's."""
     try:
-        with contextlib.ExitStack() as stack:
-            if path.suffix == ".zip":
-                archive = stack.enter_context(zipfile.ZipFile(path))
-                members = [info for info in archive.infolist() if not info.is_dir()]
-                if len(members) != 1:
-                    raise TradeFileError(path, None, f"expected one file in the zip, found {len(members)}")
-                stream: IO[bytes] = stack.enter_context(archive.open(members[0]))
-            elif path.suffix == ".gz":
-                stream = cast(IO[bytes], stack.enter_context(gzip.open(path, "rb")))
-            else:
-                stream = stack.enter_context(path.open("rb"))
-            yield stream
-    except OSError as exc:  # opening; reading errors are turned into TradeFileError by _lines
+        if path.suffix == ".zip":
+            archive = stack.enter_context(zipfile.ZipFile(path))
+            members = [info for info in archive.infolist() if not info.is_dir()]
+            if len(members) != 1:
+                raise TradeFileError(path, None, f"expected one file in the zip, found {len(members)}")
+            return stack.enter_context(archive.open(members[0]))
+        if path.suffix == ".gz":
+            return cast(IO[bytes], stack.enter_context(gzip.open(path, "rb")))
+        return stack.enter_context(path.open("rb"))
+    except OSError as exc:
         raise TradeFileError(path, None, os_problem(exc)) from None
     except zipfile.BadZipFile as exc:
         raise TradeFileError(path, None, f"cannot read: not a zip archive ({exc})") from None
