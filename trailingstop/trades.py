@@ -197,8 +197,8 @@ def trade_from_payload(payload: Mapping[str, Any]) -> Trade:
 
 def _located_trades(path: Path) -> Iterator[tuple[str, Trade]]:
     """``("FILE:LINE" or "FILE: item N", trade)`` for each trade of the file."""
-    with _open_binary(path) as stream:
-        layout = _layout(path, _peek(path, stream))
+    with _open_binary(path) as (stream, name):
+        layout = _layout(name, _peek(path, stream))
         if layout == "json-array":
             yield from _parse_json_array(path, stream)
         elif layout == "json-lines":
@@ -207,9 +207,10 @@ def _located_trades(path: Path) -> Iterator[tuple[str, Trade]]:
             yield from _parse_csv(path, _lines(path, stream))
 
 
-def _layout(path: Path, head: bytes) -> str:
-    """csv, json-lines or json-array: by the name (inside .gz/.zip), else by the first character."""
-    name = path.name.removesuffix(".gz").removesuffix(".zip")
+def _layout(name: str, head: bytes) -> str:
+    """csv, json-lines or json-array: by the file's name (without .gz; a zip's member), else by the
+    first character."""
+    name = name.removesuffix(".gz")
     first = head.removeprefix(codecs.BOM_UTF8).lstrip()[:1]
     if name.endswith(".csv"):
         return "csv"
@@ -238,13 +239,14 @@ def _reading(path: Path, line: int | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _open_binary(path: Path) -> Iterator[IO[bytes]]:
-    """The file's bytes as a stream, through its archive when it is a ``.zip`` or ``.gz``."""
+def _open_binary(path: Path) -> Iterator[tuple[IO[bytes], str]]:
+    """The file's bytes as a stream, through its archive when it is a ``.zip`` or ``.gz``, and the
+    name of what is read (a zip's member)."""
     with contextlib.ExitStack() as stack:
         yield _open(path, stack)
 
 
-def _open(path: Path, stack: contextlib.ExitStack) -> IO[bytes]:
+def _open(path: Path, stack: contextlib.ExitStack) -> tuple[IO[bytes], str]:
     """Open ``path`` (and its one member, for a zip) on ``stack``; failures to open as TradeFileError.
     Failures while reading are _reading's."""
     try:
@@ -253,10 +255,10 @@ def _open(path: Path, stack: contextlib.ExitStack) -> IO[bytes]:
             members = [info for info in archive.infolist() if not info.is_dir()]
             if len(members) != 1:
                 raise TradeFileError(path, None, f"expected one file in the zip, found {len(members)}")
-            return stack.enter_context(archive.open(members[0]))
+            return stack.enter_context(archive.open(members[0])), Path(members[0].filename).name
         if path.suffix == ".gz":
-            return cast(IO[bytes], stack.enter_context(gzip.open(path, "rb")))
-        return stack.enter_context(path.open("rb"))
+            return cast(IO[bytes], stack.enter_context(gzip.open(path, "rb"))), path.name
+        return stack.enter_context(path.open("rb")), path.name
     except OSError as exc:
         raise TradeFileError(path, None, os_problem(exc)) from None
     except zipfile.BadZipFile as exc:

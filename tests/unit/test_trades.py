@@ -98,6 +98,16 @@ def test_zip_and_gz_archives(tmp_path: Path) -> None:
     assert load_trades(jgz) == [PAYLOAD_TRADE]
 
 
+def test_a_zip_member_s_name_says_its_layout(tmp_path: Path) -> None:
+    archive = tmp_path / "dump.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("trades.jsonl", json.dumps(PAYLOAD) + "\n")
+    assert load_trades(archive) == [PAYLOAD_TRADE]
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("XRPETH-aggTrades-2019-10-11.csv", f"{HEADER}\n{ROW}\n")
+    assert load_trades(archive) == [GOOD]
+
+
 def test_zip_with_more_than_one_file_is_refused(tmp_path: Path) -> None:
     archive = tmp_path / "two.zip"
     with zipfile.ZipFile(archive, "w") as zf:
