@@ -158,7 +158,7 @@ class EmbeddedRun:
         if status.phase != before.phase:
             self._print(stop, before.phase, _describe(event, stop))
         elif self.verbose and event.type == "reference" and status.reference_price != before.reference_price:
-            self._print(stop, None, f"reference {event.reference_price}, stop {event.stop_price}")
+            self._print(stop, None, f"reference {_text(event.reference_price)}, stop {_text(event.stop_price)}")
 
     def _print(self, stop: LocalStop, before: str | None, what: str) -> None:
         change = f"{before} -> {stop.status.phase}" if before else stop.status.phase
