@@ -8,13 +8,13 @@ STAMP  := $(VENV)/.installed
 
 IMAGE ?= ghcr.io/trailingstop/trailingstop:0.1.0
 
-.PHONY: help venv demo test test-unit lint bench bench-engine bench-workers bench-operator bench-history \
+.PHONY: help venv demo test test-unit lint bench bench-engine bench-workers bench-operator bench-history bench-manifests \
 	testenv-up testenv-down image manifests manifests-check lint-install crd clean
 
 help:
 	@echo "make demo   - install into $(VENV) and run the embedded demo on real Binance trades"
 	@echo "make test   - bring up RabbitMQ + a real Kubernetes control plane, run every test"
-	@echo "make bench  - engine, worker, operator and history benchmarks (figures go to docs/BENCHMARKS.md)"
+	@echo "make bench  - engine, worker, operator, history and manifest benchmarks (figures go to docs/BENCHMARKS.md)"
 	@echo "make image  - docker build the one image of every role"
 	@echo "make manifests / lint-install / crd - regenerate manifests/, lint the install paths, regenerate the CRD"
 
@@ -44,7 +44,7 @@ lint: venv
 	$(BIN)/ruff check trailingstop tests
 	$(BIN)/mypy
 
-bench: bench-engine bench-workers bench-operator bench-history
+bench: bench-engine bench-workers bench-operator bench-history bench-manifests
 
 bench-engine: venv
 	$(BIN)/python benchmarks/engine.py
@@ -52,6 +52,9 @@ bench-engine: venv
 # A month of aggTrades through `backtest --month` from a local public-data host (BENCH_ARGS: --per-day N).
 bench-history: venv
 	$(BIN)/python benchmarks/history.py $(BENCH_ARGS)
+
+bench-manifests: venv
+	$(BIN)/python benchmarks/manifests.py
 
 bench-workers: venv
 	scripts/testenv up

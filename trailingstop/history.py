@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from trailingstop.trades import Trade, TradeFileError, read_csv_stream
+from trailingstop.trades import SkippedTrades, Trade, TradeFileError, in_id_order, read_csv_stream
 
 DEFAULT_DATA_URL = "https://data.binance.vision"
 # The bucket behind data.binance.vision answers S3 listings here (its web page lists files this way).
@@ -724,10 +724,12 @@ class History:
     report: FetchReport = field(default_factory=FetchReport)
     progress_stream: IO[str] | None = None
 
-    def trades(self, show_progress: bool = True) -> Iterator[Trade]:
+    def trades(self, show_progress: bool = True, skipped: SkippedTrades | None = None) -> Iterator[Trade]:
         """Every trade, file after file, parsed as it is decompressed (nothing held in memory).
 
         ``show_progress``: a reading bar on a terminal; off where the caller prints as it goes.
+        ``skipped``: trades whose id is not above the previous one's (across files) are left out
+        and counted there, as :func:`trailingstop.trades.read_trades` does for one file.
         """
         sizes = [_uncompressed_size(path) for path in self.files]
         progress = Progress(f"reading {self.symbol} {self.span.label}", self.progress_stream,
@@ -735,13 +737,17 @@ class History:
         progress.expect(sum(sizes))
         try:
             for path in self.files:
-                yield from zip_trades(path, progress.update)
+                located = zip_trades(path, progress.update)
+                if skipped is None:
+                    yield from (trade for _, trade in located)
+                else:
+                    yield from in_id_order(located, skipped)
         finally:
             progress.close()
 
 
-def zip_trades(path: Path, on_read: Callable[[int], None] = lambda _: None) -> Iterator[Trade]:
-    """The trades of a Binance aggTrades zip (one CSV inside), streamed."""
+def zip_trades(path: Path, on_read: Callable[[int], None] = lambda _: None) -> Iterator[tuple[str, Trade]]:
+    """``("FILE:LINE", trade)`` of a Binance aggTrades zip (one CSV inside), streamed."""
     try:
         with zipfile.ZipFile(path) as archive:
             members = [info for info in archive.infolist() if not info.is_dir()]
@@ -749,8 +755,7 @@ def zip_trades(path: Path, on_read: Callable[[int], None] = lambda _: None) -> I
                 raise TradeFileError(path, None, f"expected one file in the zip, found {len(members)}")
             with archive.open(members[0]) as member:
                 counted = io.BufferedReader(_CountingReader(cast(io.BufferedIOBase, member), on_read), _CHUNK)
-                text = io.TextIOWrapper(counted, encoding="utf-8", newline="")
-                yield from read_csv_stream(path, text)
+                yield from read_csv_stream(path, counted)
     except (OSError, UnicodeDecodeError, zipfile.BadZipFile, EOFError) as exc:
         raise TradeFileError(path, None, f"cannot read: {exc}") from None
 

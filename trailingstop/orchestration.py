@@ -148,8 +148,10 @@ class SymbolOrchestrator:
 
     def on_tick(self, tick: PriceTick) -> Outcome:
         joined = self._unpark(tick.trade_id) if self._parked else None
+        dropped = self.engine.duplicates
         happened = self.engine.on_trade(tick.price, tick.trade_id, tick.trade_time)
-        self._last_tick = tick
+        if self.engine.duplicates == dropped:  # a duplicate's price is not the last price (LAST column)
+            self._last_tick = tick
         if not happened and not joined:
             return NOTHING
         outcome = self._outcome(happened)

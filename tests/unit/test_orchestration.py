@@ -194,7 +194,10 @@ def test_duplicate_and_old_trade_ids_are_dropped() -> None:
     assert not orch.on_tick(tick(2, "50"))
     assert not orch.on_tick(tick(1, "50"))
     assert orch.duplicates == 2
-    assert [e.type for e in orch.flush()] == ["reference", "price"]
+    flushed = orch.flush()
+    assert [e.type for e in flushed] == ["reference", "price"]
+    # LAST is the last trade applied, never a dropped one's price (the metric counts those).
+    assert (flushed[1].price, flushed[1].trade_id) == (Decimal("110"), 2)
 
 
 def test_sync_request() -> None:
