@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from trailingstop.manifests import load_manifests
+from trailingstop.stopfiles import load_manifests
 
 
 def stop_document(index: int) -> str:

@@ -49,7 +49,7 @@ from aiormq.abc import DeliveredMessage
 from pydantic import ValidationError
 
 from trailingstop import telemetry
-from trailingstop.contracts import Message, OrderResult, PlaceOrder, PriceTick, StopCommand, StopEvent
+from trailingstop.core.contracts import Message, OrderResult, PlaceOrder, PriceTick, StopCommand, StopEvent
 
 log = logging.getLogger(__name__)
 
@@ -305,14 +305,14 @@ class Bus:
         await self.publish(tick, MARKETDATA_EXCHANGE, tick.symbol, persistent=False, confirm=False, retry=False)
 
     async def publish_command(self, command: StopCommand) -> None:
-        await self._ensure(command_queue(command.symbol))
+        await self._declare_once(command_queue(command.symbol))
         await self.publish(command, STOP_COMMANDS_EXCHANGE, command.symbol)
 
     async def publish_stop_event(self, event: StopEvent) -> None:
         await self.publish(event, STOP_EVENTS_EXCHANGE, event.routing_key)
 
     async def publish_order(self, order: PlaceOrder) -> None:
-        await self._ensure(executor_queue(order.route))
+        await self._declare_once(executor_queue(order.route))
         await self.publish(order, ORDER_COMMANDS_EXCHANGE, order.route)
 
     async def publish_result(self, result: OrderResult) -> None:
@@ -385,7 +385,7 @@ class Bus:
 
     # --- internals ---------------------------------------------------------------------------------
 
-    async def _ensure(self, spec: QueueSpec) -> None:
+    async def _declare_once(self, spec: QueueSpec) -> None:
         """Declare a consumer's queue before the first publish to it, so nothing is unroutable
         while its consumer is still starting (queues are durable: once is enough)."""
         if spec.name not in self._declared:

@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from pydantic import TypeAdapter, ValidationError
 
 from trailingstop import __version__, history
-from trailingstop.contracts import SYMBOL_PATTERN, ActivationPrice, TrailingPercent, describe_errors
-from trailingstop.echo import printable, short_repr
-from trailingstop.manifests import Manifest, ManifestError, load_manifests
-from trailingstop.trades import (
+from trailingstop.core.contracts import SYMBOL_PATTERN, ActivationPrice, TrailingPercent, describe_errors
+from trailingstop.core.echo import printable, short_repr
+from trailingstop.core.trade import Trade
+from trailingstop.stopfiles import Manifest, ManifestError, load_manifests
+from trailingstop.tradefiles import (
     DEMO_SYMBOL,
     SkippedTrades,
-    Trade,
     TradeFileError,
     demo_trades_path,
     read_trades,

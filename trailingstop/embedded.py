@@ -1,6 +1,6 @@
 """``trailingstop run``: the whole system in one process, no cluster and no broker.
 
-Manifests become stops of per-symbol :class:`~trailingstop.orchestration.SymbolOrchestrator`s (the
+Manifests become stops of per-symbol :class:`~trailingstop.core.stopbook.StopBook`s (the
 orchestrator worker's own logic), orders go to the :class:`~trailingstop.exchange.simulated.SimulatedExchange`
 (the executor's Simulate route), and statuses follow the same reducer the operator uses. Each
 phase change is printed as it happens; the end is a table shaped like ``kubectl get trailingstops``.
@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TextIO
 
-from trailingstop.contracts import (
-    FINAL_PHASES,
+from trailingstop.core.contracts import (
     OrderResult,
     PriceTick,
     StopCommand,
@@ -27,12 +26,12 @@ from trailingstop.contracts import (
     now_ms,
     to_wire,
 )
+from trailingstop.core.lifecycle import apply_order_result, apply_stop_event, is_final
+from trailingstop.core.stopbook import Outcome, StopBook
+from trailingstop.core.trade import Trade
 from trailingstop.exchange.simulated import SimulatedExchange
-from trailingstop.manifests import Manifest
-from trailingstop.orchestration import Outcome, SymbolOrchestrator
-from trailingstop.status import apply_order_result, apply_stop_event
+from trailingstop.stopfiles import Manifest
 from trailingstop.table import render_table, stop_row
-from trailingstop.trades import Trade
 
 # (symbol, trade) pairs, in trade order per symbol; an async generator, so that it can be closed.
 TradeStream = AsyncGenerator[tuple[str, Trade], None]
@@ -46,7 +45,7 @@ class LocalStop:
 
     @property
     def final(self) -> bool:
-        return self.status.phase in FINAL_PHASES
+        return is_final(self.status.phase)
 
 
 class EmbeddedRun:
@@ -59,7 +58,7 @@ class EmbeddedRun:
         self.exchange = SimulatedExchange()
         self._clock = 0  # the data clock: time of the last trade, ms
         self.orchestrators = {
-            symbol: SymbolOrchestrator(symbol, clock=lambda: self._clock)
+            symbol: StopBook(symbol, clock=lambda: self._clock)
             for symbol in sorted({m.spec.symbol for m in manifests})
         }
 

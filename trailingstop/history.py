@@ -5,7 +5,7 @@ Binance publishes every spot symbol's aggregate trades on its public-data host, 
     data/spot/daily/aggTrades/SYMBOL/SYMBOL-aggTrades-YYYY-MM-DD.zip     (+ .zip.CHECKSUM)
     data/spot/monthly/aggTrades/SYMBOL/SYMBOL-aggTrades-YYYY-MM.zip      (+ .zip.CHECKSUM)
 
-Each zip holds one CSV named like it (read by :mod:`trailingstop.trades`); each ``.CHECKSUM`` is
+Each zip holds one CSV named like it (read by :mod:`trailingstop.tradefiles`); each ``.CHECKSUM`` is
 ``sha256sum`` output (``<64 hex>  <file name>``). A day is published the day after it ends (UTC),
 a month some days after it ends.
 
@@ -53,7 +53,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from trailingstop.trades import SkippedTrades, Trade, TradeFileError, in_id_order, read_csv_stream
+from trailingstop.core.trade import Trade
+from trailingstop.tradefiles import SkippedTrades, TradeFileError, in_id_order, read_csv_stream
 
 DEFAULT_DATA_URL = "https://data.binance.vision"
 # The bucket behind data.binance.vision answers S3 listings here (its web page lists files this way).
@@ -729,7 +730,7 @@ class History:
 
         ``show_progress``: a reading bar on a terminal; off where the caller prints as it goes.
         ``skipped``: trades whose id is not above the previous one's (across files) are left out
-        and counted there, as :func:`trailingstop.trades.read_trades` does for one file.
+        and counted there, as :func:`trailingstop.tradefiles.read_trades` does for one file.
         """
         sizes = [_uncompressed_size(path) for path in self.files]
         progress = Progress(f"reading {self.symbol} {self.span.label}", self.progress_stream,

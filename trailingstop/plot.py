@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trailingstop.backtest import BacktestResult
-from trailingstop.contracts import ms_to_rfc3339
+from trailingstop.core.contracts import ms_to_rfc3339
 from trailingstop.sweep import Grid, Line, grid, heat_colour, lines, references
 
 WIDTH, HEIGHT = 1200, 640

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from trailingstop.echo import cut
+from trailingstop.core.echo import cut
 
 MAX_DOCUMENTS = 100_000
 # What aliases may add to one document, in nodes plus scalar characters, beyond what is written.

@@ -18,8 +18,8 @@ from kubernetes_asyncio import client, watch
 from tests.e2e.conftest import REPO, Cluster
 from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET
 from tests.harness import eventually, metric_total
-from trailingstop.contracts import client_order_id
-from trailingstop.trades import demo_trades_path, load_trades
+from trailingstop.core.contracts import client_order_id
+from trailingstop.tradefiles import demo_trades_path, load_trades
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -19,10 +19,10 @@ import yaml
 from tests.unit.test_backtest import naive
 from trailingstop.backtest import OUTCOME_KEYS, RESULT_KEYS
 from trailingstop.cli import main
-from trailingstop.contracts import ms_to_rfc3339, to_wire
+from trailingstop.core.contracts import ms_to_rfc3339, to_wire
 from trailingstop.operator.crd import crd_yaml
 from trailingstop.table import human_duration
-from trailingstop.trades import demo_trades_path, load_trades
+from trailingstop.tradefiles import demo_trades_path, load_trades
 
 ROOT = Path(__file__).parents[2]
 DATA = Path(__file__).parent / "data"

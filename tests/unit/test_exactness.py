@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trailingstop.contracts import (
+from trailingstop.core.contracts import (
     OrderResult,
     PlaceOrder,
     PriceTick,
@@ -28,14 +28,14 @@ from trailingstop.contracts import (
     TrailingStopStatus,
     ms_to_rfc3339,
 )
-from trailingstop.decimals import digits, negate, oriented, to_wire
-from trailingstop.engine import Engine, stop_level
-from trailingstop.exchange.filters import LotSize
+from trailingstop.core.decimals import digits, negate, oriented, to_wire
+from trailingstop.core.engine import Engine, stop_level
+from trailingstop.core.filters import LotSize
+from trailingstop.core.lifecycle import apply_order_result, apply_stop_event, saved_state
+from trailingstop.core.stopbook import StopBook
 from trailingstop.exchange.simulated import SimulatedExchange
-from trailingstop.manifests import load_manifests
-from trailingstop.orchestration import SymbolOrchestrator
-from trailingstop.status import apply_order_result, apply_stop_event, saved_state
-from trailingstop.trades import read_trades
+from trailingstop.stopfiles import load_manifests
+from trailingstop.tradefiles import read_trades
 
 EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 BIGGEST = Decimal("99999999999999999999.99999999999999999999")
@@ -116,7 +116,7 @@ def test_max_length_values_go_through_unchanged(tmp_path_factory: pytest.TempPat
     (loaded,), _ = load_manifests(manifest)
     assert to_wire(loaded.spec.quantity) == to_wire(Decimal(quantity))
     definition = StopDefinition.from_spec(loaded.spec, uid=loaded.uid, namespace=loaded.namespace, name=loaded.name)
-    orchestrator = SymbolOrchestrator("BTCUSDT", clock=lambda: T0)
+    orchestrator = StopBook("BTCUSDT", clock=lambda: T0)
     status = TrailingStopStatus()
     events = list(orchestrator.apply(wire_round_trip(StopCommand.upsert(definition))).events)
     orders: list[PlaceOrder] = []
@@ -151,7 +151,7 @@ def test_max_length_values_go_through_unchanged(tmp_path_factory: pytest.TempPat
 def test_a_saved_max_length_state_restores_exactly(side: str, trail: str, first: str, second: str) -> None:
     """Status -> saved state -> StopCommand on the wire -> a new orchestrator: the same reference."""
     definition = StopDefinition(uid="u1", symbol="BTCUSDT", side=side, quantity="1", trailing_percent=trail)
-    engine_before = SymbolOrchestrator("BTCUSDT", clock=lambda: T0)
+    engine_before = StopBook("BTCUSDT", clock=lambda: T0)
     status = TrailingStopStatus()
     events = list(engine_before.apply(StopCommand.upsert(definition)).events)
     ordered = sorted((first, second), key=Decimal, reverse=side == "BUY")  # the second moves the reference
@@ -166,7 +166,7 @@ def test_a_saved_max_length_state_restores_exactly(side: str, trail: str, first:
     if status.phase != "Tracking":
         return  # the second price triggered it (a wide trail can't, a narrow one can): nothing to restore
     restored = StopDefinition(**{**definition.model_dump(), "state": saved_state(status)})
-    after = SymbolOrchestrator("BTCUSDT", clock=lambda: T0)
+    after = StopBook("BTCUSDT", clock=lambda: T0)
     after.apply(wire_round_trip(StopCommand.upsert(restored)))
     after.resume_after_restore()
     after.on_tick(PriceTick(symbol="BTCUSDT", price=ordered[1], qty="1", trade_id=3, trade_time=T0 + 3,

@@ -37,7 +37,7 @@ from tests.fakebinance import (
     errors,
 )
 from tests.fakebinance.clients import async_client_class, client_class, socket_manager
-from trailingstop.trades import demo_trades_path, load_trades
+from trailingstop.tradefiles import demo_trades_path, load_trades
 
 pytestmark = pytest.mark.fakebinance  # a real server on loopback: not a unit test
 

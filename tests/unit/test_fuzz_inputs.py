@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trailingstop.cli import main
-from trailingstop.manifests import ManifestError, load_manifests
-from trailingstop.trades import Trade, TradeFileError, load_trades
+from trailingstop.core.trade import Trade
+from trailingstop.stopfiles import ManifestError, load_manifests
+from trailingstop.tradefiles import TradeFileError, load_trades
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

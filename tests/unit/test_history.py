@@ -32,6 +32,7 @@ import pytest
 from tests.fakedata import FakeDataServer, by_day, publish_days, remote_path, synthetic_days, tamper, write_archive
 from tests.fakedata.archives import sha256, write_checksum
 from trailingstop.cli import main
+from trailingstop.core.trade import Trade
 from trailingstop.history import (
     DEFAULT_DATA_URL,
     Archive,
@@ -49,7 +50,7 @@ from trailingstop.history import (
     plan,
     zip_trades,
 )
-from trailingstop.trades import Trade, demo_trades_path, load_trades
+from trailingstop.tradefiles import demo_trades_path, load_trades
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "trailingstop.yaml"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from trailingstop.manifests import ManifestError, load_manifests, parse_manifest
+from trailingstop.stopfiles import ManifestError, load_manifests, parse_manifest
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -364,8 +364,8 @@ def test_paths_that_are_not_readable_files(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_size_and_document_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import trailingstop.manifests as manifests
     import trailingstop.safeyaml as safeyaml
+    import trailingstop.stopfiles as manifests
 
     path = tmp_path / "m.yaml"
     path.write_text("---\n".join(STOP.replace("name: a", f"name: s{i}") for i in range(5)))

@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
-from trailingstop.contracts import (
+from trailingstop.core.contracts import (
     OrderResult,
     StopCommand,
     StopEvent,
     TrailingStopSpec,
     TrailingStopStatus,
 )
+from trailingstop.core.lifecycle import apply_order_result, apply_stop_event, triggered_by_order
 from trailingstop.operator import builders
 from trailingstop.operator.builders import Owner
 from trailingstop.operator.config import OperatorConfig
@@ -23,7 +24,6 @@ from trailingstop.operator.events import StatusWriter
 from trailingstop.operator.kube import contains, status_patch
 from trailingstop.operator.reconcile import Reconciler
 from trailingstop.operator.stops import StopRecord, StopStore
-from trailingstop.status import apply_order_result, apply_stop_event, triggered_by_order
 
 CONFIG = OperatorConfig(
     namespaces=("trading",),

@@ -24,7 +24,7 @@ from trailingstop.bus import (
     tick_queue,
     worker_permissions,
 )
-from trailingstop.contracts import ROUTE_MAX, StopEvent, TrailingStopSpec, executor_route
+from trailingstop.core.contracts import ROUTE_MAX, StopEvent, TrailingStopSpec, executor_route
 from trailingstop.operator import builders
 from trailingstop.operator.builders import BROKER_CREDENTIALS_ANNOTATION, Owner
 from trailingstop.operator.config import OperatorConfig

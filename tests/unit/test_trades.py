@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from trailingstop.trades import (
+from trailingstop.core.trade import Trade
+from trailingstop.tradefiles import (
     DEMO_SYMBOL,
     SkippedTrades,
-    Trade,
     TradeFileError,
     demo_trades_path,
     load_trades,

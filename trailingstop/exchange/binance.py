@@ -37,9 +37,10 @@ from binance.exceptions import (
 from binance.ws.constants import WSListenerState
 
 from trailingstop.aio import stop_if_cancelled
-from trailingstop.contracts import OrderError, OrderResult, PlaceOrder, now_ms
-from trailingstop.exchange.filters import SymbolFilters
-from trailingstop.trades import Trade, trade_from_payload
+from trailingstop.core.contracts import OrderError, OrderResult, PlaceOrder, now_ms
+from trailingstop.core.filters import SymbolFilters
+from trailingstop.core.trade import Trade
+from trailingstop.tradefiles import trade_from_payload
 
 log = logging.getLogger(__name__)
 

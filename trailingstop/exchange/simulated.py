@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 
-from trailingstop.contracts import OrderResult, PlaceOrder
-from trailingstop.decimals import EXACT
-from trailingstop.exchange.filters import SymbolFilters
+from trailingstop.core.contracts import OrderResult, PlaceOrder
+from trailingstop.core.decimals import EXACT
+from trailingstop.core.filters import SymbolFilters
 
 
 class SimulatedExchange:

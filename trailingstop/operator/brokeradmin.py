@@ -61,7 +61,7 @@ class ManagementApi:
                 f"the namespaces' vhosts and users (it has {sorted(tags) or 'none'}); see docs/INSTALL.md"
             )
 
-    async def ensure_tenant(self, vhost: str, user: str, password: str) -> None:
+    async def put_tenant(self, vhost: str, user: str, password: str) -> None:
         v, u = quote(vhost, safe=""), quote(user, safe="")
         await self._request("PUT", f"/api/vhosts/{v}", {"description": "trailingstop tenant", "tags": "trailingstop"})
         await self._request("PUT", f"/api/users/{u}", {"password": password, "tags": ""})
@@ -110,10 +110,10 @@ class TopologyOperator:
                 "TRAILINGSTOP_RABBITMQ_CLUSTER must name the RabbitmqCluster the topology operator's objects refer to"
             )
 
-    async def ensure_tenant(self, vhost: str, user: str, password: str) -> None:
+    async def put_tenant(self, vhost: str, user: str, password: str) -> None:
         objects = builders.topology_objects(self.namespace, self.cluster, vhost, user, password, self.operator_user)
         for desired in objects:
-            await self.kube.ensure(desired)
+            await self.kube.apply(desired)
         await self._wait_ready([o for o in objects if o["kind"] != "Secret"])
 
     async def remove_tenant(self, vhost: str, user: str) -> None:

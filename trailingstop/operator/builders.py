@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trailingstop.bus import worker_permissions
-from trailingstop.contracts import API_GROUP, API_VERSION, KIND
+from trailingstop.core.contracts import API_GROUP, API_VERSION, KIND
 from trailingstop.operator.config import HEALTH_PORT, OperatorConfig
 
 MANAGED_BY = "trailingstop-operator"

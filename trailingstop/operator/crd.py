@@ -2,7 +2,7 @@
 
 ``crds/trailingstops.trailingstop.dev.yaml`` (and the chart's copy) is this function's output,
 committed; a test fails when they drift. Patterns, the "> 0" rules and their messages come from
-:mod:`trailingstop.contracts`, so ``kubectl apply`` and ``trailingstop run`` refuse the same specs
+:mod:`trailingstop.core.contracts`, so ``kubectl apply`` and ``trailingstop run`` refuse the same specs
 with the same words.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from trailingstop.contracts import (
+from trailingstop.core.contracts import (
     API_GROUP,
     API_VERSION,
     KIND,
@@ -25,7 +25,9 @@ from trailingstop.contracts import (
     SECRET_NAME_PATTERN,
     SYMBOL_PATTERN,
     TRAILING_PERCENT_PATTERN,
+    Phase,
 )
+from trailingstop.core.lifecycle import FIRED
 from trailingstop.table import PRINTER_COLUMNS
 
 CRD_NAME = f"{PLURAL}.{API_GROUP}"
@@ -60,11 +62,13 @@ def _immutable(schema: dict[str, Any], field: str) -> dict[str, Any]:
     return schema
 
 
-# A triggered stop has placed its order: a new spec would be a new stop. The API server refuses
-# the change (the operator also refuses it with a condition, should a change get through).
+# A fired stop has placed its order: a new spec would be a new stop. The API server refuses the
+# change (the operator also refuses it with a condition, should a change get through). The phases
+# are the lifecycle's FIRED, in the order the enum lists them.
+_FIRED_LIST = ", ".join(f"'{phase}'" for phase in Phase if phase in FIRED)
 FROZEN_AFTER_TRIGGER = {
     "rule": "!has(oldSelf.status) || !has(oldSelf.status.phase) || "
-    "!(oldSelf.status.phase in ['Triggered', 'Filled', 'Rejected', 'Failed']) || self.spec == oldSelf.spec",
+    f"!(oldSelf.status.phase in [{_FIRED_LIST}]) || self.spec == oldSelf.spec",
     "message": "spec cannot change once the stop has triggered: create a new TrailingStop instead",
 }
 
@@ -152,7 +156,7 @@ def status_schema() -> dict[str, Any]:
                 "Pending (not yet seen by an orchestrator), Armed (waiting for activation), Tracking, "
                 "Triggered (order sent), Filled, Rejected (by the exchange), Failed, or Invalid (the "
                 "exchange would refuse the order; fix the spec).",
-                enum=["Pending", "Armed", "Tracking", "Triggered", "Filled", "Rejected", "Failed", "Invalid"],
+                enum=[str(phase) for phase in Phase],
             ),
             "observedGeneration": _integer("The spec generation this status reflects."),
             "message": _string("Human-readable detail about the phase."),

@@ -17,7 +17,7 @@ from typing import Any
 
 from trailingstop import telemetry
 from trailingstop.bus import OPERATOR_ORDER_EVENTS_QUEUE, OPERATOR_QUEUES, OPERATOR_STOP_EVENTS_QUEUE, Bus
-from trailingstop.contracts import (
+from trailingstop.core.contracts import (
     OrderResult,
     Phase,
     StopCommand,
@@ -26,8 +26,8 @@ from trailingstop.contracts import (
     ms_to_rfc3339,
     now_ms,
 )
+from trailingstop.core.lifecycle import apply_order_result, apply_stop_event, triggered_by_order
 from trailingstop.operator.stops import StopRecord, StopStore
-from trailingstop.status import apply_order_result, apply_stop_event, triggered_by_order
 from trailingstop.telemetry import stop_fields
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import kopf
 
 from trailingstop import telemetry
 from trailingstop.bus import Bus, connect_bus
-from trailingstop.contracts import API_GROUP, API_VERSION, PLURAL
+from trailingstop.core.contracts import API_GROUP, API_VERSION, PLURAL
 from trailingstop.health import HealthServer
 from trailingstop.operator.brokeradmin import ManagementApi, TopologyOperator, credentials_of, default_management_url
 from trailingstop.operator.config import OperatorConfig
@@ -137,9 +137,9 @@ async def cleanup(**_: Any) -> None:
 
 @kopf.on.create(*RESOURCE)
 @kopf.on.resume(*RESOURCE)
-async def ensure(body: kopf.Body, **_: Any) -> None:
-    telemetry.OPERATOR_RECONCILES.labels(handler="ensure").inc()
-    await OPERATOR.work.ensure(body)
+async def reconcile(body: kopf.Body, **_: Any) -> None:
+    telemetry.OPERATOR_RECONCILES.labels(handler="reconcile").inc()
+    await OPERATOR.work.reconcile(body)
 
 
 @kopf.on.update(*RESOURCE, field="spec")

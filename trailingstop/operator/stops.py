@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trailingstop.contracts import StopDefinition, TrailingStopSpec, TrailingStopStatus
-from trailingstop.status import saved_state
+from trailingstop.core.contracts import StopDefinition, TrailingStopSpec, TrailingStopStatus
+from trailingstop.core.lifecycle import saved_state
 
 
 @dataclass

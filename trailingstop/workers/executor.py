@@ -18,7 +18,7 @@ from typing import Any
 
 from trailingstop import telemetry
 from trailingstop.bus import Bus, executor_queue
-from trailingstop.contracts import OrderResult, PlaceOrder
+from trailingstop.core.contracts import OrderResult, PlaceOrder
 from trailingstop.exchange.binance import BinanceExecutor, BinanceSettings, connect_client
 from trailingstop.exchange.simulated import SimulatedExchange
 from trailingstop.health import HealthServer

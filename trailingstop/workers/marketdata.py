@@ -20,11 +20,12 @@ from pathlib import Path
 from trailingstop import telemetry
 from trailingstop.aio import stop_if_cancelled
 from trailingstop.bus import Bus, PublishFailed
-from trailingstop.contracts import PriceTick, now_ms
+from trailingstop.core.contracts import PriceTick, now_ms
+from trailingstop.core.trade import Trade
 from trailingstop.exchange.binance import BinanceSettings, TradeFeed, connect_client
 from trailingstop.health import HealthServer
 from trailingstop.settings import Settings
-from trailingstop.trades import Trade, read_trades
+from trailingstop.tradefiles import read_trades
 from trailingstop.workers.service import serve
 
 log = logging.getLogger(__name__)

@@ -29,10 +29,10 @@ from binance.exceptions import BinanceAPIException, BinanceRequestException
 
 from trailingstop import telemetry
 from trailingstop.bus import Bus, command_queue, tick_queue
-from trailingstop.contracts import PriceTick, StopCommand, now_ms
+from trailingstop.core.contracts import PriceTick, StopCommand, now_ms
+from trailingstop.core.stopbook import Outcome, StopBook
 from trailingstop.exchange.binance import BinanceSettings, agg_trades, connect_client, symbol_filters
 from trailingstop.health import HealthServer
-from trailingstop.orchestration import Outcome, SymbolOrchestrator
 from trailingstop.settings import Settings
 from trailingstop.workers.service import serve
 
@@ -45,7 +45,7 @@ class OrchestratorWorker:
     def __init__(
         self,
         bus: Bus,
-        orchestrator: SymbolOrchestrator,
+        orchestrator: StopBook,
         settings: Settings,
         rest: AsyncClient | None = None,
     ) -> None:
@@ -175,7 +175,7 @@ async def main(args: argparse.Namespace) -> int:
 
     async def body(bus: Bus, health: HealthServer) -> None:
         rest, filters = await _rest_client(symbol)
-        worker = OrchestratorWorker(bus, SymbolOrchestrator(symbol, filters), settings, rest)
+        worker = OrchestratorWorker(bus, StopBook(symbol, filters), settings, rest)
         health.add_check("orchestrator", worker.health)
         try:
             await worker.run()

@@ -21,6 +21,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -37,7 +38,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from trailingstop.decimals import (
+from trailingstop.core.decimals import (
     NONZERO_DIGIT,
     PRICE_PATTERN,
     QUANTITY_PATTERN,
@@ -48,10 +49,10 @@ from trailingstop.decimals import (
     digits,
     to_wire,
 )
-from trailingstop.echo import cut, quoted, short_repr
-from trailingstop.trades import Trade
+from trailingstop.core.echo import cut, quoted, short_repr
+from trailingstop.core.trade import Trade
 
-# Re-exported from trailingstop.decimals: the CRD generator and callers import them from here.
+# Re-exported from trailingstop.core.decimals: the CRD generator and callers import them from here.
 __all__ = ["NONZERO_DIGIT", "PRICE_PATTERN", "QUANTITY_PATTERN", "TRAILING_PERCENT_PATTERN", "to_wire"]
 
 API_GROUP = "trailingstop.dev"
@@ -62,14 +63,27 @@ WIRE_VERSION = 1
 
 Side = Literal["SELL", "BUY"]
 Mode = Literal["Simulate", "Testnet", "Live"]
-# Invalid: the exchange would refuse the stop's order (e.g. quantity off the symbol's stepSize);
-# not final: fixing the spec arms the stop again.
-Phase = Literal["Pending", "Armed", "Tracking", "Triggered", "Filled", "Rejected", "Failed", "Invalid"]
-FINAL_PHASES: frozenset[str] = frozenset({"Filled", "Rejected", "Failed"})
+
+
+class Phase(StrEnum):
+    """Where a TrailingStop stands (``status.phase``). Which moves are allowed between them, and
+    which phases are final, is :mod:`trailingstop.core.lifecycle`'s to say."""
+
+    PENDING = "Pending"
+    ARMED = "Armed"
+    TRACKING = "Tracking"
+    # The exchange would refuse the stop's order (e.g. quantity off the symbol's stepSize); not
+    # final: fixing the spec arms the stop again.
+    INVALID = "Invalid"
+    TRIGGERED = "Triggered"
+    FILLED = "Filled"
+    REJECTED = "Rejected"
+    FAILED = "Failed"
+
 
 # --- field rules shared with the CRD schema (contract) ---------------------------------------
 # The decimal patterns (PRICE_PATTERN, QUANTITY_PATTERN, TRAILING_PERCENT_PATTERN, NONZERO_DIGIT)
-# live in trailingstop.decimals with the digit limits they set; trade files are held to them too.
+# live in trailingstop.core.decimals with the digit limits they set; trade files are held to them too.
 SYMBOL_PATTERN = r"^[A-Z0-9]{2,20}$"
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_NAME_MAX = 253
@@ -279,7 +293,7 @@ class TrailingStopStatus(_CamelModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    phase: Phase = "Pending"
+    phase: Phase = Phase.PENDING
     observed_generation: int | None = None
     message: str | None = None
     activated_at: str | None = None

@@ -1,6 +1,6 @@
 """The decisions of one symbol's orchestrator, without I/O.
 
-:class:`SymbolOrchestrator` turns StopCommands and PriceTicks into StopEvents and PlaceOrders,
+:class:`StopBook` turns StopCommands and PriceTicks into StopEvents and PlaceOrders,
 using the engine. The orchestrator worker (``trailingstop.workers.orchestrator``) wraps it with
 RabbitMQ; ``trailingstop run`` wraps it with a trade file. Both therefore decide identically.
 """
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from trailingstop.contracts import (
+from trailingstop.core.contracts import (
     PlaceOrder,
     PriceTick,
     StopCommand,
@@ -23,8 +23,8 @@ from trailingstop.contracts import (
     client_order_id,
     now_ms,
 )
-from trailingstop.engine import Engine, EngineEvent, StopAlreadyTriggered, StopState
-from trailingstop.exchange.filters import SymbolFilters
+from trailingstop.core.engine import Engine, EngineEvent, StopAlreadyTriggered, StopState
+from trailingstop.core.filters import SymbolFilters
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Outcome:
 NOTHING = Outcome()
 
 
-class SymbolOrchestrator:
+class StopBook:
     """All stops of one symbol: commands and ticks in, events and orders out."""
 
     def __init__(

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from trailingstop.contracts import API_GROUP, API_VERSION, KIND, TrailingStopSpec, describe_errors
-from trailingstop.echo import cut, short_repr
+from trailingstop.core.contracts import API_GROUP, API_VERSION, KIND, TrailingStopSpec, describe_errors
+from trailingstop.core.echo import cut, short_repr
 from trailingstop.safeyaml import MAX_DOCUMENTS, YamlProblem, load_documents
 from trailingstop.userfiles import UserFileError, decode_utf8, read_bytes
 

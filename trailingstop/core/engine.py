@@ -20,7 +20,7 @@ A tick must not cost more because many stops sit idle, so nothing here loops ove
   level answers "does anything trigger at ``x``?" by looking at its top.
 
 Stale heap entries are skipped lazily (version numbers) rather than searched for and removed.
-All arithmetic is :class:`~decimal.Decimal` under :data:`~trailingstop.decimals.EXACT`, which traps
+All arithmetic is :class:`~decimal.Decimal` under :data:`~trailingstop.core.decimals.EXACT`, which traps
 inexact results, so a stop level is exact (``110 * 0.99 == 108.9``) and a rounding error raises
 instead of deciding. Orienting a price (``-p``) uses ``copy_negate``: the ``-`` operator would round
 to the default context's 28 digits, and accepted prices have up to 40.
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-from trailingstop.decimals import EXACT, oriented
+from trailingstop.core.decimals import EXACT, oriented
 
 Side = Literal["SELL", "BUY"]
 EventKind = Literal["armed", "activated", "reference", "triggered"]

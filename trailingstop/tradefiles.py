@@ -33,8 +33,9 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any, cast
 
-from trailingstop.decimals import PRICE_PATTERN
-from trailingstop.echo import cut, quoted, short_repr
+from trailingstop.core.decimals import PRICE_PATTERN
+from trailingstop.core.echo import cut, quoted, short_repr
+from trailingstop.core.trade import Trade
 from trailingstop.userfiles import UserFileError, decode_utf8, os_problem
 
 DEMO_SYMBOL = "XRPETH"
@@ -63,48 +64,12 @@ MAX_INT_DIGITS = 19
 MAX_INT = 2**63 - 1
 _ASCII_INTEGER = re.compile(r"-?[0-9]+")
 # Prices and quantities in the form the manifests accept (at most 20 + 20 digits), so everything
-# computed from them stays exact (trailingstop.decimals).
+# computed from them stays exact (trailingstop.core.decimals).
 _DECIMAL = re.compile(PRICE_PATTERN)
 _POSITIVE_DECIMAL = re.compile(r"(?=[0-9.]*[1-9])" + PRICE_PATTERN.removeprefix("^"))
 _BOOLEANS = {"true": True, "false": False}
 _DECIMAL_FORM = "like 0.00145: ASCII digits, at most 20 before and 20 after the point, no sign or exponent"
 _MAX_DECIMAL_CHARS = 64
-
-
-@dataclass(frozen=True, slots=True)
-class Trade:
-    """One Binance aggregate trade. Prices and quantities are exact decimals."""
-
-    trade_id: int
-    price: Decimal
-    qty: Decimal
-    first_trade_id: int
-    last_trade_id: int
-    time: int  # epoch milliseconds
-    buyer_maker: bool
-    best_match: bool = True
-
-    def to_payload(self) -> dict[str, Any]:
-        """The REST ``aggTrades`` payload for this trade (strings for decimals, as Binance)."""
-        return {
-            "a": self.trade_id,
-            "p": _plain(self.price),
-            "q": _plain(self.qty),
-            "f": self.first_trade_id,
-            "l": self.last_trade_id,
-            "T": self.time,
-            "m": self.buyer_maker,
-            "M": self.best_match,
-        }
-
-    def to_ws_event(self, symbol: str, event_time: int | None = None) -> dict[str, Any]:
-        """The WebSocket ``<symbol>@aggTrade`` event for this trade."""
-        return {
-            "e": "aggTrade",
-            "E": self.time if event_time is None else event_time,
-            "s": symbol,
-            **self.to_payload(),
-        }
 
 
 class TradeFileError(ValueError):
@@ -485,11 +450,6 @@ def _millis(value: Any, field: str) -> int:
         raise ValueError(f"{field} must be epoch milliseconds or microseconds before the year 10000, "
                          f"got {short_repr(value)}")
     return millis
-
-
-def _plain(number: Decimal) -> str:
-    """A decimal as Binance writes it: fixed-point, never exponent notation."""
-    return format(number, "f")
 
 
 def trades_to_jsonl(trades: Iterable[Trade]) -> str:

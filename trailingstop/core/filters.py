@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from trailingstop.decimals import EXACT, to_wire
+from trailingstop.core.decimals import EXACT, to_wire
 
 
 @dataclass(frozen=True, slots=True)

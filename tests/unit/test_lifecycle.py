@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from trailingstop.contracts import (
+from trailingstop.core.contracts import (
     Condition,
     OrderError,
     OrderResult,
@@ -15,7 +15,7 @@ from trailingstop.contracts import (
     TrailingStopStatus,
     client_order_id,
 )
-from trailingstop.status import (
+from trailingstop.core.lifecycle import (
     apply_order_result,
     apply_stop_event,
     order_outcome,
