@@ -414,10 +414,10 @@ def _evolve(status: TrailingStopStatus, **changes: Any) -> TrailingStopStatus:
     unknown = changes.keys() - _FIELDS
     if unknown:
         raise TypeError(f"not fields of a TrailingStop status: {sorted(unknown)}")
-    after = changes.get("phase", status.phase)
-    if not can_move(status.phase, after):
-        raise IllegalTransition(f"{status.phase} -> {after} is not a move of a TrailingStop")
-    return TrailingStopStatus.model_validate({**dict(status), **changes})
+    after = TrailingStopStatus.model_validate({**dict(status), **changes})
+    if not can_move(status.phase, after.phase):
+        raise IllegalTransition(f"{status.phase} -> {after.phase} is not a move of a TrailingStop")
+    return after
 
 
 def _moved(status: TrailingStopStatus, phase: Phase, generation: int | None, message: str | None = None
