@@ -41,8 +41,9 @@ test-unit: venv
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check trailingstop tests
+	$(BIN)/ruff check trailingstop tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: bench-engine bench-workers bench-operator bench-history bench-manifests
 
