@@ -10,9 +10,12 @@ the API server and kubectl guard against, and so does this module:
   anything walks the expansion. An anchor that contains its own alias is refused too.
 * **Duplicate keys.** PyYAML keeps the last value of a key set twice; kubectl refuses the file
   ("key already set in map"). So does this module, naming the key and both lines.
-* **Speed.** libyaml parses and composes (``CSafeLoader``); the node graph is then built into
-  Python objects here, in the same pass that checks it, rather than by PyYAML's general
-  constructor: a file of 10,000 TrailingStops loads in a fraction of a second (docs/BENCHMARKS.md).
+* **Speed.** libyaml parses (``CSafeLoader``). A file with no anchor, tag or merge key (the usual
+  manifest) is built straight from libyaml's events; otherwise libyaml composes the node graph,
+  which is checked and built here in one pass. Either way PyYAML's general constructor is left
+  out (it builds objects for sets, timestamps and the like only): 10,000 TrailingStops load with
+  every check and the CRD's validation in less CPU than ``yaml.load_all`` with ``CSafeLoader``
+  alone (docs/BENCHMARKS.md).
 
 Scalars keep YAML 1.1's meaning, as PyYAML's ``safe_load`` gives it (and kubectl, whose YAML
 library is YAML 1.1 too); tags other than maps, sequences and strings (sets, ordered maps, merge
@@ -25,6 +28,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import yaml
+from yaml.events import (
+    AliasEvent,
+    DocumentStartEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from trailingstop.core.echo import cut
@@ -37,6 +50,7 @@ _STR = "tag:yaml.org,2002:str"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
+_PLAIN = (True, False)  # libyaml's "implicit" for a plain scalar
 
 
 class YamlProblem(ValueError):
@@ -55,39 +69,144 @@ def load_documents(text: str) -> Iterator[Any]:
     Raises :class:`YamlProblem` (one line, no file name) for anything refused.
     """
     loader = _Loader(text)
-    # Without an anchor (``&``) anywhere, no document has an alias: nothing can expand or cycle, and
-    # the plain recursive build is a third faster than the checked one.
-    anchors = "&" in text
-    number = 0
+    position = _Position()
+    # The usual manifest has no anchor (&), tag (!) or merge key (<<): its documents are built
+    # straight from libyaml's events, a third faster than composing nodes first. With an anchor,
+    # the node graph is checked for alias expansion before anything is built.
+    plain = not any(mark in text for mark in ("&", "!", "<<"))
     try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:
-                break
-            number += 1
-            line = node.start_mark.line + 1
-            if number > MAX_DOCUMENTS:
-                raise YamlProblem(f"more than {MAX_DOCUMENTS:,} documents, the limit for one file", line)
-            try:
-                built = _Builder(loader, node).build(anchors)
-            except YamlProblem as problem:
-                problem.document = number
-                raise
-            except yaml.MarkedYAMLError as exc:  # an unknown tag, a bad !!binary: found while building
-                raise _marked_problem(exc, number) from None
-            finally:
-                loader.constructed_objects = {}
-                loader.recursive_objects = {}
-            yield built
+        yield from (_from_events(loader, position) if plain else _from_nodes(loader, position, "&" in text))
+    except YamlProblem as problem:
+        problem.document = problem.document or position.document or None
+        raise
     except yaml.MarkedYAMLError as exc:
-        raise _marked_problem(exc, number + 1) from None
+        raise _marked_problem(exc, max(position.document, 1)) from None
     except yaml.reader.ReaderError as exc:
         line = text.encode("utf-8", "surrogatepass")[: exc.position].count(b"\n") + 1
-        raise YamlProblem(f"not valid YAML: {exc.reason}", line, number + 1) from None
+        raise YamlProblem(f"not valid YAML: {exc.reason}", line, max(position.document, 1)) from None
     except yaml.YAMLError as exc:
-        raise YamlProblem(f"not valid YAML: {cut(str(exc).splitlines()[0])}", None, number + 1) from None
+        raise YamlProblem(f"not valid YAML: {cut(str(exc).splitlines()[0])}", None, max(position.document, 1)) from None
     finally:
         loader.dispose()
+
+
+class _Position:
+    """The number of the document being read (1-based; 0 before the first)."""
+
+    def __init__(self) -> None:
+        self.document = 0
+
+    def next_document(self) -> None:
+        self.document += 1
+
+    def check(self, line: int) -> None:
+        if self.document > MAX_DOCUMENTS:
+            raise YamlProblem(f"more than {MAX_DOCUMENTS:,} documents, the limit for one file", line)
+
+
+def _from_nodes(loader: _Loader, position: _Position, anchors: bool) -> Iterator[Any]:
+    """Documents composed into node graphs by libyaml, each checked, then built (_Builder)."""
+    while loader.check_node():
+        position.next_document()  # before composing: an error in it belongs to this document
+        node = loader.get_node()
+        if node is None:
+            break
+        position.check(node.start_mark.line + 1)
+        try:
+            yield _Builder(loader, node).build(anchors)
+        finally:
+            loader.constructed_objects = {}
+            loader.recursive_objects = {}
+
+
+_EXPECT_KEY = object()  # a mapping's frame before its next key
+
+
+def _from_events(loader: _Loader, position: _Position) -> Iterator[Any]:
+    """Documents built straight from libyaml's events, for text with no anchor, tag or merge key.
+
+    A frame per open collection: ``[container, pending key, first line of each key]`` for a
+    mapping (pending is _EXPECT_KEY between entries), ``[list, None, None]`` for a sequence.
+    """
+    stack: list[list[Any]] = []
+    while True:
+        event: Any = loader.get_event()  # the stubs type events loosely; libyaml's always carry marks
+        kind = type(event)
+        if kind is ScalarEvent:
+            value = _scalar(loader, event, stack)
+        elif kind is MappingStartEvent:
+            stack.append([{}, _EXPECT_KEY, {}])
+            continue
+        elif kind is SequenceStartEvent:
+            stack.append([[], None, None])
+            continue
+        elif kind is MappingEndEvent or kind is SequenceEndEvent:
+            value = stack.pop()[0]
+        elif kind is DocumentStartEvent:
+            position.next_document()
+            position.check(event.start_mark.line + 1)
+            continue
+        elif kind is AliasEvent:  # no anchor anywhere: libyaml's composer would say the same
+            raise YamlProblem(f"not valid YAML: found undefined alias {cut(event.anchor)}",
+                              event.start_mark.line + 1)
+        elif kind is StreamEndEvent:
+            return
+        else:
+            continue  # the stream's start, a document's end
+        if not stack:
+            loader.constructed_objects = {}
+            yield value
+        else:
+            _add(stack, value, event.start_mark.line + 1)
+
+
+def _add(stack: list[list[Any]], value: Any, line: int) -> None:
+    """Put ``value`` into the innermost open collection: a sequence item, a mapping's key or value."""
+    frame = stack[-1]
+    container, pending, key_lines = frame
+    if key_lines is None:
+        container.append(value)
+    elif pending is not _EXPECT_KEY:
+        container[pending] = value
+        frame[1] = _EXPECT_KEY
+    else:
+        try:
+            first = key_lines.get(value)
+        except TypeError:
+            raise YamlProblem(f"{_path(stack[:-1]) or 'the document'}: a key must be a string or a number, "
+                              f"not a {type(value).__name__}", line) from None
+        if first is not None:
+            field = _path([*stack[:-1], [container, value, key_lines]])
+            raise YamlProblem(f"{field}: key already set in this map (on line {first}); "
+                              "kubectl refuses duplicate keys", line)
+        key_lines[value] = line
+        frame[1] = value
+
+
+def _path(frames: list[list[Any]]) -> str:
+    """``spec.quantity``, ``items[2].spec``: where the frames are, for an error message."""
+    parts: list[str] = []
+    for container, pending, key_lines in frames:
+        if key_lines is None:
+            parts.append(f"[{len(container)}]")
+        elif pending is not _EXPECT_KEY:
+            parts.append(("." if parts else "") + cut(str(pending), 40))
+    return "".join(parts)
+
+
+def _scalar(loader: _Loader, event: Any, stack: list[list[Any]]) -> Any:
+    if not event.implicit[0]:
+        return event.value  # quoted, or a literal block: a string
+    tag = loader.plain_tags.get(event.value) or loader.plain_tag(event.value)
+    if tag == _STR:
+        return event.value
+    node = ScalarNode(tag, event.value, event.start_mark, event.end_mark)
+    try:
+        return loader.construct_object(node, deep=True)
+    except ValueError as exc:  # an integer of more than Python's 4,300 digits, a date like 2024-13-45
+        where = _path(stack)
+        raise YamlProblem(f"{where or 'the document'}: cannot be read: {cut(str(exc))}",
+                          event.start_mark.line + 1) from None
 
 
 def _marked_problem(exc: yaml.MarkedYAMLError, document: int) -> YamlProblem:
@@ -108,6 +227,7 @@ class _Loader(yaml.CSafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._tags: dict[tuple[str, bool], str] = {}
+        self.plain_tags: dict[str, str] = {}
 
     def resolve(self, kind: type[Node], value: Any, implicit: Any) -> Any:
         if kind is not ScalarNode:
@@ -116,6 +236,12 @@ class _Loader(yaml.CSafeLoader):
         tag = self._tags.get(key)
         if tag is None:
             tag = self._tags[key] = super().resolve(kind, value, implicit)
+        return tag
+
+    def plain_tag(self, value: str) -> str:
+        """The tag YAML 1.1 gives a plain (unquoted) scalar: str, int, float, bool, null, ...
+        (remembered in ``plain_tags``, which callers read first)."""
+        tag = self.plain_tags[value] = str(super().resolve(ScalarNode, value, _PLAIN))
         return tag
 
 

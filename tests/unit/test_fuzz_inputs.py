@@ -202,3 +202,47 @@ def test_backtest_values_exit_0_or_2_with_one_line(capsys: pytest.CaptureFixture
     assert code in (0, 2)
     if code == 2:
         assert err.count("\n") == 1 and err.startswith("error: ") and len(err) < MAX_MESSAGE, err
+
+
+# --- the two ways safeyaml builds documents agree with PyYAML's safe_load --------------------------
+
+
+def _built(text: str, path: str) -> list[Any]:
+    from trailingstop import safeyaml
+
+    loader = safeyaml._Loader(text)
+    position = safeyaml._Position()
+    try:
+        if path == "events":
+            return list(safeyaml._from_events(loader, position))
+        return list(safeyaml._from_nodes(loader, position, anchors=path == "checked nodes"))
+    finally:
+        loader.dispose()
+
+
+@FUZZ
+@given(documents=st.lists(STRUCTURE, min_size=1, max_size=3), flow=st.booleans())
+def test_events_and_nodes_build_what_safe_load_builds(documents: list[Any], flow: bool) -> None:
+    text = yaml.safe_dump_all(documents, default_flow_style=flow)
+    expected = list(yaml.safe_load_all(text))
+    for path in ("events", "plain nodes", "checked nodes"):
+        assert _built(text, path) == expected, path
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("a: 1\nb:\n  c: 2\n  c: 3\n", "b.c: key already set in this map (on line 3); kubectl refuses duplicate keys"),
+        ("a:\n- {x: 1, x: 2}\n", "a[0].x: key already set in this map (on line 2); kubectl refuses duplicate keys"),
+        ("n: " + "9" * 5000 + "\n", "n: cannot be read: Exceeds the limit (4300 digits) for integer string "
+                                    "conversio... (140 characters)"),
+        ("? [a]\n: 1\n", "the document: a key must be a string or a number, not a list"),
+    ],
+)
+def test_events_and_nodes_refuse_alike(text: str, problem: str) -> None:
+    from trailingstop.safeyaml import YamlProblem
+
+    for path in ("events", "plain nodes", "checked nodes"):
+        with pytest.raises(YamlProblem) as caught:
+            _built(text, path)
+        assert caught.value.problem == problem, path

@@ -379,6 +379,6 @@ def test_size_and_document_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(safeyaml, "MAX_DOCUMENTS", 3)
     with pytest.raises(ManifestError) as caught:
         load_manifests(path)
-    assert str(caught.value) == f"{path}:16: more than 3 documents, the limit for one file"
+    assert str(caught.value) == f"{path}:15 (document 4): more than 3 documents, the limit for one file"
     with pytest.raises(ManifestError):
         load_manifests("/dev/zero")
