@@ -34,6 +34,7 @@ from trailingstop import __version__, history
 from trailingstop.core.contracts import SYMBOL_PATTERN, ActivationPrice, TrailingPercent, describe_errors
 from trailingstop.core.echo import printable, short_repr
 from trailingstop.core.trade import Trade
+from trailingstop.settings import SettingsError
 from trailingstop.stopfiles import Manifest, ManifestError, load_manifests
 from trailingstop.tradefiles import (
     DEMO_SYMBOL,
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.handler(args) or EXIT_OK)
-    except (UsageError, ManifestError, TradeFileError) as exc:
+    except (UsageError, ManifestError, TradeFileError, SettingsError) as exc:
         _print_error(exc)
         return EXIT_USAGE
     except history.HistoryError as exc:  # exit 2 for bad input, 1 when the data host kept failing
@@ -139,6 +140,11 @@ def _parser() -> argparse.ArgumentParser:
 
     crd = commands.add_parser("crd", help="print the TrailingStop CustomResourceDefinition (YAML)")
     crd.set_defaults(handler=_crd)
+
+    config = commands.add_parser("config", help="print every setting (environment variable) with its default "
+                                                "and its value here")
+    config.add_argument("--markdown", action="store_true", help="the table of docs/SETTINGS.md (defaults only)")
+    config.set_defaults(handler=_config)
 
     _add_service_commands(commands)
     return parser
@@ -397,6 +403,24 @@ def _write_plot(result: BacktestResult, target: Path) -> None:
     except OSError as exc:  # the disk filled up, the folder went away meanwhile, ...
         raise UsageError(f"--plot {target}: {os_problem(exc, 'write')}") from None
     print(f"chart written to {written}", file=sys.stderr)
+
+
+def _config(args: argparse.Namespace) -> int:
+    from trailingstop import settings
+
+    if args.markdown:
+        sys.stdout.write(settings.markdown_table())
+        return EXIT_OK
+    def cell(text: str, width: int = 40) -> str:  # long JSON defaults: see docs/SETTINGS.md
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    table = [("VARIABLE", "DEFAULT", "VALUE", "READ BY"), *(
+        (variables, cell(default), cell(value), roles) for variables, default, value, roles, _ in settings.rows(
+            settings.load_settings()))]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[3])
+    return EXIT_OK
 
 
 def _crd(args: argparse.Namespace) -> int:

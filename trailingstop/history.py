@@ -39,7 +39,6 @@ import difflib
 import fcntl
 import hashlib
 import io
-import math
 import os
 import re
 import sys
@@ -54,9 +53,9 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from trailingstop.core.trade import Trade
+from trailingstop.settings import DEFAULT_DATA_URL, SettingsError, load_settings
 from trailingstop.tradefiles import SkippedTrades, TradeFileError, in_id_order, read_csv_stream
 
-DEFAULT_DATA_URL = "https://data.binance.vision"
 # The bucket behind data.binance.vision answers S3 listings here (its web page lists files this way).
 BINANCE_LISTING_URL = "https://s3-ap-northeast-1.amazonaws.com/data.binance.vision"
 DATA_URL_ENV = "TRAILINGSTOP_DATA_URL"
@@ -122,32 +121,20 @@ class HistorySettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, data_url: str | None = None) -> HistorySettings:
-        env = os.environ if environ is None else environ
+        """From the ``TRAILINGSTOP_DATA_*`` settings (:mod:`trailingstop.settings`); ``data_url``
+        (``--data-url``) wins over ``TRAILINGSTOP_DATA_URL``."""
+        try:
+            settings = load_settings(environ)
+        except SettingsError as exc:
+            raise HistoryError(str(exc)) from None
         return cls(
-            data_url=check_data_url(data_url or env.get(DATA_URL_ENV) or DEFAULT_DATA_URL),
-            parallel=int(_env_number(env, "TRAILINGSTOP_DATA_PARALLEL", cls.parallel, integer=True, low=1)),
-            connect_timeout=_env_number(env, "TRAILINGSTOP_DATA_CONNECT_TIMEOUT", cls.connect_timeout),
-            read_timeout=_env_number(env, "TRAILINGSTOP_DATA_TIMEOUT", cls.read_timeout),
-            retries=int(_env_number(env, "TRAILINGSTOP_DATA_RETRIES", cls.retries, integer=True, low=0)),
-            retry_delay=_env_number(env, "TRAILINGSTOP_DATA_RETRY_DELAY", cls.retry_delay, low=0),
+            data_url=check_data_url(data_url or settings.data_url),
+            parallel=settings.data_parallel,
+            connect_timeout=settings.data_connect_timeout,
+            read_timeout=settings.data_timeout,
+            retries=settings.data_retries,
+            retry_delay=settings.data_retry_delay,
         )
-
-
-def _env_number(env: Mapping[str, str], name: str, default: float, integer: bool = False,
-                low: float | None = None) -> float:
-    """A number from the environment: ``>= low`` when given, else ``> 0``; finite."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(int(raw)) if integer else float(raw)
-    except ValueError:
-        value = float("nan")
-    in_range = value >= low if low is not None else value > 0
-    if not (in_range and math.isfinite(value)):
-        bound = f">= {low:g}" if low is not None else "> 0"
-        raise HistoryError(f"{name} must be {'an integer' if integer else 'a number'} {bound}, got {raw[:40]!r}")
-    return value
 
 
 def check_data_url(url: str) -> str:

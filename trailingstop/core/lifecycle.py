@@ -20,6 +20,7 @@ Everything that asks "which phase comes next?" or "is this stop done?" asks this
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
@@ -180,7 +181,7 @@ def _activated(status: TrailingStopStatus, event: StopEvent, now: str) -> Traili
     if not can_move(status.phase, Phase.TRACKING):
         return status
     conditions = set_condition(status.conditions, ConditionType.ACTIVATED, "True", "PriceReached",
-                               f"activated at {event.price} by trade {event.trade_id}", now, event.generation)
+                               f"activated at {_plain(event.price)} by trade {event.trade_id}", now, event.generation)
     conditions = set_condition(conditions, ConditionType.READY, "True", "Tracking", "trailing the price", now,
                                event.generation)
     return _evolve(
@@ -246,7 +247,8 @@ def _invalid(status: TrailingStopStatus, event: StopEvent, now: str) -> Trailing
 def _stop_price_reached(conditions: Sequence[Condition], event: StopEvent, now: str) -> list[Condition]:
     return set_condition(
         conditions, ConditionType.TRIGGERED, "True", "StopPriceReached",
-        f"price {event.price} reached stop {event.stop_price} (reference {event.reference_price})",
+        f"price {_plain(event.price)} reached stop {_plain(event.stop_price)} "
+        f"(reference {_plain(event.reference_price)})",
         now, event.generation,
     )
 
@@ -442,6 +444,11 @@ def _last_price(status: TrailingStopStatus, event: StopEvent, now: str) -> dict[
     if event.price is None or _older(status, event):
         return {}
     return {"last_price": event.price, "last_price_at": _time(event.trade_time, now), "last_trade_id": event.trade_id}
+
+
+def _plain(number: Decimal | None) -> str:
+    """A price in a message as it is on the wire: fixed-point, never ``1E-8``."""
+    return "-" if number is None else to_wire(number)
 
 
 def _time(ms: int | None, fallback: str) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
@@ -40,14 +39,18 @@ from trailingstop.aio import stop_if_cancelled
 from trailingstop.core.contracts import OrderError, OrderResult, PlaceOrder, now_ms
 from trailingstop.core.filters import SymbolFilters
 from trailingstop.core.trade import Trade
+from trailingstop.settings import (
+    LIVE_API_URL,
+    LIVE_STREAM_URL,
+    TESTNET_API_URL,
+    TESTNET_STREAM_URL,
+    Settings,
+    load_settings,
+)
 from trailingstop.tradefiles import trade_from_payload
 
 log = logging.getLogger(__name__)
 
-LIVE_API_URL = "https://api.binance.com/api"
-LIVE_STREAM_URL = "wss://stream.binance.com:9443/"
-TESTNET_API_URL = "https://testnet.binance.vision/api"
-TESTNET_STREAM_URL = "wss://stream.testnet.binance.vision/"
 AGG_TRADES_LIMIT = 1000
 CLOSE_TIMEOUT = 2.0  # seconds a trade socket gets to close before its read loop is cancelled
 
@@ -67,18 +70,21 @@ class BinanceSettings:
     request_timeout: float = 10.0
 
     @classmethod
-    def from_env(cls, mode: str = "Live", environ: Mapping[str, str] | None = None) -> BinanceSettings:
-        env = os.environ if environ is None else environ
+    def from_settings(cls, settings: Settings, mode: str = "Live") -> BinanceSettings:
+        """Binance's view of the settings: its own URLs (Testnet's for Testnet) unless set."""
         testnet = mode == "Testnet"
-        api_url = TESTNET_API_URL if testnet else LIVE_API_URL
-        stream_url = TESTNET_STREAM_URL if testnet else LIVE_STREAM_URL
+        key, secret = settings.binance_api_key, settings.binance_api_secret
         return cls(
-            api_url=env.get("TRAILINGSTOP_BINANCE_API_URL") or api_url,
-            stream_url=env.get("TRAILINGSTOP_BINANCE_STREAM_URL") or stream_url,
-            api_key=env.get("BINANCE_API_KEY") or None,
-            api_secret=env.get("BINANCE_API_SECRET") or None,
-            request_timeout=float(env.get("TRAILINGSTOP_BINANCE_TIMEOUT", "10")),
+            api_url=settings.binance_api_url or (TESTNET_API_URL if testnet else LIVE_API_URL),
+            stream_url=settings.binance_stream_url or (TESTNET_STREAM_URL if testnet else LIVE_STREAM_URL),
+            api_key=key.get_secret_value() or None if key else None,
+            api_secret=secret.get_secret_value() or None if secret else None,
+            request_timeout=settings.binance_timeout,
         )
+
+    @classmethod
+    def from_env(cls, mode: str = "Live", environ: Mapping[str, str] | None = None) -> BinanceSettings:
+        return cls.from_settings(load_settings(environ), mode)
 
     def __repr__(self) -> str:  # keys stay out of every repr, hence out of logs and tracebacks
         keys = "set" if self.api_key else "none"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from typing import Any
 
 import kopf
@@ -26,6 +27,7 @@ from trailingstop.operator.kube import Kube, KubeStopStore, api_client
 from trailingstop.operator.legacy import LegacyDrain
 from trailingstop.operator.reconcile import Reconciler
 from trailingstop.operator.tenancy import BrokerAdmin, BrokerAdminError, Tenants
+from trailingstop.settings import SettingsError, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +157,14 @@ async def deleted(body: kopf.Body, **_: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    telemetry.setup_logging()
-    telemetry.setup_tracing("trailingstop-operator")
-    config = OperatorConfig.from_env(
+    try:
+        settings = load_settings()
+    except SettingsError as exc:  # the Deployment's env, not a bug: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    telemetry.setup(settings, "trailingstop-operator")
+    config = OperatorConfig.from_settings(
+        settings,
         namespaces=tuple(args.namespaces) if args.namespaces else None,
         clusterwide=True if args.all_namespaces else None,
         standalone=True if args.standalone else None,

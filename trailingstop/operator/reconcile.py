@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -25,6 +26,7 @@ from trailingstop.core.contracts import (
     describe_errors,
     ms_to_rfc3339,
     now_ms,
+    to_wire,
 )
 from trailingstop.core.lifecycle import has_fired, is_final, pending, spec_accepted, spec_refused
 from trailingstop.operator import builders
@@ -199,7 +201,11 @@ def _owners(records: Iterable[StopRecord]) -> list[Owner]:
 
 def _describe(status: TrailingStopStatus) -> str:
     if status.phase == Phase.TRACKING:
-        return f"activated at {status.activated_price}; stop {status.stop_price}"
+        return f"activated at {_plain(status.activated_price)}; stop {_plain(status.stop_price)}"
     if status.phase == Phase.TRIGGERED:
-        return f"price {status.trigger_price} reached stop {status.stop_price}; order sent"
+        return f"price {_plain(status.trigger_price)} reached stop {_plain(status.stop_price)}; order sent"
     return status.phase
+
+
+def _plain(number: Decimal | None) -> str:
+    return "-" if number is None else to_wire(number)

@@ -92,9 +92,8 @@ async def replay(path: Path, speed: float) -> AsyncGenerator[Trade, None]:
         yield trade
 
 
-async def main(args: argparse.Namespace) -> int:
+async def main(args: argparse.Namespace, settings: Settings) -> int:
     symbol, source = args.symbol, args.source
-    settings = Settings.from_env()
 
     async def body(bus: Bus, health: HealthServer) -> None:
         worker = MarketData(bus, symbol, "binance" if source == "binance" else "replay")
@@ -104,7 +103,7 @@ async def main(args: argparse.Namespace) -> int:
             worker.replay_done = True
             log.info("replay finished after %d trades", worker.published, extra={"symbol": symbol})
             await asyncio.Event().wait()  # stay up: a Deployment's container is not a Job
-        binance = BinanceSettings.from_env("Live")
+        binance = BinanceSettings.from_settings(settings)
         client = await connect_client(binance)
         try:
             worker.feed = TradeFeed(client, symbol, binance.stream_url, silence=settings.silence_timeout)
