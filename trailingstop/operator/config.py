@@ -44,7 +44,15 @@ class OperatorConfig:
     # tag) or topology-operator (Vhost/User/Permission objects for the messaging-topology-operator).
     broker_admin: str = "management-api"
     management_url: str = ""  # default: http://<AMQP host>:15672
-    rabbitmq_cluster: str = ""  # topology-operator: the RabbitmqCluster in the operator's namespace
+    # topology-operator: what the Vhost/User/Permission objects' rabbitmqClusterReference names, in
+    # the operator's namespace; exactly one of the two. rabbitmq_cluster: a RabbitmqCluster of the
+    # RabbitMQ Cluster Operator (the topology operator reads its default user and Service).
+    # rabbitmq_connection_secret: a Secret with keys `uri` (the management API's URL, e.g.
+    # http://rabbitmq.broker.svc:15672), `username` and `password` (an account with the
+    # administrator tag), for a broker no Cluster Operator manages. The topology operator is
+    # what uses it; this operator only checks at start that it has those three keys.
+    rabbitmq_cluster: str = ""
+    rabbitmq_connection_secret: str = ""
     # Queues of the pre-tenancy layout are deleted once drained and quiet this long (legacy.py).
     legacy_queue_grace: float = 300.0
 
@@ -72,10 +80,18 @@ class OperatorConfig:
             broker_admin=env.get("TRAILINGSTOP_BROKER_ADMIN", "management-api"),
             management_url=env.get("TRAILINGSTOP_RABBITMQ_MANAGEMENT_URL", ""),
             rabbitmq_cluster=env.get("TRAILINGSTOP_RABBITMQ_CLUSTER", ""),
+            rabbitmq_connection_secret=env.get("TRAILINGSTOP_RABBITMQ_CONNECTION_SECRET", ""),
         )
         if values["broker_admin"] not in BROKER_ADMINS:
             raise ValueError(f"TRAILINGSTOP_BROKER_ADMIN must be one of {', '.join(BROKER_ADMINS)}, "
                              f"got {values['broker_admin']!r}")
+        if values["broker_admin"] == "topology-operator" and bool(values["rabbitmq_cluster"]) == bool(
+            values["rabbitmq_connection_secret"]
+        ):
+            raise ValueError("TRAILINGSTOP_BROKER_ADMIN=topology-operator needs exactly one of "
+                             "TRAILINGSTOP_RABBITMQ_CLUSTER (a RabbitmqCluster) or "
+                             "TRAILINGSTOP_RABBITMQ_CONNECTION_SECRET (a Secret with uri, username, password), "
+                             "in the operator's namespace")
         if not values["namespaces"] and not values["clusterwide"]:
             values["namespaces"] = (own_namespace,)
         values.update({k: v for k, v in overrides.items() if v is not None})

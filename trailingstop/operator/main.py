@@ -17,8 +17,10 @@ import kopf
 
 from trailingstop import telemetry
 from trailingstop.bus import Bus, connect_bus
+from trailingstop.cli import UsageError
 from trailingstop.contracts import API_GROUP, API_VERSION, PLURAL
 from trailingstop.health import HealthServer
+from trailingstop.operator import builders
 from trailingstop.operator.brokeradmin import ManagementApi, TopologyOperator, credentials_of, default_management_url
 from trailingstop.operator.config import OperatorConfig
 from trailingstop.operator.events import EventRouter, StatusWriter
@@ -96,7 +98,8 @@ class Operator:
 def broker_admin(config: OperatorConfig, kube: Kube) -> BrokerAdmin:
     user, password = credentials_of(config.amqp_url)
     if config.broker_admin == "topology-operator":
-        return TopologyOperator(kube, config.operator_namespace, config.rabbitmq_cluster, user)
+        reference = builders.cluster_reference(config.rabbitmq_cluster, config.rabbitmq_connection_secret)
+        return TopologyOperator(kube, config.operator_namespace, reference, user)
     return ManagementApi(config.management_url or default_management_url(config.amqp_url), user, password)
 
 
@@ -157,11 +160,14 @@ async def deleted(body: kopf.Body, **_: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     telemetry.setup_logging()
     telemetry.setup_tracing("trailingstop-operator")
-    config = OperatorConfig.from_env(
-        namespaces=tuple(args.namespaces) if args.namespaces else None,
-        clusterwide=True if args.all_namespaces else None,
-        standalone=True if args.standalone else None,
-    )
+    try:
+        config = OperatorConfig.from_env(
+            namespaces=tuple(args.namespaces) if args.namespaces else None,
+            clusterwide=True if args.all_namespaces else None,
+            standalone=True if args.standalone else None,
+        )
+    except ValueError as exc:  # a bad setting: one line, exit 2, no traceback
+        raise UsageError(f"operator settings: {exc}") from exc
     if config.clusterwide:
         scope: dict[str, Any] = {"clusterwide": True}
     else:
