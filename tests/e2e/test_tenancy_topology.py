@@ -46,6 +46,7 @@ pytestmark = pytest.mark.timeout(300, func_only=True)
 SCRIPT = REPO / "scripts" / "topology-operator"
 BUILD_TIMEOUT = 1800.0
 CONNECTION_SECRET = "rabbitmq-admin"
+CLUSTER_NAME = "rabbit"
 TOPOLOGY_KINDS = "vhosts.rabbitmq.com,users.rabbitmq.com,permissions.rabbitmq.com"
 
 
@@ -53,8 +54,8 @@ TOPOLOGY_KINDS = "vhosts.rabbitmq.com,users.rabbitmq.com,permissions.rabbitmq.co
 
 
 @pytest.fixture(scope="session")
-def topology_operator_binary(kubectl: Tool) -> Path:
-    """The messaging-topology-operator, built (or found in the cache), its CRDs installed and Established."""
+def topology_operator_crds(kubectl: Tool) -> Path:
+    """Both operators built (or found in the cache); their CRDs installed and Established."""
     built = subprocess.run([str(SCRIPT), "crds"], capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False)
     if built.returncode != 0:
         if "go not found" in built.stderr:
@@ -63,29 +64,64 @@ def topology_operator_binary(kubectl: Tool) -> Path:
     crds = Path(built.stdout.strip())
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
     kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds))
-    binary = subprocess.run([str(SCRIPT), "path"], capture_output=True, text=True, timeout=60, check=True)
-    return Path(binary.stdout.strip())
+    return crds
+
+
+@dataclass
+class Process:
+    """One of the two operators, run by the script in the foreground, its output in a log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
 
 
 @dataclass
 class TopologyHome:
-    """Our operator's namespace, with a messaging-topology-operator watching it."""
+    """Our operator's namespace, with a messaging-topology-operator watching it, and what the
+    objects' rabbitmqClusterReference names: a connection Secret, or a RabbitmqCluster that a
+    Cluster Operator (watching it too) has given its status."""
 
     namespace: str
     kubectl: Tool
-    log_path: Path
-    process: subprocess.Popen[bytes]
+    reference: dict[str, Any]
+    topology: Process
+    cluster_operator: Process | None = None
 
     def objects(self, namespace: str = "") -> list[dict[str, Any]]:
         listed = self.kubectl("get", TOPOLOGY_KINDS, "-n", namespace or self.namespace, "-o", "json").stdout
         return list(json.loads(listed)["items"])
 
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+    def operator_env(self) -> dict[str, str]:
+        """Our operator's settings for this home."""
+        env = {"POD_NAMESPACE": self.namespace, "TRAILINGSTOP_BROKER_ADMIN": "topology-operator"}
+        if "connectionSecret" in self.reference:
+            env["TRAILINGSTOP_RABBITMQ_CONNECTION_SECRET"] = self.reference["connectionSecret"]["name"]
+        else:
+            env["TRAILINGSTOP_RABBITMQ_CLUSTER"] = self.reference["name"]
+        return env
+
+    def log_tail(self) -> str:
+        processes = [self.topology, *([self.cluster_operator] if self.cluster_operator else [])]
+        return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in processes)
 
 
 def connection_secret(management_url: str, amqp_url: str) -> str:
-    """The topology operator's way to the test broker: its management API and an administrator."""
+    """The test broker's management API and an administrator of it (guest: RabbitMQ accepts it
+    from loopback), as the topology operator's connection Secret expects them."""
     parts = urlsplit(amqp_url)
     data = {"uri": management_url, "username": unquote(parts.username or "guest"),
             "password": unquote(parts.password or "guest")}
@@ -94,51 +130,77 @@ def connection_secret(management_url: str, amqp_url: str) -> str:
                        "type": "Opaque", "data": encoded})
 
 
+def rabbitmq_cluster(management_url: str) -> str:
+    """A RabbitmqCluster whose default user is the connection Secret's account (an external
+    Secret), and whose management API the topology operator is told is the test broker's: its
+    own pods never run here (no kubelet)."""
+    return json.dumps({
+        "apiVersion": "rabbitmq.com/v1beta1", "kind": "RabbitmqCluster",
+        "metadata": {"name": CLUSTER_NAME, "annotations": {"rabbitmq.com/operator-connection-uri": management_url}},
+        "spec": {"replicas": 1, "secretBackend": {"externalSecret": {"name": CONNECTION_SECRET}}},
+    })
+
+
+def start_process(name: str, command: list[str], kubeconfig: Path, log_dir: Path) -> Process:
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("ab") as log:
+        popen = subprocess.Popen([str(SCRIPT), *command], env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return Process(name, popen, log_path)
+
+
 @pytest.fixture
 def topology_home(
-    topology_operator_binary: Path, kubectl: Tool, kubeconfig: Path, amqp_url: str, management_url: str,
-    tmp_path: Path,
+    request: pytest.FixtureRequest, topology_operator_crds: Path, kubectl: Tool, kubeconfig: Path, amqp_url: str,
+    management_url: str, tmp_path: Path,
 ) -> Iterator[TopologyHome]:
-    """Request it before ``cluster``: it is then torn down after our operator has stopped."""
+    """Parametrize indirectly with "connection-secret" (the default) or "rabbitmq-cluster". Request
+    it before ``cluster``: it is then torn down after our operator has stopped."""
+    by_cluster = getattr(request, "param", "connection-secret") == "rabbitmq-cluster"
     namespace = create_namespace(kubectl)
     kubectl("apply", "-n", namespace, "-f", "-", input=connection_secret(management_url, amqp_url))
-    log_path = tmp_path / "topology-operator.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen([str(SCRIPT), "run", namespace], env={**os.environ, "KUBECONFIG": str(kubeconfig)},
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    home = TopologyHome(namespace, kubectl, log_path, process)
+    reference = {"name": CLUSTER_NAME} if by_cluster else {"connectionSecret": {"name": CONNECTION_SECRET}}
+    home = TopologyHome(namespace, kubectl, reference,
+                        start_process("topology-operator", ["run", namespace], kubeconfig, tmp_path))
     try:
+        if by_cluster:
+            home.cluster_operator = start_process("cluster-operator", ["run-cluster-operator", namespace], kubeconfig,
+                                                  tmp_path)
+            kubectl("apply", "-n", namespace, "-f", "-", input=rabbitmq_cluster(management_url))
+            # What the topology operator reads: the default user's Secret and the Service, from the status.
+            kubectl("wait", f"rabbitmqcluster/{CLUSTER_NAME}", "-n", namespace, "--timeout=60s",
+                    f"--for=jsonpath={{.status.binding.name}}={CONNECTION_SECRET}")
         yield home
     finally:
         _tear_down(home)
 
 
 def _tear_down(home: TopologyHome) -> None:
-    """Whatever a failed test left: deleted through the topology operator (so the broker loses it
-    too), then the operator stopped and the namespace deleted."""
-    if home.process.poll() is None:
+    """Whatever a failed test left: deleted through the operators (so the broker loses it too),
+    then the operators stopped and the namespace deleted."""
+    if home.topology.popen.poll() is None:
         home.kubectl("delete", TOPOLOGY_KINDS, "--all", "-n", home.namespace, "--timeout=60s", check=False)
-        home.process.send_signal(signal.SIGTERM)
-        try:
-            home.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(home.process.pid, signal.SIGKILL)
-            home.process.wait(10)
-    for item in home.objects():  # only if it could not finish: nothing would remove the finalizers
-        home.kubectl("patch", f"{item['kind'].lower()}.rabbitmq.com/{item['metadata']['name']}", "-n", home.namespace,
-                     "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
+    if home.cluster_operator is not None:
+        if home.cluster_operator.popen.poll() is None:
+            home.kubectl("delete", "rabbitmqclusters", "--all", "-n", home.namespace, "--timeout=60s", check=False)
+        home.cluster_operator.stop()
+    home.topology.stop()
+    kinds = f"{TOPOLOGY_KINDS},rabbitmqclusters.rabbitmq.com"
+    leftovers = home.kubectl("get", kinds, "-n", home.namespace, "-o", "name", check=False).stdout.split()
+    for name in leftovers:  # only if an operator could not finish: nothing would remove the finalizers
+        home.kubectl("patch", name, "-n", home.namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+                     check=False)
     home.kubectl("delete", "namespace", home.namespace, "--wait=false", check=False)
 
 
 def start_operator(cluster: Cluster, home: TopologyHome, instance: str) -> Any:
-    return cluster.start_operator(instance=instance, POD_NAMESPACE=home.namespace,
-                                  TRAILINGSTOP_BROKER_ADMIN="topology-operator",
-                                  TRAILINGSTOP_RABBITMQ_CONNECTION_SECRET=CONNECTION_SECRET)
+    return cluster.start_operator(instance=instance, **home.operator_env())
 
 
 # --- the tests ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("topology_home", ["connection-secret", "rabbitmq-cluster"], indirect=True)
 async def test_tenancy_through_the_topology_operator_from_first_stop_to_last(
     topology_home: TopologyHome, cluster: Cluster
 ) -> None:
@@ -162,6 +224,7 @@ async def test_tenancy_through_the_topology_operator_from_first_stop_to_last(
         ready = {c["type"]: c["status"] for c in item["status"]["conditions"]}
         assert ready == {"Ready": "True"} and item["status"]["observedGeneration"] == item["metadata"]["generation"]
     assert {o["spec"]["vhost"] for o in objects if o["kind"] == "Permission"} == {tenant}
+    assert all(o["spec"]["rabbitmqClusterReference"] == topology_home.reference for o in objects)
     assert topology_home.objects(cluster.namespace) == []
 
     # On the broker: the user the topology operator made, with exactly the workers' rights; the
@@ -230,6 +293,31 @@ async def test_tenancy_topology_operator_user_made_again_when_the_password_chang
     await advance_all(cluster)
     final = await wait_status(cluster, cluster.namespace, "protect", "Filled")
     assert final["status"]["triggerTradeId"] == expected_triggers([FAST], 5000)[0]
+
+
+async def test_tenancy_topology_operator_waits_for_a_complete_connection_secret(
+    topology_home: TopologyHome, cluster: Cluster, management_url: str, amqp_url: str
+) -> None:
+    """Our operator started before its connection Secret exists, then with one that lacks keys:
+    each time it says what is missing, and tries again; with the whole Secret it
+    starts and serves stops."""
+    home = topology_home.namespace
+    topology_home.kubectl("delete", "secret", CONNECTION_SECRET, "-n", home)
+    operator = start_operator(cluster, topology_home, f"e2e{uuid.uuid4().hex[:6]}.trailingstop")
+    absent = f"the connection Secret {home}/{CONNECTION_SECRET} (TRAILINGSTOP_RABBITMQ_CONNECTION_SECRET) does not"
+    await eventually(lambda: absent in operator.log_text(), timeout=60, interval=0.5, what="the missing Secret named")
+
+    whole = json.loads(connection_secret(management_url, amqp_url))
+    partial = {**whole, "data": {"uri": whole["data"]["uri"]}}
+    topology_home.kubectl("apply", "-n", home, "-f", "-", input=json.dumps(partial))
+    lacking = f"the connection Secret {home}/{CONNECTION_SECRET} lacks the key(s) password, username"
+    await eventually(lambda: lacking in operator.log_text(), timeout=60, interval=0.5, what="the missing keys named")
+
+    topology_home.kubectl("apply", "-n", home, "-f", "-", input=json.dumps(whole))
+    await operator.wait_healthy(timeout=60)
+    assert cluster.apply(stop_manifest("protect", FAST)).returncode == 0
+    await wait_status(cluster, cluster.namespace, "protect", "Armed")
+    assert "address already in use" not in operator.log_text()  # each failed start released its port
 
 
 # --- helpers ---------------------------------------------------------------------------------------------

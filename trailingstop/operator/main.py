@@ -37,6 +37,9 @@ class Operator:
 
     def __init__(self) -> None:
         self.config = OperatorConfig()
+        self._clear()
+
+    def _clear(self) -> None:
         self.health: HealthServer | None = None
         self.home: Bus | None = None
         self.kube: Kube | None = None
@@ -47,6 +50,15 @@ class Operator:
         self._audit: asyncio.Task[None] | None = None
 
     async def start(self, config: OperatorConfig) -> None:
+        """kopf retries a start that failed (the broker not there yet, the broker admin's check): it
+        releases what it had opened first, so the next attempt finds the health port free."""
+        try:
+            await self._start(config)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, config: OperatorConfig) -> None:
         self.config = config
         self.health = HealthServer(config.health_port)
         await self.health.start()
@@ -59,7 +71,11 @@ class Operator:
         self.router = router = EventRouter(store, writer)
         await router.start()
         admin = broker_admin(config, kube)
-        await admin.check()
+        try:
+            await admin.check()
+        except BaseException:
+            await admin.close()  # not yet the tenants' to close
+            raise
 
         async def saved_url(namespace: str) -> str | None:
             return await kube.secret_value(namespace, config.amqp_secret_name, "url")
@@ -88,6 +104,7 @@ class Operator:
             await self.kube.close()
         if self.health is not None:
             await self.health.stop()
+        self._clear()  # nothing is closed twice; a new start begins afresh
 
     @property
     def work(self) -> Reconciler:
@@ -116,7 +133,7 @@ OPERATOR = Operator()
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
 
 
-@kopf.on.startup()
+@kopf.on.startup(backoff=10)  # a failed start (see Operator.start) is tried again 10 s later, not 60
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
