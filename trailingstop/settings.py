@@ -21,7 +21,7 @@ from contextvars import ContextVar
 from typing import Any, Literal
 
 import pydantic_settings
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -132,6 +132,18 @@ class Settings(BaseSettings):
     data_retries: int = _setting(4, "retries after a download's first attempt", "cli", ge=0)
     data_retry_delay: float = _setting(0.5, "seconds before the first retry, doubling, at most 8", "cli", ge=0)
 
+    @model_validator(mode="after")
+    def _one_topology_reference(self) -> Settings:
+        if self.broker_admin == "topology-operator" and bool(self.rabbitmq_cluster) == bool(
+            self.rabbitmq_connection_secret
+        ):
+            raise ValueError(
+                "TRAILINGSTOP_BROKER_ADMIN=topology-operator needs exactly one of TRAILINGSTOP_RABBITMQ_CLUSTER "
+                "(a RabbitmqCluster) or TRAILINGSTOP_RABBITMQ_CONNECTION_SECRET (a Secret with uri, username, "
+                "password), in the operator's namespace"
+            )
+        return self
+
     @field_validator("log_level", "tracing", mode="before")
     @classmethod
     def _case_blind(cls, value: Any) -> Any:
@@ -216,7 +228,10 @@ def secret_env_names() -> list[str]:
 def _describe(exc: ValidationError, seen: Mapping[str, str]) -> list[str]:
     lines = []
     for error in exc.errors(include_url=False):
-        variable = str(error["loc"][0]) if error["loc"] else "?"
+        if not error["loc"]:  # a rule over several settings says which itself
+            lines.append(str(error["msg"]).removeprefix("Value error, "))
+            continue
+        variable = str(error["loc"][0])
         field = _field_of(variable)
         if field is not None:
             variable = _variable_set(field, seen)

@@ -35,7 +35,15 @@ class OperatorConfig:
     # tag) or topology-operator (Vhost/User/Permission objects for the messaging-topology-operator).
     broker_admin: str = "management-api"
     management_url: str = ""  # default: http://<AMQP host>:15672
-    rabbitmq_cluster: str = ""  # topology-operator: the RabbitmqCluster in the operator's namespace
+    # topology-operator: what the Vhost/User/Permission objects' rabbitmqClusterReference names, in
+    # the operator's namespace; exactly one of the two. rabbitmq_cluster: a RabbitmqCluster of the
+    # RabbitMQ Cluster Operator (the topology operator reads its default user and Service).
+    # rabbitmq_connection_secret: a Secret with keys `uri` (the management API's URL, e.g.
+    # http://rabbitmq.broker.svc:15672), `username` and `password` (an account with the
+    # administrator tag), for a broker no Cluster Operator manages. The topology operator is
+    # what uses it; this operator only checks at start that it has those three keys.
+    rabbitmq_cluster: str = ""
+    rabbitmq_connection_secret: str = ""
     # Queues of the pre-tenancy layout are deleted once drained and quiet this long (legacy.py).
     legacy_queue_grace: float = 300.0
 
@@ -59,6 +67,7 @@ class OperatorConfig:
             "broker_admin": settings.broker_admin,
             "management_url": settings.rabbitmq_management_url,
             "rabbitmq_cluster": settings.rabbitmq_cluster,
+            "rabbitmq_connection_secret": settings.rabbitmq_connection_secret,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not values["namespaces"] and not values["clusterwide"]:

@@ -20,6 +20,7 @@ from trailingstop import telemetry
 from trailingstop.bus import Bus, connect_bus
 from trailingstop.core.contracts import API_GROUP, API_VERSION, PLURAL
 from trailingstop.health import HealthServer
+from trailingstop.operator import builders
 from trailingstop.operator.brokeradmin import ManagementApi, TopologyOperator, credentials_of, default_management_url
 from trailingstop.operator.config import OperatorConfig
 from trailingstop.operator.events import EventRouter, StatusWriter
@@ -37,6 +38,9 @@ class Operator:
 
     def __init__(self) -> None:
         self.config = OperatorConfig()
+        self._clear()
+
+    def _clear(self) -> None:
         self.health: HealthServer | None = None
         self.home: Bus | None = None
         self.kube: Kube | None = None
@@ -47,6 +51,15 @@ class Operator:
         self._audit: asyncio.Task[None] | None = None
 
     async def start(self, config: OperatorConfig) -> None:
+        """kopf retries a start that failed (the broker not there yet, the broker admin's check): it
+        releases what it had opened first, so the next attempt finds the health port free."""
+        try:
+            await self._start(config)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, config: OperatorConfig) -> None:
         self.config = config
         self.health = HealthServer(config.health_port)
         await self.health.start()
@@ -59,7 +72,11 @@ class Operator:
         self.router = router = EventRouter(store, writer)
         await router.start()
         admin = broker_admin(config, kube)
-        await admin.check()
+        try:
+            await admin.check()
+        except BaseException:
+            await admin.close()  # not yet the tenants' to close
+            raise
 
         async def saved_url(namespace: str) -> str | None:
             return await kube.secret_value(namespace, config.amqp_secret_name, "url")
@@ -88,6 +105,7 @@ class Operator:
             await self.kube.close()
         if self.health is not None:
             await self.health.stop()
+        self._clear()  # nothing is closed twice; a new start begins afresh
 
     @property
     def work(self) -> Reconciler:
@@ -98,7 +116,8 @@ class Operator:
 def broker_admin(config: OperatorConfig, kube: Kube) -> BrokerAdmin:
     user, password = credentials_of(config.amqp_url)
     if config.broker_admin == "topology-operator":
-        return TopologyOperator(kube, config.operator_namespace, config.rabbitmq_cluster, user)
+        reference = builders.cluster_reference(config.rabbitmq_cluster, config.rabbitmq_connection_secret)
+        return TopologyOperator(kube, config.operator_namespace, reference, user)
     return ManagementApi(config.management_url or default_management_url(config.amqp_url), user, password)
 
 
@@ -115,7 +134,7 @@ OPERATOR = Operator()
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
 
 
-@kopf.on.startup()
+@kopf.on.startup(backoff=10)  # a failed start (see Operator.start) is tried again 10 s later, not 60
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
