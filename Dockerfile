@@ -51,7 +51,7 @@ RUN --mount=type=secret,id=pipcert \
  && python -m pip wheel --no-deps --wheel-dir "$WHEELS" "$SRC" \
  && "$VENV/bin/python" -m pip install --no-deps "$WHEELS"/trailingstop-*.whl \
  && "$VENV/bin/python" -m pip check \
- && "$VENV/bin/python" -m pip uninstall --yes pip \
+ && "$VENV/bin/python" -m pip uninstall --yes pip setuptools \
  && "$VENV/bin/trailingstop" --version
 
 FROM ${PYTHON_IMAGE}
