@@ -26,6 +26,7 @@
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 # checkov:skip=CKV_DOCKER_2:Kubernetes probes /healthz on port 8080 (the chart's and the operator's pod specs); a HEALTHCHECK would only run under Docker.
+# checkov:skip=CKV_DOCKER_7:The base is the PYTHON_IMAGE build argument, whose default is the pinned python:3.11.14-slim-bookworm.
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
