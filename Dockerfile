@@ -29,7 +29,6 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 # checkov:skip=CKV_DOCKER_7:The base is the PYTHON_IMAGE build argument, whose default is the pinned python:3.11.14-slim-bookworm.
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1 \
     SRC=/src \
@@ -37,17 +36,19 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VENV=/opt/trailingstop
 WORKDIR ${SRC}
 # .dockerignore lets in only pyproject.toml, README.md, LICENSE and trailingstop/.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 # The dependencies, as pyproject.toml pins them (the same list pip would resolve for the wheel).
-RUN --mount=type=secret,id=pipcert \
+# pip's cache is a BuildKit cache mount: it speeds up rebuilds and is in no layer.
+RUN --mount=type=secret,id=pipcert --mount=type=cache,target=/root/.cache/pip \
     if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
  && mkdir -p "$WHEELS" \
  && python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
       > "$WHEELS/requirements.txt" \
  && python -m venv "$VENV" \
  && "$VENV/bin/python" -m pip install --requirement "$WHEELS/requirements.txt"
+COPY README.md ./
 COPY trailingstop/ trailingstop/
-RUN --mount=type=secret,id=pipcert \
+RUN --mount=type=secret,id=pipcert --mount=type=cache,target=/root/.cache/pip \
     if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
  && python -m pip wheel --no-deps --wheel-dir "$WHEELS" "$SRC" \
  && "$VENV/bin/python" -m pip install --no-deps "$WHEELS"/trailingstop-*.whl \

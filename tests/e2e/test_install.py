@@ -154,7 +154,7 @@ def test_dockerfile_install_steps_build_a_working_image_layout(tmp_path: Path) -
     moved = {name: str(tmp_path / value.lstrip("/")) for name, value in (("SRC", src), ("WHEELS", wheels),
                                                                           ("VENV", venv))}
     assert builder.all("WORKDIR") == ["${SRC}"]
-    assert builder.all("COPY") == ["pyproject.toml README.md ./", "trailingstop/ trailingstop/"], (
+    assert builder.all("COPY") == ["pyproject.toml ./", "README.md ./", "trailingstop/ trailingstop/"], (
         "the dependencies' layer depends on pyproject.toml alone")
     build_context(Path(moved["SRC"]))
 
