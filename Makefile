@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv demo test test-unit lint bench bench-engine bench-workers bench-operator \
+.PHONY: help venv demo test test-unit lint bench bench-engine bench-workers bench-operator bench-node \
 	testenv-up testenv-down image images cluster-demo manifests manifests-check lint-install crd clean
 
 help:
@@ -58,6 +58,11 @@ bench-workers: venv
 bench-operator: venv
 	scripts/testenv up
 	eval "$$(scripts/testenv env)" && $(BIN)/python benchmarks/operator.py
+
+bench-node: venv
+	scripts/testenv up
+	scripts/testenv images
+	eval "$$(scripts/testenv env)" && $(BIN)/python benchmarks/node.py
 
 # The CRD is generated from the contracts; the chart's copy and manifests/ follow it.
 crd: venv
