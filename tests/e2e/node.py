@@ -91,7 +91,7 @@ class Node:
         status = json.loads(self.kubectl("get", "node", self.name, "-o", "json").stdout)["status"]
         return {name for image in status.get("images", []) for name in image.get("names") or []}
 
-    def require_image(self, image: str, timeout: float = 30.0) -> str:
+    def require_image(self, image: str, timeout: float = 60.0) -> str:
         """``image`` is in the node's containerd (the kubelet reports it within its status period)."""
         deadline = time.monotonic() + timeout
         while not any(name.endswith(image) for name in self.images()):
