@@ -27,8 +27,8 @@ import trailingstop
 from tests.conftest import missing
 from trailingstop.operator.builders import WORKER_UID
 from trailingstop.operator.config import HEALTH_PORT, OperatorConfig
-from trailingstop.settings import load_settings
 from trailingstop.operator.crd import crd
+from trailingstop.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "trailingstop-operator"
