@@ -489,7 +489,8 @@ def test_tenancy_settings_of_the_operator(helm_bin: Helm) -> None:
     """The release names itself on the broker, and each way of making tenants sets exactly the
     settings the operator needs (the operator refuses a topology operator with two references)."""
     default = plain_env(operator_container(helm_bin.render()))
-    assert default["TRAILINGSTOP_INSTANCE"] == f"{NS}.{RELEASE}" and default["TRAILINGSTOP_BROKER_ADMIN"] == "management-api"
+    assert default["TRAILINGSTOP_INSTANCE"] == f"{NS}.{RELEASE}"
+    assert default["TRAILINGSTOP_BROKER_ADMIN"] == "management-api"
     managed = plain_env(operator_container(helm_bin.render(
         "--set", "rabbitmq.tenancy.managementUrl=https://rabbit.broker.svc:15671")))
     assert managed["TRAILINGSTOP_RABBITMQ_MANAGEMENT_URL"] == "https://rabbit.broker.svc:15671"
