@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     tracing: Literal["off", "on", "otlp", "console"] = _setting(
         "off", "OpenTelemetry: otlp (exports with the standard OTEL_EXPORTER_OTLP_* settings), console "
         "(prints spans), on (trace ids in logs and AMQP headers only) or off", ALL)
-    health_port: int = _setting(8080, "port of /healthz and /metrics (0: any free port)", ALL, ge=0, le=65535)
+    health_port: int = _setting(8080, "port of /livez, /readyz and /metrics (0: any free port)", ALL, ge=0, le=65535)
     amqp_url: SecretStr = _setting(
         SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
         "the broker's AMQP URL: for the operator its own account, for a worker its namespace's tenant "
@@ -113,6 +113,13 @@ class Settings(BaseSettings):
     rabbitmq_connection_secret: str = _setting(
         "", "topology-operator: a Secret (operator's namespace) with the broker's uri/username/password, instead "
         "of a RabbitmqCluster", "operator")
+    leader_election: bool = _setting(
+        True, "take the Lease before working, so of several replicas one works and another stands by",
+        "operator")
+    lease_name: str = _setting("trailingstop-operator", "the Lease (operator's namespace) the replicas compete for",
+                               "operator")
+    lease_duration: float = _setting(15.0, "seconds a Lease not renewed stays the old leader's", "operator", gt=0)
+    lease_renew: float = _setting(5.0, "seconds between the leader's renewals", "operator", gt=0)
     legacy_queue_grace: float = _setting(
         300.0, "seconds a drained queue of the pre-tenancy layout stays quiet before it is deleted", "operator", ge=0)
     worker_image: str = _setting(DEFAULT_IMAGE, "image of the worker pods", "operator")

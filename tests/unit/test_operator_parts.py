@@ -76,8 +76,8 @@ def test_pod_template_meets_the_restricted_security_standard() -> None:
     assert worker["securityContext"] == {
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False,
         "capabilities": {"drop": ["ALL"]}}
-    assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert worker["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert worker["resources"]["limits"] and worker["resources"]["requests"]
     assert {"name": "tmp", "mountPath": "/tmp"} in worker["volumeMounts"]
 

@@ -69,6 +69,11 @@ def executor_name(route: str) -> str:
     return f"ts-executor-{route.lower()}"
 
 
+def deployment_ref(namespace: str, name: str) -> dict[str, Any]:
+    """Enough of a Deployment to name it (to read or delete it)."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"namespace": namespace, "name": name}}
+
+
 def amqp_secret(config: OperatorConfig, namespace: str, url: str, owners: Iterable[Owner]) -> dict[str, Any]:
     """The namespace's broker tenant URL (its own user, password and vhost) for the workers."""
     return {
@@ -192,7 +197,11 @@ def _pod_spec(config: OperatorConfig, args: list[str], extra_env: list[dict[str,
         *({"name": key, "value": str(value)} for key, value in sorted(config.worker_env.items())),
         *extra_env,
     ]
-    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 3}
+    # Liveness asks only for the process's own progress (/livez); the broker and the exchange are
+    # readiness (/readyz): an outage of either restarts no pod (trailingstop/health.py).
+    def probe(path: str) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 3}
+
     spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -211,8 +220,8 @@ def _pod_spec(config: OperatorConfig, args: list[str], extra_env: list[dict[str,
                 "args": args,
                 "env": env,
                 "ports": [{"name": "http", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
-                "livenessProbe": {**probe, "initialDelaySeconds": 20, "failureThreshold": 6},
-                "readinessProbe": {**probe, "initialDelaySeconds": 2, "failureThreshold": 3},
+                "livenessProbe": {**probe("/livez"), "initialDelaySeconds": 20, "failureThreshold": 6},
+                "readinessProbe": {**probe("/readyz"), "initialDelaySeconds": 2, "failureThreshold": 3},
                 "resources": config.worker_resources,
                 "securityContext": {
                     "allowPrivilegeEscalation": False,

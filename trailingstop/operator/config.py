@@ -45,6 +45,10 @@ class OperatorConfig:
     rabbitmq_cluster: str = ""
     rabbitmq_connection_secret: str = ""
     # Queues of the pre-tenancy layout are deleted once drained and quiet this long (legacy.py).
+    leader_election: bool = True
+    lease_name: str = "trailingstop-operator"
+    lease_duration: float = 15.0
+    lease_renew: float = 5.0
     legacy_queue_grace: float = 300.0
 
     @classmethod
@@ -62,6 +66,10 @@ class OperatorConfig:
             "status_interval": settings.status_interval,
             "health_port": settings.health_port,
             "legacy_queue_grace": settings.legacy_queue_grace,
+            "leader_election": settings.leader_election,
+            "lease_name": settings.lease_name,
+            "lease_duration": settings.lease_duration,
+            "lease_renew": settings.lease_renew,
             "operator_namespace": settings.pod_namespace,
             "instance": settings.instance_name,
             "broker_admin": settings.broker_admin,

@@ -162,7 +162,8 @@ class Kube:
             return None
         return dict(self.api.sanitize_for_serialization(existing))
 
-    async def delete(self, desired: dict[str, Any]) -> None:
+    async def delete(self, desired: dict[str, Any]) -> bool:
+        """Delete the object named like ``desired``; False if there was none."""
         kind, namespace, name = desired["kind"], desired["metadata"]["namespace"], desired["metadata"]["name"]
         remove = self._verbs(desired)[2]
         try:
@@ -170,6 +171,8 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+            return False
+        return True
 
     async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
         """One key of a Secret, decoded (None if the Secret or the key is missing)."""
