@@ -130,6 +130,20 @@ class Settings(BaseSettings):
     worker_env: dict[str, str] = _setting(
         {}, "more environment of every worker container (a JSON object of strings); no secrets here", "operator")
     worker_service_account: str = _setting("", "ServiceAccount of the worker pods (none: no token)", "operator")
+    worker_tolerations: list[dict[str, Any]] = _setting([], "tolerations of the worker pods (a JSON list)", "operator")
+    worker_affinity: dict[str, Any] = _setting({}, "affinity of the worker pods (a JSON object)", "operator")
+    worker_node_selector: dict[str, str] = _setting({}, "nodeSelector of the worker pods (a JSON object)",
+                                                    "operator")
+    worker_priority_class: str = _setting("", "priorityClassName of the worker pods", "operator")
+    worker_image_pull_secrets: list[str] = _setting([], "imagePullSecrets of the worker pods (a JSON list of "
+                                                        "Secret names, in each watched namespace)", "operator")
+    worker_pod_annotations: dict[str, str] = _setting({}, "more annotations of the worker pods (a JSON object)",
+                                                      "operator")
+    worker_disruption_budget: bool = _setting(
+        False, "a PodDisruptionBudget (minAvailable 1) per worker Deployment: a node drain then waits until you "
+        "move the pod yourself", "operator")
+    stop_metrics: bool = _setting(
+        False, "per-stop price gauges (trailingstop_stop_price): one series per stop and kind", "operator")
 
     # --- history (run/backtest --date/--month) ---------------------------------------------------------
     data_url: str = _setting(DEFAULT_DATA_URL, "Binance public-data host (--data-url wins)", "cli")

@@ -56,6 +56,34 @@ def test_orchestrator_deployment_is_one_replica_recreate_with_the_symbol() -> No
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
+def test_worker_placement_and_annotations_reach_the_pod_template() -> None:
+    placed = OperatorConfig(
+        namespaces=("trading",), amqp_url=CONFIG.amqp_url, worker_image=CONFIG.worker_image,
+        worker_scheduling={"tolerations": [{"key": "trading", "operator": "Exists"}], "affinity": {},
+                           "nodeSelector": {"pool": "trading"}, "priorityClassName": "",
+                           "imagePullSecrets": [{"name": "regcred"}]},
+        worker_pod_annotations={"team": "desk"},
+    )
+    template = builders.executor_deployment(placed, "trading", "live-keys", "keys", OWNERS)["spec"]["template"]
+    pod = template["spec"]
+    assert pod["tolerations"] == [{"key": "trading", "operator": "Exists"}]
+    assert pod["nodeSelector"] == {"pool": "trading"} and pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert "affinity" not in pod and "priorityClassName" not in pod  # empty settings leave the pod alone
+    assert template["metadata"]["annotations"]["team"] == "desk"
+    assert builders.BROKER_CREDENTIALS_ANNOTATION in template["metadata"]["annotations"]
+    plain = builders.executor_deployment(CONFIG, "trading", "live-keys", "keys", OWNERS)["spec"]["template"]["spec"]
+    assert not {"tolerations", "nodeSelector", "imagePullSecrets"} & set(plain)
+
+
+def test_worker_disruption_budget_selects_its_deployment_and_is_owned_like_it() -> None:
+    deployment = builders.orchestrator_deployment(CONFIG, "trading", "BTCUSDT", OWNERS)
+    budget = builders.disruption_budget("trading", deployment)
+    assert budget["metadata"]["name"] == deployment["metadata"]["name"] == "ts-orchestrator-btcusdt"
+    assert budget["metadata"]["ownerReferences"] == deployment["metadata"]["ownerReferences"]
+    assert budget["spec"] == {"minAvailable": 1, "selector": deployment["spec"]["selector"]}
+    assert builders.disruption_budget_ref("trading", "ts-orchestrator-btcusdt")["kind"] == "PodDisruptionBudget"
+
+
 def test_marketdata_deployment_reads_the_broker_url_from_the_namespace_secret() -> None:
     worker = container(builders.marketdata_deployment(CONFIG, "trading", "BTCUSDT", OWNERS))
     assert worker["image"] == "registry.example/trailingstop:1.2.3"

@@ -74,6 +74,11 @@ def deployment_ref(namespace: str, name: str) -> dict[str, Any]:
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"namespace": namespace, "name": name}}
 
 
+def disruption_budget_ref(namespace: str, name: str) -> dict[str, Any]:
+    metadata = {"namespace": namespace, "name": name}
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": metadata}
+
+
 def amqp_secret(config: OperatorConfig, namespace: str, url: str, owners: Iterable[Owner]) -> dict[str, Any]:
     """The namespace's broker tenant URL (its own user, password and vhost) for the workers."""
     return {
@@ -183,7 +188,10 @@ def _deployment(
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": match},
             "template": {
-                "metadata": {"labels": labels, "annotations": {BROKER_CREDENTIALS_ANNOTATION: broker}},
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {**config.worker_pod_annotations, BROKER_CREDENTIALS_ANNOTATION: broker},
+                },
                 "spec": _pod_spec(config, args, extra_env or []),
             },
         },
@@ -236,7 +244,21 @@ def _pod_spec(config: OperatorConfig, args: list[str], extra_env: list[dict[str,
     }
     if config.worker_service_account:
         spec["serviceAccountName"] = config.worker_service_account
+    spec.update({key: value for key, value in config.worker_scheduling.items() if value})
     return spec
+
+
+def disruption_budget(namespace: str, deployment: dict[str, Any]) -> dict[str, Any]:
+    """A worker Deployment's PodDisruptionBudget (minAvailable 1), owned like it: a drain waits for
+    a person rather than stop a symbol's only orchestrator on its own."""
+    metadata = deployment["metadata"]
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": metadata["name"], "namespace": namespace, "labels": metadata["labels"],
+                     "ownerReferences": metadata["ownerReferences"]},
+        "spec": {"minAvailable": 1, "selector": deployment["spec"]["selector"]},
+    }
 
 
 # --- broker tenants through the messaging-topology-operator -------------------------------------------

@@ -24,6 +24,11 @@ class OperatorConfig:
     worker_resources: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_WORKER_RESOURCES))
     worker_env: dict[str, str] = field(default_factory=dict)  # extra env for every worker container
     worker_service_account: str = ""  # none: pods get no token at all
+    # tolerations, affinity, nodeSelector, priorityClassName, imagePullSecrets of the worker pods
+    worker_scheduling: dict[str, Any] = field(default_factory=dict)
+    worker_pod_annotations: dict[str, str] = field(default_factory=dict)
+    worker_disruption_budget: bool = False
+    stop_metrics: bool = False
     status_interval: float = 5.0  # at most one reference/price write per resource per interval
     health_port: int = HEALTH_PORT
     amqp_secret_name: str = "ts-amqp"  # per namespace, made by the operator for its workers
@@ -63,6 +68,16 @@ class OperatorConfig:
             "worker_env": dict(settings.worker_env),
             "worker_resources": dict(settings.worker_resources),
             "worker_service_account": settings.worker_service_account,
+            "worker_scheduling": {
+                "tolerations": list(settings.worker_tolerations),
+                "affinity": dict(settings.worker_affinity),
+                "nodeSelector": dict(settings.worker_node_selector),
+                "priorityClassName": settings.worker_priority_class,
+                "imagePullSecrets": [{"name": name} for name in settings.worker_image_pull_secrets],
+            },
+            "worker_pod_annotations": dict(settings.worker_pod_annotations),
+            "worker_disruption_budget": settings.worker_disruption_budget,
+            "stop_metrics": settings.stop_metrics,
             "status_interval": settings.status_interval,
             "health_port": settings.health_port,
             "legacy_queue_grace": settings.legacy_queue_grace,

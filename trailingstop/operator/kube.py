@@ -54,6 +54,7 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
+        self.policy = client.PolicyV1Api(api)
         self.attempts = attempts
         self.instance = socket.gethostname()
 
@@ -189,6 +190,10 @@ class Kube:
         if kind == "Secret":
             core = self.core
             return core.read_namespaced_secret, core.patch_namespaced_secret, core.delete_namespaced_secret
+        if kind == "PodDisruptionBudget":
+            policy = self.policy
+            return (policy.read_namespaced_pod_disruption_budget, policy.patch_namespaced_pod_disruption_budget,
+                    policy.delete_namespaced_pod_disruption_budget)
         group, _, version = desired["apiVersion"].partition("/")
         if group != RABBITMQ_TOPOLOGY_GROUP:
             raise ValueError(f"no verbs for {kind}")

@@ -72,7 +72,7 @@ class Operator:
         # The operator's own vhost holds nothing of ours; the connection proves the broker is there
         # and reads what the pre-tenancy layout left behind (see legacy.py).
         self.home = home = await connect_bus(config.amqp_url, "trailingstop-operator", topology="none")
-        writer = StatusWriter(store, interval=config.status_interval)
+        writer = StatusWriter(store, interval=config.status_interval, stop_metrics=config.stop_metrics)
         self.router = router = EventRouter(store, writer)
         await router.start()
         admin = broker_admin(config, kube)

@@ -177,9 +177,9 @@ class Reconciler:
         if not active:
             await self._retire(namespace, builders.marketdata_name(symbol), builders.orchestrator_name(symbol))
             return
-        owners = _owners(active)
-        await self.kube.apply(builders.marketdata_deployment(self.config, namespace, symbol, owners, tenant.digest))
-        await self.kube.apply(builders.orchestrator_deployment(self.config, namespace, symbol, owners, tenant.digest))
+        owners, digest = _owners(active), tenant.digest
+        await self._apply_workload(builders.marketdata_deployment(self.config, namespace, symbol, owners, digest))
+        await self._apply_workload(builders.orchestrator_deployment(self.config, namespace, symbol, owners, digest))
 
     async def _apply_route(self, tenant: Tenant, route: str, users: list[StopRecord]) -> None:
         """The route's executor, owned by its stops whose order may still be placed (not final)."""
@@ -189,9 +189,14 @@ class Reconciler:
             return
         reference = active[0].spec.credentials_secret_ref
         secret = reference.name if reference else None
-        await self.kube.apply(
+        await self._apply_workload(
             builders.executor_deployment(self.config, tenant.namespace, route, secret, _owners(active), tenant.digest)
         )
+
+    async def _apply_workload(self, deployment: dict[str, Any]) -> None:
+        await self.kube.apply(deployment)
+        if self.config.worker_disruption_budget:
+            await self.kube.apply(builders.disruption_budget(deployment["metadata"]["namespace"], deployment))
 
     # --- the children, as the watches report them -------------------------------------------------
 
@@ -252,6 +257,8 @@ class Reconciler:
         for name in deployments:
             if await self.kube.delete(builders.deployment_ref(namespace, name)):
                 log.info("retired %s/%s: no stop needs it any more", namespace, name, extra={"namespace": namespace})
+            if self.config.worker_disruption_budget:
+                await self.kube.delete(builders.disruption_budget_ref(namespace, name))
 
     async def on_transition(self, record: StopRecord, status: TrailingStopStatus, before: str) -> None:
         """A Kubernetes Event for each phase people want to hear about; a final phase may retire
