@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,8 +26,8 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 import trailingstop
-from trailingstop import telemetry
 from tests.conftest import missing
+from trailingstop import telemetry
 from trailingstop.operator.builders import WORKER_UID
 from trailingstop.operator.config import HEALTH_PORT, OperatorConfig
 from trailingstop.operator.crd import crd
@@ -400,9 +400,9 @@ def test_cluster_wide(rendered: dict[str, list[dict[str, Any]]]) -> None:
 
 def test_extra_namespaces(rendered: dict[str, list[dict[str, Any]]]) -> None:
     documents = rendered["extra-namespaces"]
-    roles = {d["metadata"]["namespace"]: d for d in documents if d["kind"] == "Role" and d["metadata"]["name"] != LEADER}
-    bindings = {d["metadata"]["namespace"]: d for d in documents
-                if d["kind"] == "RoleBinding" and d["metadata"]["name"] != LEADER}
+    granted = [d for d in documents if d["metadata"]["name"] != LEADER]
+    roles = {d["metadata"]["namespace"]: d for d in granted if d["kind"] == "Role"}
+    bindings = {d["metadata"]["namespace"]: d for d in granted if d["kind"] == "RoleBinding"}
     assert set(roles) == set(bindings) == {"ts-a", "ts-b"}
     for namespace in ("ts-a", "ts-b"):
         assert roles[namespace]["rules"] == EXPECTED_RULES
