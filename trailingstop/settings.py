@@ -142,6 +142,12 @@ class Settings(BaseSettings):
     worker_disruption_budget: bool = _setting(
         False, "a PodDisruptionBudget (minAvailable 1) per worker Deployment: a node drain then waits until you "
         "move the pod yourself", "operator")
+    executor_network_policy: bool = _setting(
+        True, "a NetworkPolicy per executor (it holds the Binance keys): egress only to DNS and "
+        "TRAILINGSTOP_EXECUTOR_EGRESS_PORTS, ingress only to its health port", "operator")
+    executor_egress_ports: list[int] = _setting(
+        [443, 5671, 5672], "the TCP ports an executor may connect to (a JSON list): the exchange's and the "
+        "broker's", "operator")
     stop_metrics: bool = _setting(
         False, "per-stop price gauges (trailingstop_stop_price): one series per stop and kind", "operator")
 

@@ -52,6 +52,7 @@ EXPECTED_RULES = [
      "verbs": ["get", "list", "watch", "create", "patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "create", "patch"]},
 ]
 # The Lease of leader election, in the release namespace only.
 LEADER_RULES = [
@@ -607,3 +608,13 @@ def test_worker_placement_reaches_the_operator(rendered: dict[str, list[dict[str
     assert one(documents, "Role", FULLNAME)["rules"] == [*EXPECTED_RULES, pdb_rule]
     defaults = OperatorConfig.from_env(plain_env(operator_container(rendered["default"])))
     assert not any(defaults.worker_scheduling.values()) and not defaults.worker_disruption_budget
+
+
+def test_executor_network_policy_settings_reach_the_operator(helm_bin: Helm) -> None:
+    defaults = OperatorConfig.from_env(plain_env(operator_container(helm_bin.render())))
+    assert defaults.executor_network_policy and defaults.executor_egress_ports == (443, 5671, 5672)
+    documents = helm_bin.render("--set", "workers.executorNetworkPolicy.enabled=false")
+    assert not OperatorConfig.from_env(plain_env(operator_container(documents))).executor_network_policy
+    assert not [r for r in one(documents, "Role", FULLNAME)["rules"] if "networkpolicies" in r["resources"]]
+    custom = helm_bin.render("--set", "workers.executorNetworkPolicy.egressPorts={443,5673}")
+    assert OperatorConfig.from_env(plain_env(operator_container(custom))).executor_egress_ports == (443, 5673)

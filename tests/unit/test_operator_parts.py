@@ -75,6 +75,21 @@ def test_worker_placement_and_annotations_reach_the_pod_template() -> None:
     assert not {"tolerations", "nodeSelector", "imagePullSecrets"} & set(plain)
 
 
+def test_executor_network_policy_guards_only_its_executor() -> None:
+    executor = builders.executor_deployment(CONFIG, "trading", "live-keys", "keys", OWNERS)
+    policy = builders.executor_network_policy(CONFIG, executor)
+    assert policy["metadata"]["name"] == executor["metadata"]["name"] == "ts-executor-live-keys"
+    assert policy["metadata"]["ownerReferences"] == executor["metadata"]["ownerReferences"]
+    spec = policy["spec"]
+    assert spec["podSelector"] == executor["spec"]["selector"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == [{"ports": [{"port": builders.HEALTH_PORT, "protocol": "TCP"}]}]
+    dns, allowed = spec["egress"]
+    assert dns == {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+    assert allowed == {"ports": [{"port": p, "protocol": "TCP"} for p in (443, 5671, 5672)]}
+    assert all("to" not in rule for rule in spec["egress"])  # by port: no address to get wrong per CNI
+
+
 def test_worker_disruption_budget_selects_its_deployment_and_is_owned_like_it() -> None:
     deployment = builders.orchestrator_deployment(CONFIG, "trading", "BTCUSDT", OWNERS)
     budget = builders.disruption_budget("trading", deployment)

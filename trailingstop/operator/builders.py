@@ -261,6 +261,28 @@ def disruption_budget(namespace: str, deployment: dict[str, Any]) -> dict[str, A
     }
 
 
+def executor_network_policy(config: OperatorConfig, deployment: dict[str, Any]) -> dict[str, Any]:
+    """The executor holds the Binance keys: its pods may send only DNS and the configured ports
+    (the broker's and the exchange's; by port, because Binance's addresses change and the broker's
+    differ per cluster, and no API server rule is needed, so it works the same on Cilium and
+    Calico), and receive only on the health port (probes, metrics)."""
+    metadata = deployment["metadata"]
+    tcp = [{"port": port, "protocol": "TCP"} for port in config.executor_egress_ports]
+    dns = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": metadata["name"], "namespace": metadata["namespace"], "labels": metadata["labels"],
+                     "ownerReferences": metadata["ownerReferences"]},
+        "spec": {
+            "podSelector": deployment["spec"]["selector"],
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"ports": [{"port": HEALTH_PORT, "protocol": "TCP"}]}],
+            "egress": [{"ports": dns}, {"ports": tcp}],
+        },
+    }
+
+
 # --- broker tenants through the messaging-topology-operator -------------------------------------------
 
 # The Secret the topology operator's User controller makes from the imported credentials, and

@@ -28,6 +28,8 @@ class OperatorConfig:
     worker_scheduling: dict[str, Any] = field(default_factory=dict)
     worker_pod_annotations: dict[str, str] = field(default_factory=dict)
     worker_disruption_budget: bool = False
+    executor_network_policy: bool = True
+    executor_egress_ports: tuple[int, ...] = (443, 5671, 5672)
     stop_metrics: bool = False
     status_interval: float = 5.0  # at most one reference/price write per resource per interval
     health_port: int = HEALTH_PORT
@@ -77,6 +79,8 @@ class OperatorConfig:
             },
             "worker_pod_annotations": dict(settings.worker_pod_annotations),
             "worker_disruption_budget": settings.worker_disruption_budget,
+            "executor_network_policy": settings.executor_network_policy,
+            "executor_egress_ports": tuple(settings.executor_egress_ports),
             "stop_metrics": settings.stop_metrics,
             "status_interval": settings.status_interval,
             "health_port": settings.health_port,

@@ -55,6 +55,7 @@ class Kube:
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.policy = client.PolicyV1Api(api)
+        self.networking = client.NetworkingV1Api(api)
         self.attempts = attempts
         self.instance = socket.gethostname()
 
@@ -190,6 +191,10 @@ class Kube:
         if kind == "Secret":
             core = self.core
             return core.read_namespaced_secret, core.patch_namespaced_secret, core.delete_namespaced_secret
+        if kind == "NetworkPolicy":
+            networking = self.networking
+            return (networking.read_namespaced_network_policy, networking.patch_namespaced_network_policy,
+                    networking.delete_namespaced_network_policy)
         if kind == "PodDisruptionBudget":
             policy = self.policy
             return (policy.read_namespaced_pod_disruption_budget, policy.patch_namespaced_pod_disruption_budget,

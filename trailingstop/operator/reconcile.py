@@ -185,13 +185,18 @@ class Reconciler:
         """The route's executor, owned by its stops whose order may still be placed (not final)."""
         active = _active(users)
         if not active:
+            # The NetworkPolicy stays: it selects no pod now, still guards a terminating one, and
+            # goes with its stops (owner references).
             await self._retire(tenant.namespace, builders.executor_name(route))
             return
         reference = active[0].spec.credentials_secret_ref
         secret = reference.name if reference else None
-        await self._apply_workload(
-            builders.executor_deployment(self.config, tenant.namespace, route, secret, _owners(active), tenant.digest)
-        )
+        executor = builders.executor_deployment(
+            self.config, tenant.namespace, route, secret, _owners(active), tenant.digest)
+        if self.config.executor_network_policy:
+            # before the pod exists, so the keys never sit in a pod that may talk anywhere
+            await self.kube.apply(builders.executor_network_policy(self.config, executor))
+        await self._apply_workload(executor)
 
     async def _apply_workload(self, deployment: dict[str, Any]) -> None:
         await self.kube.apply(deployment)
