@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     binance_api_secret: SecretStr | None = _setting(
         None, "API secret (Testnet/Live executors; from the credentials Secret)", "executor", "BINANCE_API_SECRET",
         secret=True)
+    credentials_dir: str = _setting(
+        "", "the credentials Secret mounted as files (apiKey, apiSecret); when they no longer match the keys "
+        "the executor started with, it finishes and exits so its container starts again with the new keys "
+        "(empty: not watched)", "executor")
+    credentials_check_interval: float = _setting(
+        10.0, "seconds between looks at TRAILINGSTOP_CREDENTIALS_DIR", "executor", gt=0)
 
     # --- the operator ------------------------------------------------------------------------------------
     watch_namespaces: str = _setting(

@@ -135,6 +135,18 @@ def test_executor_takes_keys_only_by_reference_to_the_secret() -> None:
     assert not any(item["name"].startswith("BINANCE_") for item in simulate["env"])
 
 
+def test_executor_mounts_its_credentials_secret_to_see_a_rotation() -> None:
+    deployment = builders.executor_deployment(CONFIG, "trading", "live-my-keys", "my-keys", OWNERS)
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "credentials", "secret": {"secretName": "my-keys"}} in pod["volumes"]
+    worker = container(deployment)
+    assert {"name": "credentials", "mountPath": builders.CREDENTIALS_DIR, "readOnly": True} in worker["volumeMounts"]
+    env = {item["name"]: item for item in worker["env"]}
+    assert env["TRAILINGSTOP_CREDENTIALS_DIR"]["value"] == builders.CREDENTIALS_DIR
+    simulate = builders.executor_deployment(CONFIG, "trading", "simulate", None, OWNERS)["spec"]["template"]["spec"]
+    assert [volume["name"] for volume in simulate["volumes"]] == ["tmp"]
+
+
 def test_amqp_secret_holds_the_url_for_the_namespace() -> None:
     secret = builders.amqp_secret(CONFIG, "trading", CONFIG.amqp_url, OWNERS)
     assert (secret["metadata"]["name"], secret["metadata"]["namespace"]) == ("ts-amqp", "trading")

@@ -30,6 +30,7 @@ TENANT_LABEL = f"{API_GROUP}/tenant"
 BROKER_CREDENTIALS_ANNOTATION = f"{API_GROUP}/broker-credentials"
 AMQP_KEY = "url"
 WORKER_UID = 10001
+CREDENTIALS_DIR = "/var/run/trailingstop/credentials"  # the executor's credentials Secret, as files
 RABBITMQ_TOPOLOGY_GROUP = "rabbitmq.com"
 RABBITMQ_TOPOLOGY_VERSION = "v1beta1"
 
@@ -130,13 +131,19 @@ def executor_deployment(
     config: OperatorConfig, namespace: str, route: str, secret_name: str | None, owners: Iterable[Owner],
     broker: str = "",
 ) -> dict[str, Any]:
-    env = []
+    env: list[dict[str, Any]] = []
+    volumes: list[tuple[dict[str, Any], str]] = []
     if secret_name is not None:
-        # Keys reach the process as environment variables from the Secret, and nowhere else.
+        # Keys reach the process as environment variables from the Secret, and nowhere else. The
+        # Secret is mounted too, only so the executor sees a rotation and restarts for the new keys
+        # (workers/credentials.py): the operator itself may not read it to roll the Deployment.
         env = [
             {"name": "BINANCE_API_KEY", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "apiKey"}}},
             {"name": "BINANCE_API_SECRET", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "apiSecret"}}},
+            {"name": "TRAILINGSTOP_CREDENTIALS_DIR", "value": CREDENTIALS_DIR},
         ]
+        volumes = [({"name": "credentials", "secret": {"secretName": secret_name}},
+                    CREDENTIALS_DIR)]
     return _deployment(
         config,
         namespace,
@@ -147,6 +154,7 @@ def executor_deployment(
         selector={ROUTE_LABEL: route},
         owners=owners,
         extra_env=env,
+        extra_volumes=volumes,
     )
 
 
@@ -171,6 +179,7 @@ def _deployment(
     selector: dict[str, str],
     owners: Iterable[Owner],
     extra_env: list[dict[str, Any]] | None = None,
+    extra_volumes: list[tuple[dict[str, Any], str]] | None = None,  # (volume, read-only mount path)
 ) -> dict[str, Any]:
     match = {"app.kubernetes.io/name": "trailingstop", "app.kubernetes.io/component": component, **selector}
     labels = _labels(component, selector)
@@ -192,13 +201,14 @@ def _deployment(
                     "labels": labels,
                     "annotations": {**config.worker_pod_annotations, BROKER_CREDENTIALS_ANNOTATION: broker},
                 },
-                "spec": _pod_spec(config, args, extra_env or []),
+                "spec": _pod_spec(config, args, extra_env or [], extra_volumes or []),
             },
         },
     }
 
 
-def _pod_spec(config: OperatorConfig, args: list[str], extra_env: list[dict[str, Any]]) -> dict[str, Any]:
+def _pod_spec(config: OperatorConfig, args: list[str], extra_env: list[dict[str, Any]],
+              extra_volumes: list[tuple[dict[str, Any], str]]) -> dict[str, Any]:
     env = [
         {"name": "AMQP_URL", "valueFrom": {"secretKeyRef": {"name": config.amqp_secret_name, "key": AMQP_KEY}}},
         {"name": "TRAILINGSTOP_HEALTH_PORT", "value": str(HEALTH_PORT)},
@@ -237,10 +247,13 @@ def _pod_spec(config: OperatorConfig, args: list[str], extra_env: list[dict[str,
                     "privileged": False,
                     "capabilities": {"drop": ["ALL"]},
                 },
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                "volumeMounts": [
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    *({"name": volume["name"], "mountPath": path, "readOnly": True} for volume, path in extra_volumes),
+                ],
             }
         ],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *(volume for volume, _ in extra_volumes)],
     }
     if config.worker_service_account:
         spec["serviceAccountName"] = config.worker_service_account
