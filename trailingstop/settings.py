@@ -148,6 +148,11 @@ class Settings(BaseSettings):
     worker_disruption_budget: bool = _setting(
         False, "a PodDisruptionBudget (minAvailable 1) per worker Deployment: a node drain then waits until you "
         "move the pod yourself", "operator")
+    worker_rollout_batch: int = _setting(
+        3, "how many worker Deployments may restart at once for a changed pod template (after an upgrade), "
+        "each until its new pod is available", "operator", ge=1)
+    worker_rollout_timeout: float = _setting(
+        180.0, "seconds a restarting worker may hold its rollout slot before the next one goes", "operator", gt=0)
     executor_network_policy: bool = _setting(
         True, "a NetworkPolicy per executor (it holds the Binance keys): egress only to DNS and "
         "TRAILINGSTOP_EXECUTOR_EGRESS_PORTS, ingress only to its health port", "operator")

@@ -277,6 +277,7 @@ def test_the_operator_reads_the_charts_settings(rendered: dict[str, list[dict[st
     assert config.worker_env == {}
     assert config.status_interval == 5.0 and config.health_port == HEALTH_PORT
     assert config.worker_service_account == ""
+    assert (config.worker_rollout_batch, config.worker_rollout_timeout) == (3, 180.0)
 
 
 

@@ -28,6 +28,8 @@ class OperatorConfig:
     worker_scheduling: dict[str, Any] = field(default_factory=dict)
     worker_pod_annotations: dict[str, str] = field(default_factory=dict)
     worker_disruption_budget: bool = False
+    worker_rollout_batch: int = 3
+    worker_rollout_timeout: float = 180.0
     executor_network_policy: bool = True
     executor_egress_ports: tuple[int, ...] = (443, 5671, 5672)
     stop_metrics: bool = False
@@ -79,6 +81,8 @@ class OperatorConfig:
             },
             "worker_pod_annotations": dict(settings.worker_pod_annotations),
             "worker_disruption_budget": settings.worker_disruption_budget,
+            "worker_rollout_batch": settings.worker_rollout_batch,
+            "worker_rollout_timeout": settings.worker_rollout_timeout,
             "executor_network_policy": settings.executor_network_policy,
             "executor_egress_ports": tuple(settings.executor_egress_ports),
             "stop_metrics": settings.stop_metrics,

@@ -34,7 +34,8 @@ from trailingstop.operator.builders import Owner
 from trailingstop.operator.coalesce import Coalescer
 from trailingstop.operator.config import OperatorConfig
 from trailingstop.operator.events import StatusWriter
-from trailingstop.operator.kube import Kube
+from trailingstop.operator.kube import Kube, contains
+from trailingstop.operator.rollout import RolloutGate
 from trailingstop.operator.stops import StopRecord, StopStore
 from trailingstop.operator.tenancy import BrokerAdminError, Tenant, Tenants
 from trailingstop.telemetry import stop_fields
@@ -87,6 +88,7 @@ class Reconciler:
         self.home = home  # the operator's own connection: its health says the broker is there
         self.tenants = tenants
         self._children: Coalescer[WorkloadKey] = Coalescer(self._apply_children)
+        self._rollouts = RolloutGate(config.worker_rollout_batch, config.worker_rollout_timeout)
         self._tasks: set[asyncio.Task[None]] = set()
         # (namespace, component, symbol or route) -> pod name -> its newest word (pod watch)
         self._pods: dict[tuple[str, str, str], dict[str, pods.PodWord]] = {}
@@ -199,7 +201,13 @@ class Reconciler:
         await self._apply_workload(executor)
 
     async def _apply_workload(self, deployment: dict[str, Any]) -> None:
-        await self.kube.apply(deployment)
+        existing = await self.kube.read(deployment)
+        template = deployment["spec"]["template"]
+        if existing is None or contains(existing["spec"]["template"], template):
+            await self.kube.apply(deployment)  # a new worker, or a change that restarts no pod
+        else:
+            name = f'{deployment["metadata"]["namespace"]}/{deployment["metadata"]["name"]}'
+            await self._rollouts.roll(name, lambda: self.kube.apply(deployment), lambda: self.kube.read(deployment))
         if self.config.worker_disruption_budget:
             await self.kube.apply(builders.disruption_budget(deployment["metadata"]["namespace"], deployment))
 
