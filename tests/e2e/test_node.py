@@ -238,7 +238,7 @@ async def test_helm_test_of_the_chart_succeeds_with_the_operator_as_a_pod(
         helm("install", "ts", str(CHART), "-n", namespace, "--set", "crds.install=false",
              "--set", f"image.repository={repository}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
              "--wait", "--timeout", "180s", timeout=240)
-        tested = helm("test", "ts", "-n", namespace, "--timeout", "180s", timeout=240)
+        tested = helm("test", "ts", "-n", namespace, "--logs", "--timeout", "180s", timeout=240)
         assert re.search(r"TEST SUITE:\s+ts-trailingstop-operator-test", tested.stdout), tested.stdout
         assert re.search(r"Phase:\s+Succeeded", tested.stdout), tested.stdout
         # the operator pod's own connection, from the pod network to the node address
