@@ -1,21 +1,21 @@
-# Two commands matter on a fresh machine: `make demo` and `make test`.
-# Everything else here is what those two are made of.
+# Three commands matter on a fresh machine: `make demo`, `make test` and `make cluster-demo`.
+# Everything else here is what those are made of.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-IMAGE ?= ghcr.io/trailingstop/trailingstop:0.1.0
-
 .PHONY: help venv demo test test-unit lint bench bench-engine bench-workers bench-operator bench-history \
-	testenv-up testenv-down image manifests manifests-check lint-install crd clean
+	bench-manifests bench-node testenv-up testenv-down image images cluster-demo manifests manifests-check lint-install \
+	crd clean
 
 help:
 	@echo "make demo   - install into $(VENV) and run the embedded demo on real Binance trades"
-	@echo "make test   - bring up RabbitMQ + a real Kubernetes control plane, run every test"
-	@echo "make bench  - engine, worker, operator and history benchmarks (figures go to docs/BENCHMARKS.md)"
-	@echo "make image  - docker build the one image of every role"
+	@echo "make test   - bring up RabbitMQ + a real single-node Kubernetes cluster, build the images, run every test"
+	@echo "make cluster-demo - the same cluster, helm install of the chart, examples/trailingstop.yaml until Filled"
+	@echo "make bench  - engine, worker, operator, history and manifest benchmarks (figures go to docs/BENCHMARKS.md)"
+	@echo "make image  - docker build the one image of every role (and load it into the test node)"
 	@echo "make manifests / lint-install / crd - regenerate manifests/, lint the install paths, regenerate the CRD"
 
 venv: $(STAMP)
@@ -29,10 +29,13 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(BIN)/trailingstop run examples/trailingstop.yaml
 
-# The test environment is real: RabbitMQ and kube-apiserver/controller-manager/etcd built from the
-# Go module proxy (cached under ~/.cache/trailingstop). See docs/DEVELOPING.md.
+# The test environment is real: RabbitMQ and a single-node Kubernetes cluster whose binaries are
+# built from the Go module proxy (cached under ~/.cache/trailingstop), and the images the node
+# runs, built from this tree (Docker's layer cache makes a rebuild after a code change quick).
+# See docs/DEVELOPING.md.
 test: venv
 	scripts/testenv up
+	scripts/testenv images
 	eval "$$(scripts/testenv env)" && $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failing" >&2; fi; \
 	  exit $$rc
@@ -41,10 +44,11 @@ test-unit: venv
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check trailingstop tests
+	$(BIN)/ruff check trailingstop tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
-bench: bench-engine bench-workers bench-operator bench-history
+bench: bench-engine bench-workers bench-operator bench-history bench-manifests
 
 bench-engine: venv
 	$(BIN)/python benchmarks/engine.py
@@ -52,6 +56,9 @@ bench-engine: venv
 # A month of aggTrades through `backtest --month` from a local public-data host (BENCH_ARGS: --per-day N).
 bench-history: venv
 	$(BIN)/python benchmarks/history.py $(BENCH_ARGS)
+
+bench-manifests: venv
+	$(BIN)/python benchmarks/manifests.py
 
 bench-workers: venv
 	scripts/testenv up
@@ -61,13 +68,30 @@ bench-operator: venv
 	scripts/testenv up
 	eval "$$(scripts/testenv env)" && $(BIN)/python benchmarks/operator.py
 
+bench-node: venv
+	scripts/testenv up
+	scripts/testenv images
+	eval "$$(scripts/testenv env)" && $(BIN)/python benchmarks/node.py
+
 # The CRD is generated from the contracts; the chart's copy and manifests/ follow it.
 crd: venv
 	$(BIN)/trailingstop crd > crds/trailingstops.trailingstop.dev.yaml
 
-# The one image of every role (needs a Docker engine; CI checks the Dockerfile without one).
+# The one image of every role, built from the Dockerfile by the Docker engine scripts/testenv
+# installs and starts when missing (tagged trailingstop.local/trailingstop:dev, or $TESTENV_IMAGE),
+# and loaded into the test node when it runs. Outside this project's machines, plain
+# `docker build -t ghcr.io/trailingstop/trailingstop:0.1.0 .` builds the same image on the
+# official Python base.
 image:
-	docker build -t $(IMAGE) .
+	scripts/testenv images trailingstop
+
+# The project's image, the fake Binance's and the quickstart RabbitMQ's.
+images:
+	scripts/testenv images
+
+# The chart on the real node: examples/trailingstop.yaml until Filled (scripts/cluster-demo).
+cluster-demo:
+	scripts/cluster-demo
 
 # manifests/ rendered from charts/trailingstop-operator (and the chart's CRD copy synced from crds/).
 manifests: venv

@@ -24,7 +24,7 @@ import random
 import time
 from decimal import Decimal
 
-from trailingstop.engine import Engine
+from trailingstop.core.engine import Engine
 
 
 def random_walk(ticks: int, seed: int, step: int) -> list[Decimal]:

@@ -33,7 +33,7 @@ from kubernetes_asyncio import client, config
 from tests.e2e.podrunner import PodRunner
 from tests.fakebinance import FakeBinance, xrpeth
 from tests.harness import Vhost, WorkerProcess, metric_total, scrape, worker_env
-from trailingstop.trades import demo_trades_path, load_trades
+from trailingstop.tradefiles import demo_trades_path, load_trades
 
 REPO = Path(__file__).resolve().parents[1]
 

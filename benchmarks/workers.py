@@ -42,7 +42,7 @@ from trailingstop.bus import (
     executor_queue,
     tick_queue,
 )
-from trailingstop.contracts import PriceTick, StopCommand, StopDefinition
+from trailingstop.core.contracts import PriceTick, StopCommand, StopDefinition
 
 SYMBOL = "BENCH"
 PREFETCH = 1000

@@ -1,7 +1,9 @@
 """Root fixtures: the real test environment that ``scripts/testenv`` runs (docs/DEVELOPING.md).
 
 Layers are marked by directory: tests/unit -> ``unit``, tests/integration -> ``integration``,
-tests/e2e -> ``e2e``.
+tests/e2e -> ``e2e``; a test in tests/unit that needs helm, a kubeconfig or the fake Binance is marked
+``helm`` / ``kubeconfig`` / ``fakebinance`` instead of ``unit`` (NEEDS below), and a unit test that
+touches the network fails.
 
 The environment fixtures read what ``eval "$(scripts/testenv env)"`` exports. When a service is
 missing, a test that needs it is skipped locally with the command that provides it, and FAILS
@@ -44,7 +46,21 @@ HOW_TO_START = 'run `scripts/testenv up`, then `eval "$(scripts/testenv env)"` (
 LAYERS = ("unit", "integration", "e2e")
 
 
-# --- markers by directory ----------------------------------------------------------------------
+# --- markers by directory, and by what a test needs ----------------------------------------------
+#
+# tests/integration -> ``integration``, tests/e2e -> ``e2e``. A test in tests/unit is ``unit`` only if
+# it needs nothing outside this process: a test that uses a fixture of NEEDS (directly or through
+# another fixture) or is marked with one of its markers gets that marker instead, so that
+# ``pytest -m unit`` (``make test-unit``) runs with no service, no tool build and no network fake.
+# A unit test that opens a network socket fails (see ``_no_network_in_unit_tests``).
+
+NEEDS = {
+    "helm": {"helm", "helm_bin"},  # the helm binary scripts/testenv builds
+    "kubeconfig": {"kubeconfig", "k8s_api", "kubectl"},  # a running Kubernetes API server
+    "fakebinance": {"fake"},  # the fake Binance over loopback, in process or against a child
+    "fakedata": {"data_host"},  # the fake of Binance's public-data host (tests/fakedata) over loopback
+    "integration": {"amqp_url", "broker_restart", "vhost", "management_url"},  # RabbitMQ
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -54,8 +70,43 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         except ValueError:
             continue
         layer = relative.parts[0] if len(relative.parts) > 1 else ""
-        if layer in LAYERS and item.get_closest_marker(layer) is None:
+        if layer == "unit":
+            _mark_unit_test(item)
+        elif layer in LAYERS and item.get_closest_marker(layer) is None:
             item.add_marker(getattr(pytest.mark, layer))
+
+
+def _mark_unit_test(item: pytest.Item) -> None:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    needs = {marker for marker, names in NEEDS.items() if fixtures & names or item.get_closest_marker(marker)}
+    if not needs:
+        item.add_marker(pytest.mark.unit)
+        return
+    if item.get_closest_marker("unit") is not None:
+        raise pytest.UsageError(f"{item.nodeid} is marked unit but needs {', '.join(sorted(needs))}")
+    for marker in needs:
+        item.add_marker(getattr(pytest.mark, marker))
+
+
+@pytest.fixture(autouse=True)
+def _no_network_in_unit_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``unit`` test may not connect to or listen on an IP address: one that does needs a marker
+    from NEEDS (or belongs in tests/integration)."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(original: Callable[..., object]) -> Callable[..., object]:
+        def guarded(self: socket.socket, *args: object) -> object:
+            if self.family in (socket.AF_INET, socket.AF_INET6):
+                raise AssertionError(f"{request.node.nodeid} is a unit test and uses the network "
+                                     f"({original.__name__} {args[0] if args else ''}): give it the marker of "
+                                     "what it needs (tests/conftest.py NEEDS)")
+            return original(self, *args)
+
+        return guarded
+
+    for name in ("connect", "connect_ex", "bind"):
+        monkeypatch.setattr(socket.socket, name, refuse(getattr(socket.socket, name)))
 
 
 # --- missing services: skip locally, fail on CI ------------------------------------------------

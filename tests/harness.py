@@ -30,7 +30,7 @@ import aio_pika
 import aiohttp
 
 from trailingstop.bus import EXCHANGES, MARKETDATA_EXCHANGE, ORDER_EVENTS_EXCHANGE, STOP_EVENTS_EXCHANGE, Bus
-from trailingstop.contracts import (
+from trailingstop.core.contracts import (
     OrderResult,
     PriceTick,
     StopCommand,

@@ -1,6 +1,6 @@
 """``trailingstop backtest``: every (trail, activation) combination over a trade file, in one pass.
 
-All combinations are stops of one :class:`~trailingstop.engine.Engine`, so the file is read once
+All combinations are stops of one :class:`~trailingstop.core.engine.Engine`, so the file is read once
 and each trade costs the same however many combinations there are.
 """
 
@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from trailingstop.contracts import ms_to_rfc3339, to_wire
-from trailingstop.engine import Engine, Side, StopState
+from trailingstop.core.contracts import ms_to_rfc3339, to_wire
+from trailingstop.core.engine import Engine, Side, StopState
+from trailingstop.core.trade import Trade
 from trailingstop.outcome import (
     JSON_PLACES,
     TABLE_PLACES,
@@ -25,7 +26,6 @@ from trailingstop.outcome import (
     ranking,
 )
 from trailingstop.series import PriceSeries
-from trailingstop.trades import Trade
 
 RESULT_KEYS = (
     "side",

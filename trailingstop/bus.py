@@ -49,7 +49,7 @@ from aiormq.abc import DeliveredMessage
 from pydantic import ValidationError
 
 from trailingstop import telemetry
-from trailingstop.contracts import Message, OrderResult, PlaceOrder, PriceTick, StopCommand, StopEvent
+from trailingstop.core.contracts import Message, OrderResult, PlaceOrder, PriceTick, StopCommand, StopEvent
 
 log = logging.getLogger(__name__)
 
@@ -305,14 +305,14 @@ class Bus:
         await self.publish(tick, MARKETDATA_EXCHANGE, tick.symbol, persistent=False, confirm=False, retry=False)
 
     async def publish_command(self, command: StopCommand) -> None:
-        await self._ensure(command_queue(command.symbol))
+        await self._declare_once(command_queue(command.symbol))
         await self.publish(command, STOP_COMMANDS_EXCHANGE, command.symbol)
 
     async def publish_stop_event(self, event: StopEvent) -> None:
         await self.publish(event, STOP_EVENTS_EXCHANGE, event.routing_key)
 
     async def publish_order(self, order: PlaceOrder) -> None:
-        await self._ensure(executor_queue(order.route))
+        await self._declare_once(executor_queue(order.route))
         await self.publish(order, ORDER_COMMANDS_EXCHANGE, order.route)
 
     async def publish_result(self, result: OrderResult) -> None:
@@ -354,7 +354,7 @@ class Bus:
             await consumer.cancel()
             self._drains.remove(consumer)
 
-    async def _retry_or_park(self, delivery: Delivery, queue: str, exc: Exception) -> None:
+    async def retry_or_park(self, delivery: Delivery, queue: str, exc: Exception) -> None:
         """A quorum queue counts deliveries and dead-letters past its ``x-delivery-limit``, so it
         is simply requeued (after a pause growing with the count); elsewhere one retry is given."""
         deliveries = delivery.headers.get("x-delivery-count")
@@ -364,12 +364,14 @@ class Bus:
             await delivery.nack(requeue=True)
         elif delivery.redelivered:
             log.exception("handler failed twice on a message from %s; dead-lettering it", queue)
-            await self._dead_letter(delivery, queue, f"handler failed: {exc!r}")
+            await self.dead_letter(delivery, queue, f"handler failed: {exc!r}")
         else:
             log.exception("handler failed on a message from %s; it will be redelivered", queue)
             await delivery.nack(requeue=True)
 
-    async def _dead_letter(self, delivery: Delivery, queue: str, reason: str) -> None:
+    async def dead_letter(self, delivery: Delivery, queue: str, reason: str) -> None:
+        """Copy a message we cannot use to the dead-letter exchange, reason in its headers; ack and
+        count it (it never stops a consumer)."""
         self.malformed += 1
         telemetry.DEAD_LETTERED.labels(queue=queue).inc()
         log.warning("dead-lettering a message from %s: %s", queue, reason[:500])
@@ -385,7 +387,7 @@ class Bus:
 
     # --- internals ---------------------------------------------------------------------------------
 
-    async def _ensure(self, spec: QueueSpec) -> None:
+    async def _declare_once(self, spec: QueueSpec) -> None:
         """Declare a consumer's queue before the first publish to it, so nothing is unroutable
         while its consumer is still starting (queues are durable: once is enough)."""
         if spec.name not in self._declared:
@@ -515,12 +517,12 @@ class _Consumer:
         try:
             parsed = self.model.from_json(delivery.body)
         except ValidationError as exc:
-            await self.bus._dead_letter(delivery, self.queue, f"malformed {self.model.__name__}: {exc}")
+            await self.bus.dead_letter(delivery, self.queue, f"malformed {self.model.__name__}: {exc}")
             return False
         try:
             await self.handler(parsed, delivery.headers)
         except Exception as exc:  # the consumer boundary: log, retry, then park the message
-            await self.bus._retry_or_park(delivery, self.queue, exc)
+            await self.bus.retry_or_park(delivery, self.queue, exc)
             return False
         return True
 

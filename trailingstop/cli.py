@@ -8,33 +8,66 @@
     trailingstop operator [--namespace NS ... | --all-namespaces]
     trailingstop crd
 
-Exit codes: 0 done, 1 failed while running, 2 bad input (a message says which and where).
+Exit codes: 0 done, 1 failed while running, 2 bad input (one line says which file, line and
+field), 130 / 143 when ``run`` is stopped by Ctrl-C / SIGTERM (after printing where the stops stood).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import math
 import re
+import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Coroutine, Iterator
+from contextlib import aclosing
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import TypeAdapter, ValidationError
 
 from trailingstop import __version__, history
-from trailingstop.contracts import ActivationPrice, TrailingPercent, describe_errors
-from trailingstop.manifests import Manifest, ManifestError, load_manifests
-from trailingstop.trades import DEMO_SYMBOL, Trade, TradeFileError, demo_trades_path, read_trades
+from trailingstop.core.contracts import SYMBOL_PATTERN, ActivationPrice, TrailingPercent, describe_errors
+from trailingstop.core.echo import printable, short_repr
+from trailingstop.core.trade import Trade
+from trailingstop.settings import SettingsError
+from trailingstop.stopfiles import Manifest, ManifestError, load_manifests
+from trailingstop.tradefiles import (
+    DEMO_SYMBOL,
+    SkippedTrades,
+    TradeFileError,
+    demo_trades_path,
+    read_trades,
+)
+from trailingstop.userfiles import os_problem
+
+if TYPE_CHECKING:
+    from trailingstop.backtest import BacktestResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _SYMBOL_IN_FILE_NAME = re.compile(r"^([A-Z0-9]{2,20})-aggTrades")
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# --speed: slower than a thousandth of the recorded pace is no replay (a day would take 3 years).
+MIN_SPEED = 0.001
 
 
 class UsageError(Exception):
     """Bad input: printed as ``error: ...`` with exit code 2."""
+
+
+class RunFailed(Exception):
+    """Something outside the user's input failed (Binance unreachable): ``error: ...``, exit 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other error of this command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,12 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.handler(args) or EXIT_OK)
-    except (UsageError, ManifestError, TradeFileError) as exc:
+    except (UsageError, ManifestError, TradeFileError, SettingsError) as exc:
         _print_error(exc)
         return EXIT_USAGE
     except history.HistoryError as exc:  # exit 2 for bad input, 1 when the data host kept failing
         _print_error(exc)
         return exc.exit_code
+    except RunFailed as exc:
+        _print_error(exc)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `trailingstop run ... | head`: the reader left; that is fine
@@ -59,16 +95,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_error(exc: Exception) -> None:
+    """One line (one per problem of a manifest object); a line break in a file name or a value
+    is printed escaped, never as a second line."""
     if isinstance(exc, ManifestError) and len(exc.problems) > 1:
-        print(f"error: {exc.where}:", file=sys.stderr)
+        print(f"error: {printable(exc.where)}:", file=sys.stderr)
         for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+            print(f"  {printable(problem)}", file=sys.stderr)
     else:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trailingstop", description="Crypto trailing stops as Kubernetes resources.")
+    parser = _Parser(prog="trailingstop", description="Crypto trailing stops as Kubernetes resources.")
     parser.add_argument("--version", action="version", version=f"trailingstop {__version__}")
     commands = parser.add_subparsers(metavar="COMMAND")
 
@@ -80,8 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     history.add_arguments(run, source)
     run.add_argument("--symbol", help="symbol of the trade file when its name does not say, or to fetch with "
                                       "--date/--month (default: the manifests' symbol)")
-    run.add_argument("--speed", type=float, default=0.0,
-                     help="replay at X times the recorded pace (default: as fast as possible)")
+    run.add_argument("--speed", metavar="X",
+                     help=f"replay at X times the recorded pace, X >= {MIN_SPEED} (default: as fast as possible)")
     run.add_argument("-v", "--verbose", action="store_true", help="also print every reference change")
     run.set_defaults(handler=_run)
 
@@ -103,6 +141,11 @@ def _parser() -> argparse.ArgumentParser:
     crd = commands.add_parser("crd", help="print the TrailingStop CustomResourceDefinition (YAML)")
     crd.set_defaults(handler=_crd)
 
+    config = commands.add_parser("config", help="print every setting (environment variable) with its default "
+                                                "and its value here")
+    config.add_argument("--markdown", action="store_true", help="the table of docs/SETTINGS.md (defaults only)")
+    config.set_defaults(handler=_config)
+
     _add_service_commands(commands)
     return parser
 
@@ -122,13 +165,15 @@ def _add_service_commands(commands: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from trailingstop.embedded import EmbeddedRun
 
+    speed = _speed(args.speed)
+    if args.live and (args.speed is not None or args.symbol):
+        raise UsageError("--speed and --symbol apply to a trade file, not to --live (the stops' symbols are streamed)")
     manifests, notes = load_manifests(args.manifest)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    if args.speed < 0:
-        raise UsageError("--speed must be >= 0")
     _check_data_url_use(args)
     run = EmbeddedRun(manifests, sys.stdout, verbose=args.verbose)
+    skipped = SkippedTrades()
     if args.live:
         stream = _live_stream(run.symbols)
         source = "Binance live aggTrade stream"
@@ -136,18 +181,49 @@ def _run(args: argparse.Namespace) -> int:
         wanted = history.check_symbol(args.symbol) if args.symbol else _single_symbol(manifests)
         symbol = _only_symbol(wanted, manifests, f"--date {args.date}" if args.date else f"--month {args.month}")
         fetched = history.fetch_for(args, symbol)
-        stream = _file_stream(symbol, fetched.trades(show_progress=False))  # the transitions show progress
+        stream = _file_stream(symbol, fetched.trades(show_progress=False, skipped=skipped))  # transitions show progress
         source = f"{symbol} aggTrades of {fetched.span.label} from {fetched.data_url}"
     else:
         path = args.trades or demo_trades_path()
         symbol = _file_symbol(path, args.symbol, manifests)
-        stream = _file_stream(symbol, read_trades(path))
+        stream = _file_stream(symbol, _trades(path, skipped))
         source = f"{path.name} ({symbol})"
     _announce(manifests, source)
-    asyncio.run(run.run(stream, speed=args.speed))
+    signalled = asyncio.run(_until_signalled(run.run(stream, speed=speed)))
+    if signalled is not None:
+        print(f"stopped by {signal.Signals(signalled).name}; where the stops stood:", file=sys.stderr, flush=True)
     print()
     print(run.table())
-    return EXIT_OK
+    _warn_skipped(skipped)
+    return EXIT_OK if signalled is None else 128 + signalled
+
+
+def _speed(text: str | None) -> float:
+    """--speed as a float: finite and at least MIN_SPEED (0 = as fast as possible, the default)."""
+    if text is None:
+        return 0.0
+    try:
+        speed = float(text)
+    except ValueError:
+        raise UsageError(f"--speed must be a number, got {short_repr(text)}") from None
+    if not math.isfinite(speed) or speed < MIN_SPEED:
+        raise UsageError(f"--speed must be a number >= {MIN_SPEED} (times the recorded pace), got {short_repr(text)}")
+    return speed
+
+
+def _trades(path: Path, skipped: SkippedTrades) -> Iterator[Trade]:
+    """The file's trades in id order (the others counted in ``skipped``); a file without a single
+    trade is an error, found before anything is printed."""
+    trades = read_trades(path, skipped=skipped)
+    first = next(trades, None)
+    if first is None:
+        raise TradeFileError(path, None, "no trades in this file")
+    return itertools.chain([first], trades)
+
+
+def _warn_skipped(skipped: SkippedTrades) -> None:
+    if skipped.count:
+        print(f"warning: {skipped.note()}", file=sys.stderr)
 
 
 def _announce(manifests: list[Manifest], source: str) -> None:
@@ -172,7 +248,10 @@ def _file_symbol(path: Path, given: str | None, manifests: list[Manifest]) -> st
 def _named_symbol(path: Path, given: str | None) -> str | None:
     """The symbol of a trade file when something names it: --symbol, its Binance file name, or the bundled one's."""
     if given:
-        return given.upper()
+        symbol = given.upper()
+        if not re.fullmatch(SYMBOL_PATTERN, symbol):
+            raise UsageError(f"--symbol must be 2-20 letters or digits, like BTCUSDT, got {short_repr(given)}")
+        return symbol
     if (match := _SYMBOL_IN_FILE_NAME.match(path.name)) is not None:
         return match.group(1)
     return DEMO_SYMBOL if path == demo_trades_path() else None
@@ -201,16 +280,53 @@ def _check_data_url_use(args: argparse.Namespace) -> None:
         raise UsageError("--data-url is only used with --date or --month")
 
 
-async def _file_stream(symbol: str, trades: Iterator[Trade]) -> AsyncIterator[tuple[str, Trade]]:
+async def _file_stream(symbol: str, trades: Iterator[Trade]) -> AsyncGenerator[tuple[str, Trade], None]:
     for trade in trades:
         yield symbol, trade
 
 
-async def _live_stream(symbols: list[str]) -> AsyncIterator[tuple[str, Trade]]:
+async def _live_stream(symbols: list[str]) -> AsyncGenerator[tuple[str, Trade], None]:
+    import aiohttp
+    from binance.exceptions import BinanceAPIException, BinanceRequestException
+
     from trailingstop.exchange.binance import BinanceSettings, live_trades
 
-    async for symbol, trade in live_trades(symbols, BinanceSettings.from_env()):
-        yield symbol, trade
+    settings = BinanceSettings.from_env()
+    try:
+        async with aclosing(live_trades(symbols, settings)) as trades:
+            async for symbol, trade in trades:
+                yield symbol, trade
+    except (aiohttp.ClientError, BinanceAPIException, BinanceRequestException, TimeoutError, OSError) as exc:
+        # Only connecting can fail this way: the feeds reconnect and backfill by themselves.
+        raise RunFailed(f"cannot reach Binance at {settings.api_url}: {exc}") from None
+
+
+async def _until_signalled(work: Coroutine[Any, Any, None]) -> int | None:
+    """Run ``work``; SIGINT (Ctrl-C) or SIGTERM cancels it, and the signal's number is returned.
+
+    The work closes its streams on the way out (a live feed's sockets within seconds), so the
+    caller can still print where the stops stood. None when the work ended by itself.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        received.append(signum)
+        if task is not None:
+            task.cancel()
+
+    for signum in _STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not received:
+            raise
+    finally:
+        for signum in _STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+    return received[0] if received else None
 
 
 # --- backtest ------------------------------------------------------------------------------------
@@ -243,30 +359,67 @@ def _backtest(args: argparse.Namespace) -> int:
     activations = parse_decimal_list(args.activation_price, _ACTIVATION, "--activation-price", allow_none=True)
     combos = combinations(args.side, [t for t in trails if t is not None], activations)
     _check_data_url_use(args)
+    if args.plot is not None:
+        _check_plot_target(args.plot)  # before the work, not after it
+    skipped = SkippedTrades()
     symbol: str | None
     if history.requested(args):
         if not args.symbol:
             raise UsageError(f"--{'date' if args.date else 'month'} needs --symbol (e.g. --symbol ETHUSDT)")
         fetched = history.fetch_for(args, args.symbol)
-        trades, symbol, source = fetched.trades(), fetched.symbol, fetched.span.label
+        trades, symbol, source = fetched.trades(skipped=skipped), fetched.symbol, fetched.span.label
     else:
         path = args.trades or demo_trades_path()
-        trades, source = read_trades(path), path.name
+        trades, source = _trades(path, skipped), path.name
         symbol = _named_symbol(path, args.symbol)
     result = run_backtest(trades, combos, record=args.plot is not None)
     result.symbol, result.source = symbol, source
     if args.plot is not None:
-        from trailingstop.plot import PlotError, write_chart
-
-        try:
-            written = write_chart(result, args.plot)
-        except PlotError as exc:
-            raise UsageError(str(exc)) from None
-        print(f"chart written to {written}", file=sys.stderr)
+        _write_plot(result, args.plot)
     if args.json:
         print(json.dumps(result.report(args.sort), indent=2))
     else:
         print(render_results(result, args.sort))
+    _warn_skipped(skipped)
+    return EXIT_OK
+
+
+def _check_plot_target(target: Path) -> None:
+    from trailingstop.plot import PlotError, check_target
+
+    try:
+        check_target(target)
+    except PlotError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _write_plot(result: BacktestResult, target: Path) -> None:
+    from trailingstop.plot import PlotError, write_chart
+
+    try:
+        written = write_chart(result, target)
+    except PlotError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:  # the disk filled up, the folder went away meanwhile, ...
+        raise UsageError(f"--plot {target}: {os_problem(exc, 'write')}") from None
+    print(f"chart written to {written}", file=sys.stderr)
+
+
+def _config(args: argparse.Namespace) -> int:
+    from trailingstop import settings
+
+    if args.markdown:
+        sys.stdout.write(settings.markdown_table())
+        return EXIT_OK
+    def cell(text: str, width: int = 40) -> str:  # long JSON defaults: see docs/SETTINGS.md
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    table = [("VARIABLE", "DEFAULT", "VALUE", "READ BY"), *(
+        (variables, cell(default), cell(value), roles) for variables, default, value, roles, _ in settings.rows(
+            settings.load_settings()))]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[3])
     return EXIT_OK
 
 

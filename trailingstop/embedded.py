@@ -1,6 +1,6 @@
 """``trailingstop run``: the whole system in one process, no cluster and no broker.
 
-Manifests become stops of per-symbol :class:`~trailingstop.orchestration.SymbolOrchestrator`s (the
+Manifests become stops of per-symbol :class:`~trailingstop.core.stopbook.StopBook`s (the
 orchestrator worker's own logic), orders go to the :class:`~trailingstop.exchange.simulated.SimulatedExchange`
 (the executor's Simulate route), and statuses follow the same reducer the operator uses. Each
 phase change is printed as it happens; the end is a table shaped like ``kubectl get trailingstops``.
@@ -9,13 +9,13 @@ phase change is printed as it happens; the end is a table shaped like ``kubectl 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TextIO
 
-from trailingstop.contracts import (
-    FINAL_PHASES,
+from trailingstop.core.contracts import (
     OrderResult,
     PriceTick,
     StopCommand,
@@ -26,15 +26,15 @@ from trailingstop.contracts import (
     now_ms,
     to_wire,
 )
+from trailingstop.core.lifecycle import apply_order_result, apply_stop_event, is_final
+from trailingstop.core.stopbook import Outcome, StopBook
+from trailingstop.core.trade import Trade
 from trailingstop.exchange.simulated import SimulatedExchange
-from trailingstop.manifests import Manifest
-from trailingstop.orchestration import Outcome, SymbolOrchestrator
-from trailingstop.status import apply_order_result, apply_stop_event
+from trailingstop.stopfiles import Manifest
 from trailingstop.table import render_table, stop_row
-from trailingstop.trades import Trade
 
-# (symbol, trade) pairs, in trade order per symbol.
-TradeStream = AsyncIterator[tuple[str, Trade]]
+# (symbol, trade) pairs, in trade order per symbol; an async generator, so that it can be closed.
+TradeStream = AsyncGenerator[tuple[str, Trade], None]
 
 
 @dataclass
@@ -45,7 +45,7 @@ class LocalStop:
 
     @property
     def final(self) -> bool:
-        return self.status.phase in FINAL_PHASES
+        return is_final(self.status.phase)
 
 
 class EmbeddedRun:
@@ -58,7 +58,7 @@ class EmbeddedRun:
         self.exchange = SimulatedExchange()
         self._clock = 0  # the data clock: time of the last trade, ms
         self.orchestrators = {
-            symbol: SymbolOrchestrator(symbol, clock=lambda: self._clock)
+            symbol: StopBook(symbol, clock=lambda: self._clock)
             for symbol in sorted({m.spec.symbol for m in manifests})
         }
 
@@ -94,19 +94,30 @@ class EmbeddedRun:
             self._apply_events(orchestrator.flush())
 
     async def run(self, trades: TradeStream, speed: float = 0) -> None:
+        """Apply ``trades`` until every stop is final or they end; then close them (a live stream's
+        sockets close at once) and bring the statuses up to date. Cancelled (Ctrl-C, SIGTERM), it
+        does the same on the way out, so the table shows where the stops stood."""
         started = False
         previous_time: int | None = None
-        async for symbol, trade in trades:
-            if not started:
-                self.start(trade.time)
-                started = True
-            if speed > 0 and previous_time is not None and trade.time > previous_time:
-                await asyncio.sleep((trade.time - previous_time) / 1000 / speed)
-            previous_time = trade.time
-            if symbol in self.orchestrators:
-                self.on_trade(symbol, trade)
-            if self.all_final():
-                break
+        try:
+            async with aclosing(trades) as stream:
+                async for symbol, trade in stream:
+                    if not started:
+                        self.start(trade.time)
+                        started = True
+                    if speed > 0 and previous_time is not None and trade.time > previous_time:
+                        await asyncio.sleep((trade.time - previous_time) / 1000 / speed)
+                    previous_time = trade.time
+                    if symbol in self.orchestrators:
+                        self.on_trade(symbol, trade)
+                    if self.all_final():
+                        break
+        except asyncio.CancelledError:
+            self._wrap_up(started)
+            raise
+        self._wrap_up(started)
+
+    def _wrap_up(self, started: bool) -> None:
         if not started:
             self.start(now_ms())
         self.finish()
@@ -146,7 +157,7 @@ class EmbeddedRun:
         if status.phase != before.phase:
             self._print(stop, before.phase, _describe(event, stop))
         elif self.verbose and event.type == "reference" and status.reference_price != before.reference_price:
-            self._print(stop, None, f"reference {event.reference_price}, stop {event.stop_price}")
+            self._print(stop, None, f"reference {_text(event.reference_price)}, stop {_text(event.stop_price)}")
 
     def _print(self, stop: LocalStop, before: str | None, what: str) -> None:
         change = f"{before} -> {stop.status.phase}" if before else stop.status.phase

@@ -5,7 +5,7 @@ Binance publishes every spot symbol's aggregate trades on its public-data host, 
     data/spot/daily/aggTrades/SYMBOL/SYMBOL-aggTrades-YYYY-MM-DD.zip     (+ .zip.CHECKSUM)
     data/spot/monthly/aggTrades/SYMBOL/SYMBOL-aggTrades-YYYY-MM.zip      (+ .zip.CHECKSUM)
 
-Each zip holds one CSV named like it (read by :mod:`trailingstop.trades`); each ``.CHECKSUM`` is
+Each zip holds one CSV named like it (read by :mod:`trailingstop.tradefiles`); each ``.CHECKSUM`` is
 ``sha256sum`` output (``<64 hex>  <file name>``). A day is published the day after it ends (UTC),
 a month some days after it ends.
 
@@ -39,7 +39,6 @@ import difflib
 import fcntl
 import hashlib
 import io
-import math
 import os
 import re
 import sys
@@ -53,9 +52,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from trailingstop.trades import Trade, TradeFileError, read_csv_stream
+from trailingstop.core.trade import Trade
+from trailingstop.settings import DEFAULT_DATA_URL, SettingsError, load_settings
+from trailingstop.tradefiles import SkippedTrades, TradeFileError, in_id_order, read_csv_stream
 
-DEFAULT_DATA_URL = "https://data.binance.vision"
 # The bucket behind data.binance.vision answers S3 listings here (its web page lists files this way).
 BINANCE_LISTING_URL = "https://s3-ap-northeast-1.amazonaws.com/data.binance.vision"
 DATA_URL_ENV = "TRAILINGSTOP_DATA_URL"
@@ -121,32 +121,20 @@ class HistorySettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, data_url: str | None = None) -> HistorySettings:
-        env = os.environ if environ is None else environ
+        """From the ``TRAILINGSTOP_DATA_*`` settings (:mod:`trailingstop.settings`); ``data_url``
+        (``--data-url``) wins over ``TRAILINGSTOP_DATA_URL``."""
+        try:
+            settings = load_settings(environ)
+        except SettingsError as exc:
+            raise HistoryError(str(exc)) from None
         return cls(
-            data_url=check_data_url(data_url or env.get(DATA_URL_ENV) or DEFAULT_DATA_URL),
-            parallel=int(_env_number(env, "TRAILINGSTOP_DATA_PARALLEL", cls.parallel, integer=True, low=1)),
-            connect_timeout=_env_number(env, "TRAILINGSTOP_DATA_CONNECT_TIMEOUT", cls.connect_timeout),
-            read_timeout=_env_number(env, "TRAILINGSTOP_DATA_TIMEOUT", cls.read_timeout),
-            retries=int(_env_number(env, "TRAILINGSTOP_DATA_RETRIES", cls.retries, integer=True, low=0)),
-            retry_delay=_env_number(env, "TRAILINGSTOP_DATA_RETRY_DELAY", cls.retry_delay, low=0),
+            data_url=check_data_url(data_url or settings.data_url),
+            parallel=settings.data_parallel,
+            connect_timeout=settings.data_connect_timeout,
+            read_timeout=settings.data_timeout,
+            retries=settings.data_retries,
+            retry_delay=settings.data_retry_delay,
         )
-
-
-def _env_number(env: Mapping[str, str], name: str, default: float, integer: bool = False,
-                low: float | None = None) -> float:
-    """A number from the environment: ``>= low`` when given, else ``> 0``; finite."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(int(raw)) if integer else float(raw)
-    except ValueError:
-        value = float("nan")
-    in_range = value >= low if low is not None else value > 0
-    if not (in_range and math.isfinite(value)):
-        bound = f">= {low:g}" if low is not None else "> 0"
-        raise HistoryError(f"{name} must be {'an integer' if integer else 'a number'} {bound}, got {raw[:40]!r}")
-    return value
 
 
 def check_data_url(url: str) -> str:
@@ -724,10 +712,12 @@ class History:
     report: FetchReport = field(default_factory=FetchReport)
     progress_stream: IO[str] | None = None
 
-    def trades(self, show_progress: bool = True) -> Iterator[Trade]:
+    def trades(self, show_progress: bool = True, skipped: SkippedTrades | None = None) -> Iterator[Trade]:
         """Every trade, file after file, parsed as it is decompressed (nothing held in memory).
 
         ``show_progress``: a reading bar on a terminal; off where the caller prints as it goes.
+        ``skipped``: trades whose id is not above the previous one's (across files) are left out
+        and counted there, as :func:`trailingstop.tradefiles.read_trades` does for one file.
         """
         sizes = [_uncompressed_size(path) for path in self.files]
         progress = Progress(f"reading {self.symbol} {self.span.label}", self.progress_stream,
@@ -735,13 +725,17 @@ class History:
         progress.expect(sum(sizes))
         try:
             for path in self.files:
-                yield from zip_trades(path, progress.update)
+                located = zip_trades(path, progress.update)
+                if skipped is None:
+                    yield from (trade for _, trade in located)
+                else:
+                    yield from in_id_order(located, skipped)
         finally:
             progress.close()
 
 
-def zip_trades(path: Path, on_read: Callable[[int], None] = lambda _: None) -> Iterator[Trade]:
-    """The trades of a Binance aggTrades zip (one CSV inside), streamed."""
+def zip_trades(path: Path, on_read: Callable[[int], None] = lambda _: None) -> Iterator[tuple[str, Trade]]:
+    """``("FILE:LINE", trade)`` of a Binance aggTrades zip (one CSV inside), streamed."""
     try:
         with zipfile.ZipFile(path) as archive:
             members = [info for info in archive.infolist() if not info.is_dir()]
@@ -749,8 +743,7 @@ def zip_trades(path: Path, on_read: Callable[[int], None] = lambda _: None) -> I
                 raise TradeFileError(path, None, f"expected one file in the zip, found {len(members)}")
             with archive.open(members[0]) as member:
                 counted = io.BufferedReader(_CountingReader(cast(io.BufferedIOBase, member), on_read), _CHUNK)
-                text = io.TextIOWrapper(counted, encoding="utf-8", newline="")
-                yield from read_csv_stream(path, text)
+                yield from read_csv_stream(path, counted)
     except (OSError, UnicodeDecodeError, zipfile.BadZipFile, EOFError) as exc:
         raise TradeFileError(path, None, f"cannot read: {exc}") from None
 

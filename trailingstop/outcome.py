@@ -25,7 +25,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Literal
 
-from trailingstop.engine import Side, StopState
+from trailingstop.core.engine import Side, StopState
 
 Exit = Literal["trigger", "end"]
 JSON_PLACES = 8

@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import html
+import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from trailingstop.backtest import BacktestResult
-from trailingstop.contracts import ms_to_rfc3339
+from trailingstop.core.contracts import ms_to_rfc3339
 from trailingstop.sweep import Grid, Line, grid, heat_colour, lines, references
 
 WIDTH, HEIGHT = 1200, 640
@@ -25,8 +26,23 @@ class PlotError(ValueError):
     pass
 
 
+def check_target(path: Path) -> None:
+    """Refuse a chart path that cannot be written, before any work is done for it."""
+    if path.is_dir():
+        raise PlotError(f"--plot {path}: is a directory")
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".html", ".htm", ".svg"):
+        raise PlotError(f"--plot writes .png, .html or .svg, not {suffix or 'a file without extension'}")
+    folder = path.parent
+    if not folder.is_dir():
+        raise PlotError(f"--plot {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PlotError(f"--plot {path}: permission denied")
+
+
 def write_chart(result: BacktestResult, path: str | Path) -> Path:
     path = Path(path)
+    check_target(path)
     suffix = path.suffix.lower()
     if not result.prices:
         raise PlotError("no trades to plot")
@@ -34,10 +50,8 @@ def write_chart(result: BacktestResult, path: str | Path) -> Path:
         _write_png(result, path)
     elif suffix in (".html", ".htm"):
         path.write_text(_html_page(result), encoding="utf-8")
-    elif suffix == ".svg":
-        path.write_text(_svg(result), encoding="utf-8")
     else:
-        raise PlotError(f"--plot writes .png, .html or .svg, not {suffix or 'a file without extension'}")
+        path.write_text(_svg(result), encoding="utf-8")
     return path
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trailingstop.contracts import TrailingStopStatus
-from trailingstop.manifests import Manifest
+from trailingstop.core.contracts import TrailingStopStatus
+from trailingstop.stopfiles import Manifest
 
 
 @dataclass(frozen=True)

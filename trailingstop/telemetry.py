@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from trailingstop.settings import Settings
 
 # --- metrics -------------------------------------------------------------------------------------
 
@@ -104,10 +107,10 @@ _tracing_enabled = False
 tracer = trace.get_tracer("trailingstop")
 
 
-def setup_tracing(service: str, mode: str | None = None) -> bool:
-    """Configure OpenTelemetry from ``TRAILINGSTOP_TRACING``; returns whether tracing is on."""
+def setup_tracing(service: str, mode: str = "off") -> bool:
+    """Configure OpenTelemetry (``TRAILINGSTOP_TRACING``); returns whether tracing is on."""
     global _tracing_enabled
-    mode = (mode if mode is not None else os.environ.get("TRAILINGSTOP_TRACING", "off")).lower()
+    mode = mode.lower()
     if mode in ("", "off", "0", "false"):
         return False
     from opentelemetry.sdk.resources import Resource
@@ -158,7 +161,6 @@ def span(name: str, headers: Mapping[str, Any] | None = None, **attributes: Any)
 # --- logs ----------------------------------------------------------------------------------------
 
 # Environment variables whose values must never appear in a log line.
-SECRET_ENV = ("BINANCE_API_KEY", "BINANCE_API_SECRET", "AMQP_PASSWORD")
 # Log record attribute -> JSON key. "ts_" because LogRecord already has a "name" (the logger's).
 STOP_FIELDS = {
     "ts_namespace": "namespace",
@@ -212,24 +214,28 @@ class SecretFilter(logging.Filter):
         return True
 
 
-def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
-    environ = os.environ if environ is None else environ
-    values = [environ.get(name, "") for name in SECRET_ENV]
-    url = environ.get("AMQP_URL", "")
-    if "@" in url and ":" in url.split("@", 1)[0].rsplit("/", 1)[-1]:
-        values.append(url.split("@", 1)[0].rsplit(":", 1)[-1])
+def secret_values(settings: Settings) -> list[str]:
+    """What must never be printed: the API keys and the broker password (as written in the URL and
+    decoded)."""
+    values = [secret.get_secret_value() for secret in (settings.binance_api_key, settings.binance_api_secret) if secret]
+    password = urlsplit(settings.amqp).password
+    if password:
+        values += [password, unquote(password)]
     return [v for v in values if v]
 
 
-def setup_logging(level: str | None = None, json_logs: bool | None = None) -> None:
-    """JSON logs to stderr (``TRAILINGSTOP_LOG_FORMAT=text`` for humans), secrets masked."""
-    level = level or os.environ.get("TRAILINGSTOP_LOG_LEVEL", "INFO")
-    if json_logs is None:
-        json_logs = os.environ.get("TRAILINGSTOP_LOG_FORMAT", "json") != "text"
+def setup(settings: Settings, service: str) -> None:
+    """Logs and traces of a process, as its settings say."""
+    setup_logging(settings.log_level, settings.log_format == "json", secret_values(settings))
+    setup_tracing(service, settings.tracing)
+
+
+def setup_logging(level: str = "INFO", json_logs: bool = True, secrets: list[str] | None = None) -> None:
+    """JSON logs to stderr (``text`` for humans), ``secrets`` masked in every line."""
     handler = logging.StreamHandler(sys.stderr)
     text = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(JsonFormatter() if json_logs else text)
-    handler.addFilter(SecretFilter(secret_values()))
+    handler.addFilter(SecretFilter(secrets or []))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -30,11 +30,11 @@ from tests.fakebinance.market import Account
 from tests.harness import eventually
 from tests.integration.test_workers import expected_triggers
 from trailingstop.bus import STOP_COMMANDS_EXCHANGE
-from trailingstop.contracts import StopCommand, client_order_id, to_wire
-from trailingstop.engine import Engine
+from trailingstop.core.contracts import StopCommand, client_order_id, to_wire
+from trailingstop.core.engine import Engine
 from trailingstop.operator.builders import BROKER_CREDENTIALS_ANNOTATION
 from trailingstop.operator.tenancy import amqp_url, tenant_name
-from trailingstop.trades import demo_trades_path, load_trades
+from trailingstop.tradefiles import demo_trades_path, load_trades
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -30,7 +30,8 @@ from typing import Any
 
 from aiohttp import web
 
-from trailingstop.trades import DEMO_SYMBOL, Trade, demo_trades_path, load_trades
+from trailingstop.core.trade import Trade
+from trailingstop.tradefiles import DEMO_SYMBOL, demo_trades_path, load_trades
 
 from .admin import AdminApi
 from .faults import Faults
@@ -59,7 +60,7 @@ class FakeBinance:
     """A fake Binance Spot server running in the current asyncio loop.
 
     :param trades: tape per symbol: a list of ``Trade`` or a trade file path. Default: the
-        bundled real XRPETH trades (``trailingstop.trades.demo_trades_path()``).
+        bundled real XRPETH trades (``trailingstop.tradefiles.demo_trades_path()``).
     :param symbols: ``SymbolSpec`` list. Default: XRPETH and BTCUSDT like Binance's.
     :param accounts: ``Account`` list (apiKey, apiSecret, balances). Default: one account with
         ``DEFAULT_API_KEY`` / ``DEFAULT_API_SECRET`` and ``DEFAULT_BALANCES``.

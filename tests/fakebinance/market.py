@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_UP, Decimal
 from typing import Any
 
-from trailingstop.trades import Trade
+from trailingstop.core.trade import Trade
 
 from . import errors
 from .symbols import EIGHT_PLACES, SUPPORTED_ORDER_TYPES, SymbolSpec, fmt

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from trailingstop.trades import Trade
+from trailingstop.core.trade import Trade
 
 from .faults import Faults
 

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from trailingstop.trades import Trade
+from trailingstop.core.trade import Trade
 
 from .fake import FakeBinance
 from .market import Order

@@ -16,7 +16,8 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from trailingstop.trades import CSV_COLUMNS, Trade
+from trailingstop.core.trade import Trade
+from trailingstop.tradefiles import CSV_COLUMNS
 
 DAY_MS = 86_400_000
 

@@ -1,6 +1,6 @@
 """Broker tenancy on the real RabbitMQ: each namespace in its own vhost, with its own user.
 
-The tenants are made the way the operator makes them (``ManagementApi.ensure_tenant``, the
+The tenants are made the way the operator makes them (``ManagementApi.put_tenant``, the
 operator's own connection declaring the topology); the workers are real processes given only the
 tenant's credentials, exactly what the ``ts-amqp`` Secret of their namespace holds.
 """
@@ -29,7 +29,7 @@ from trailingstop.bus import (
     Bus,
     tick_queue,
 )
-from trailingstop.contracts import StopCommand, client_order_id
+from trailingstop.core.contracts import StopCommand, client_order_id
 from trailingstop.operator.brokeradmin import ManagementApi, credentials_of
 from trailingstop.operator.tenancy import amqp_url as tenant_url
 from trailingstop.operator.tenancy import tenant_name
@@ -68,7 +68,7 @@ async def tenants(amqp_url: str, admin: ManagementApi) -> AsyncIterator[dict[str
         for namespace in ("a", "b"):
             name = tenant_name(instance, namespace)
             password = uuid.uuid4().hex
-            await admin.ensure_tenant(name, name, password)
+            await admin.put_tenant(name, name, password)
             bus = await Bus(tenant_url(amqp_url, name), f"operator/{namespace}").connect()
             made[namespace] = TenantUnderTest(namespace, name, tenant_url(amqp_url, name, name, password), bus)
         yield made

@@ -27,10 +27,10 @@ from trailingstop.bus import (
     executor_queue,
     tick_queue,
 )
-from trailingstop.contracts import client_order_id
-from trailingstop.engine import Engine
+from trailingstop.core.contracts import client_order_id
+from trailingstop.core.engine import Engine
 from trailingstop.operator.stops import StopRecord
-from trailingstop.trades import demo_trades_path, load_trades
+from trailingstop.tradefiles import demo_trades_path, load_trades
 
 pytestmark = pytest.mark.timeout(180)
 

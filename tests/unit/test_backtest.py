@@ -19,8 +19,9 @@ from trailingstop.backtest import (
     result_record,
     run_backtest,
 )
+from trailingstop.core.trade import Trade
 from trailingstop.plot import PlotError, write_chart
-from trailingstop.trades import Trade, demo_trades_path, load_trades
+from trailingstop.tradefiles import demo_trades_path, load_trades
 
 D = Decimal
 DATA = Path(__file__).parent / "data"

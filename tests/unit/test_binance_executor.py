@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET, FakeBinance
-from trailingstop.contracts import PlaceOrder, client_order_id
+from trailingstop.core.contracts import PlaceOrder, client_order_id
 from trailingstop.exchange.binance import BinanceExecutor, BinanceSettings, connect_client
 
 UID = "0b8c7f0e-5f6a-4a8e-9a49-2b1d2b1a9f00"

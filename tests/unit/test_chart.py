@@ -28,6 +28,7 @@ from tests.conftest import missing
 from trailingstop.operator.builders import WORKER_UID
 from trailingstop.operator.config import HEALTH_PORT, OperatorConfig
 from trailingstop.operator.crd import crd
+from trailingstop.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "trailingstop-operator"
@@ -482,3 +483,26 @@ def test_manifests_are_a_plain_install() -> None:
         labels = document["metadata"].get("labels", {})
         assert labels.get("app.kubernetes.io/managed-by") != "Helm", document["metadata"]["name"]
         assert "helm.sh/hook" not in document["metadata"].get("annotations", {})
+
+
+def test_tenancy_settings_of_the_operator(helm_bin: Helm) -> None:
+    """The release names itself on the broker, and each way of making tenants sets exactly the
+    settings the operator needs (the operator refuses a topology operator with two references)."""
+    default = plain_env(operator_container(helm_bin.render()))
+    assert default["TRAILINGSTOP_INSTANCE"] == f"{NS}.{RELEASE}"
+    assert default["TRAILINGSTOP_BROKER_ADMIN"] == "management-api"
+    managed = plain_env(operator_container(helm_bin.render(
+        "--set", "rabbitmq.tenancy.managementUrl=https://rabbit.broker.svc:15671")))
+    assert managed["TRAILINGSTOP_RABBITMQ_MANAGEMENT_URL"] == "https://rabbit.broker.svc:15671"
+    for values, reference in [
+        (["--set", "rabbitmq.tenancy.admin=topologyOperator,rabbitmq.tenancy.connectionSecret=rmq-conn"],
+         ("TRAILINGSTOP_RABBITMQ_CONNECTION_SECRET", "rmq-conn")),
+        (["--set", "rabbitmq.tenancy.admin=topologyOperator,rabbitmq.tenancy.clusterName=rabbit"],
+         ("TRAILINGSTOP_RABBITMQ_CLUSTER", "rabbit")),
+    ]:
+        documents = helm_bin.render(*values)
+        env = plain_env(operator_container(documents))
+        assert env["TRAILINGSTOP_BROKER_ADMIN"] == "topology-operator"
+        assert {k: v for k, v in env.items() if k.startswith("TRAILINGSTOP_RABBITMQ_")} == dict([reference])
+        one(documents, "Role", f"{FULLNAME}-broker-tenants")
+        load_settings(env)  # the operator accepts them

@@ -19,10 +19,10 @@ import yaml
 from tests.unit.test_backtest import naive
 from trailingstop.backtest import OUTCOME_KEYS, RESULT_KEYS
 from trailingstop.cli import main
-from trailingstop.contracts import ms_to_rfc3339, to_wire
+from trailingstop.core.contracts import ms_to_rfc3339, to_wire
 from trailingstop.operator.crd import crd_yaml
 from trailingstop.table import human_duration
-from trailingstop.trades import demo_trades_path, load_trades
+from trailingstop.tradefiles import demo_trades_path, load_trades
 
 ROOT = Path(__file__).parents[2]
 DATA = Path(__file__).parent / "data"
@@ -165,12 +165,17 @@ def test_run_stops_that_never_trigger_end_in_the_table(capsys: pytest.CaptureFix
     assert final_table(out)[1] == ["paced", "BTCUSDT", "SELL", "50", "Tracking", "102", "51", "102", "0s"]
 
 
-def test_run_with_an_empty_trade_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("content", ["", "\n\n", "agg_trade_id,price,quantity,first_trade_id,last_trade_id,"
+                                                 "transact_time,is_buyer_maker,is_best_match\n"],
+                         ids=["empty", "blank lines", "header only"])
+def test_a_trade_file_without_trades_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 content: str) -> None:
     empty = tmp_path / "empty.csv"
-    empty.write_text("")
-    code, out, _ = cli(capsys, "run", DATA / "paced.yaml", "--trades", empty)
-    assert code == 0
-    assert final_table(out)[1][:5] == ["paced", "BTCUSDT", "SELL", "50", "Armed"]
+    empty.write_text(content)
+    code, out, err = cli(capsys, "run", DATA / "paced.yaml", "--trades", empty)
+    assert (code, out, err) == (2, "", f"error: {empty}: no trades in this file\n")
+    code, out, err = cli(capsys, "backtest", "--trades", empty, "--side", "SELL", "--trailing-percent", "1")
+    assert (code, out, err) == (2, "", f"error: {empty}: no trades in this file\n")
 
 
 def test_run_refuses_a_manifest_for_another_symbol(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -224,10 +229,86 @@ def test_run_speed_paces_the_replay(capsys: pytest.CaptureFixture[str], monkeypa
     assert code == 0 and asked == []  # default: as fast as possible
 
 
-def test_run_refuses_a_negative_speed(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = cli(capsys, "run", DATA / "paced.yaml", "--trades", DATA / "paced.csv", "--speed", "-1")
-    assert (code, err) == (2, "error: --speed must be >= 0\n")
-    assert "stop(s) on" not in out
+@pytest.mark.parametrize("speed", ["-1", "0", "0.0009", "1e-300", "nan", "inf", "-inf", "fast", ""])
+def test_run_refuses_a_speed_that_is_no_pace(capsys: pytest.CaptureFixture[str], speed: str) -> None:
+    started = time.monotonic()
+    code, out, err = cli(capsys, "run", DATA / "paced.yaml", "--trades", DATA / "paced.csv", f"--speed={speed}")
+    assert time.monotonic() - started < 5
+    assert (code, out) == (2, "")
+    if speed in ("fast", ""):
+        assert err == f"error: --speed must be a number, got {speed!r}\n"
+    else:
+        assert err == f"error: --speed must be a number >= 0.001 (times the recorded pace), got {speed!r}\n"
+
+
+def test_run_accepts_the_slowest_and_a_huge_speed(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[float] = []
+
+    async def sleep(delay: float, *args: Any) -> None:
+        asked.append(delay)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    code, _, err = cli(capsys, "run", DATA / "paced.yaml", "--trades", DATA / "paced.csv", "--speed", "0.001")
+    assert (code, err) == (0, "")
+    assert asked == pytest.approx([200.0, 200.0])  # 200 ms apart, a thousand times slower (not slept here)
+    asked.clear()
+    code, _, _ = cli(capsys, "run", DATA / "paced.yaml", "--trades", DATA / "paced.csv", "--speed", "1e12")
+    assert code == 0 and all(delay < 1e-9 for delay in asked)
+
+
+def test_duplicate_and_backward_trades_are_skipped_with_a_word(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    rows = (DATA / "worked_sell.csv").read_text().splitlines()  # ids 101..107: 100 104 105.5 110 108.5 112 109.76
+    # Line 5 repeats trade 102 at a price that would trigger the stop; line 8 is trade 103 again, late.
+    bad = [*rows[:4], rows[2].replace(",104,", ",90,"), rows[4], rows[5], rows[3].replace(",105.5,", ",50,"),
+           *rows[6:]]
+    path = tmp_path / "dup.csv"
+    path.write_text("\n".join(bad) + "\n")
+    warning = (f"warning: skipped 2 trade(s) whose id was not above the previous trade's (duplicates or out of "
+               f"order); the first at {path}:5: trade 102 after trade 103\n")
+    code, out, err = cli(capsys, "run", DATA / "worked_sell.yaml", "--trades", path)
+    assert (code, err) == (0, warning)
+    _, clean_out, _ = cli(capsys, "run", DATA / "worked_sell.yaml", "--trades", DATA / "worked_sell.csv")
+    assert out.replace(path.name, "worked_sell.csv") == clean_out  # the same run: LAST is no skipped price
+    code, out, err = cli(capsys, "backtest", "--trades", path, "--side", "SELL", "--trailing-percent", "2",
+                         "--activation-price", "105")
+    assert (code, err) == (0, warning)
+    assert out.splitlines()[-1].startswith("7 trades from")  # what was applied, not the 9 rows
+    code, out, _ = cli(capsys, "backtest", "--trades", path, "--side", "SELL", "--trailing-percent", "2", "--json")
+    assert code == 0 and json.loads(out)[0]["triggerPrice"] == "109.76"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["backtest", "--side", "HOLD", "--trailing-percent", "1"],
+         "argument --side: invalid choice: 'HOLD' (choose from 'SELL', 'BUY') (see trailingstop backtest --help)"),
+        (["run"], "the following arguments are required: manifest (see trailingstop run --help)"),
+        (["bogus"], "argument COMMAND: invalid choice: 'bogus' (choose from 'run', 'backtest', 'crd', 'config', "
+                    "'worker', 'operator') (see trailingstop --help)"),
+        (["run", "x.yaml", "--trades", "a.csv", "--live"],
+         "argument --live: not allowed with argument --trades (see trailingstop run --help)"),
+    ],
+)
+def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_live_takes_no_file_options(capsys: pytest.CaptureFixture[str]) -> None:
+    for extra in (["--speed", "2"], ["--symbol", "BTCUSDT"]):
+        code, out, err = cli(capsys, "run", DATA / "paced.yaml", "--live", *extra)
+        assert (code, out) == (2, "")
+        assert err == ("error: --speed and --symbol apply to a trade file, not to --live (the stops' symbols are "
+                       "streamed)\n")
+
+
+def test_run_refuses_a_bad_symbol(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "run", DATA / "paced.yaml", "--trades", DATA / "paced.csv", "--symbol", "BTC/USDT")
+    assert (code, out, err) == (2, "", "error: --symbol must be 2-20 letters or digits, like BTCUSDT, got 'BTC/USDT'\n")
 
 
 BAD_MANIFESTS = [
@@ -291,6 +372,8 @@ def test_run_refuses_a_bad_generation_with_exit_2(capsys: pytest.CaptureFixture[
 # --- malformed trade files: run and backtest both refuse them -----------------------------------
 
 GOOD_CSV = "1,100,1,1,1,1700000001000,true,true"
+ARABIC_100 = "\u0661\u0660\u0660"  # 100 in Arabic-Indic digits: Decimal() reads it, the CRD would not
+PLAIN = "like 0.00145: ASCII digits, at most 20 before and 20 after the point, no sign or exponent"
 GOOD_JSON = '{"a": 1, "p": "100", "q": "1", "f": 1, "l": 1, "T": 1700000001000, "m": true, "M": true}'
 BAD_TRADES = [
     ("too few columns", "t.csv", "2,100,1", "expected 7 or 8 columns (agg_trade_id,price,quantity,first_trade_id,"
@@ -304,13 +387,31 @@ BAD_TRADES = [
     ("missing field", "t.jsonl", '{"a": 2, "p": "100", "q": "1", "f": 2, "l": 2, "m": true}', "missing field 'T'"),
     ("float price in JSON", "t.jsonl", GOOD_JSON.replace('"a": 1', '"a": 2').replace('"100"', "100.5"),
      "p (price) must be a decimal string, got 100.5"),
+    ("exponent price", "t.csv", "2,1e2,1,2,2,1700000002000,true,true", f"price must be a plain decimal {PLAIN}, "
+                                                                      "got '1e2'"),
+    ("other digits", "t.csv", f"2,{ARABIC_100},1,2,2,1700000002000,true,true",
+     f"price must be a plain decimal {PLAIN}, got '{ARABIC_100}'"),
+    ("signed price", "t.csv", "2,+100,1,2,2,1700000002000,true,true", f"price must be a plain decimal {PLAIN}, "
+                                                                     "got '+100'"),
+    ("21 integer digits", "t.csv", "2,100000000000000000000,1,2,2,1700000002000,true,true",
+     f"price must be a plain decimal {PLAIN}, got '100000000000000000000'"),
+    ("time past 9999", "t.csv", "2,100,1,2,2,253402300800000000,true,true",  # microseconds
+     "transact_time must be epoch milliseconds or microseconds before the year 10000, got '253402300800000000'"),
+    ("negative time", "t.csv", "2,100,1,2,2,-1,true,true", "transact_time must be from 0 to 9223372036854775807, "
+                                                           "got '-1'"),
+    ("20-digit id", "t.csv", "12345678901234567890,100,1,2,2,1700000002000,true,true",
+     "agg_trade_id must have at most 19 digits, got '12345678901234567890'"),
+    ("huge JSON integer", "t.jsonl", GOOD_JSON.replace('"a": 1', '"a": 1' + "0" * 1000),
+     "an integer of 1,001 digits; trade ids and times have at most 19"),
+    ("deep JSON", "t.jsonl", '{"a": ' + "[" * 500 + "]" * 500 + "}", "JSON nested deeper than 8 levels"),
+    ("not UTF-8", "t.csv", "2,100,1,2,2,1700000002000,tru\udce9,true", "not UTF-8 text: byte 0xe9 cannot be decoded"),
 ]
 
 
 def _bad_trade_file(tmp_path: Path, name: str, row: str) -> Path:
     good = GOOD_JSON if name.endswith(".jsonl") else GOOD_CSV
     path = tmp_path / name
-    path.write_text(f"{good}\n{row}\n{good}\n")
+    path.write_bytes(f"{good}\n{row}\n{good}\n".encode("utf-8", "surrogateescape"))
     return path
 
 
@@ -471,6 +572,29 @@ def test_backtest_plot_refuses_an_unknown_format(capsys: pytest.CaptureFixture[s
     assert (code, err) == (2, "error: --plot writes .png, .html or .svg, not .pdf\n")
     assert out == ""
     assert not (tmp_path / "chart.pdf").exists()
+
+
+def test_backtest_plot_paths_that_cannot_be_written(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def plot(target: Path) -> tuple[int, str, str]:
+        return cli(capsys, "backtest", "--trades", DATA / "worked_sell.csv", "--side", "SELL",
+                   "--trailing-percent", "1", "--plot", target)
+
+    missing_folder = tmp_path / "no" / "such" / "chart.html"
+    assert plot(missing_folder) == (2, "", f"error: --plot {missing_folder}: the folder {missing_folder.parent} "
+                                           "does not exist\n")
+    folder = tmp_path / "chart.svg"
+    folder.mkdir()
+    assert plot(folder) == (2, "", f"error: --plot {folder}: is a directory\n")
+    assert plot(Path("/sys/chart.svg"))[2] in ("error: --plot /sys/chart.svg: permission denied\n",  # not root
+                                               "error: --plot /sys/chart.svg: cannot write: Permission denied\n")
+
+    def full(self: Path, *args: Any, **kwargs: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    target = tmp_path / "chart.html"
+    assert plot(target) == (2, "", f"error: --plot {target}: cannot write: No space left on device\n")
 
 
 # --- other commands and the console script ------------------------------------------------------

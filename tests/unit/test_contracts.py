@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from trailingstop.contracts import (
+from trailingstop.core.contracts import (
     CLIENT_ORDER_ID_PATTERN,
     Condition,
     OrderError,

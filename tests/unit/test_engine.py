@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trailingstop.engine import Engine, StopAlreadyTriggered, StopState, stop_level
+from trailingstop.core.engine import Engine, StopAlreadyTriggered, StopState, stop_level
 
 D = Decimal
 # More examples for a deeper search: ENGINE_EXAMPLES=20000 pytest tests/unit/test_engine.py

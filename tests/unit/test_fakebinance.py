@@ -37,9 +37,9 @@ from tests.fakebinance import (
     errors,
 )
 from tests.fakebinance.clients import async_client_class, client_class, socket_manager
-from trailingstop.trades import demo_trades_path, load_trades
+from trailingstop.tradefiles import demo_trades_path, load_trades
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.fakebinance  # a real server on loopback: not a unit test
 
 SYMBOL = "XRPETH"
 TRADES = load_trades(demo_trades_path())

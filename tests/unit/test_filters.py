@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from trailingstop.exchange.filters import LotSize, SymbolFilters, filters_by_symbol
+from trailingstop.core.filters import LotSize, SymbolFilters, filters_by_symbol
 
 D = Decimal
 

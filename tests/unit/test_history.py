@@ -32,6 +32,7 @@ import pytest
 from tests.fakedata import FakeDataServer, by_day, publish_days, remote_path, synthetic_days, tamper, write_archive
 from tests.fakedata.archives import sha256, write_checksum
 from trailingstop.cli import main
+from trailingstop.core.trade import Trade
 from trailingstop.history import (
     DEFAULT_DATA_URL,
     Archive,
@@ -49,7 +50,7 @@ from trailingstop.history import (
     plan,
     zip_trades,
 )
-from trailingstop.trades import Trade, demo_trades_path, load_trades
+from trailingstop.tradefiles import demo_trades_path, load_trades
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "trailingstop.yaml"
@@ -90,7 +91,7 @@ def root(tmp_path: Path, published: Path) -> Path:
 
 
 @pytest.fixture
-def server(root: Path) -> Iterator[FakeDataServer]:
+def data_host(root: Path) -> Iterator[FakeDataServer]:
     with FakeDataServer(root) as fake:
         yield fake
 
@@ -105,21 +106,21 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
-def settings(server: FakeDataServer, **overrides: Any) -> HistorySettings:
-    values: dict[str, Any] = {"data_url": server.url, "retry_delay": 0.01, "read_timeout": 5.0, **overrides}
+def settings(data_host: FakeDataServer, **overrides: Any) -> HistorySettings:
+    values: dict[str, Any] = {"data_url": data_host.url, "retry_delay": 0.01, "read_timeout": 5.0, **overrides}
     return HistorySettings(**values)
 
 
-def fetch(server: FakeDataServer, span: str, symbol: str = SYNTH, **overrides: Any) -> list[Trade]:
-    return list(fetch_history(symbol, parse_date_span(span), settings(server, **overrides)).trades())
+def fetch(data_host: FakeDataServer, span: str, symbol: str = SYNTH, **overrides: Any) -> list[Trade]:
+    return list(fetch_history(symbol, parse_date_span(span), settings(data_host, **overrides)).trades())
 
 
 def days_of(days: dict[date, list[Trade]], first: date, last: date) -> list[Trade]:
     return [t for day in sorted(days) if first <= day <= last for t in days[day]]
 
 
-def zip_requests(server: FakeDataServer) -> list[str]:
-    return [p.rsplit("/", 1)[1] for p in server.paths(".zip")]
+def zip_requests(data_host: FakeDataServer) -> list[str]:
+    return [p.rsplit("/", 1)[1] for p in data_host.paths(".zip")]
 
 
 def cached_files(cache: Path) -> list[str]:
@@ -223,11 +224,11 @@ def test_settings_from_the_environment() -> None:
 # --- fetching ----------------------------------------------------------------------------------------
 
 
-def test_real_days_come_back_exactly(server: FakeDataServer, demo: list[Trade], private_cache: Path) -> None:
-    history = fetch_history("xrpeth", parse_date_span("2019-10-11..2019-10-13"), settings(server))
+def test_real_days_come_back_exactly(data_host: FakeDataServer, demo: list[Trade], private_cache: Path) -> None:
+    history = fetch_history("xrpeth", parse_date_span("2019-10-11..2019-10-13"), settings(data_host))
     assert list(history.trades()) == demo
-    assert sorted(zip_requests(server)) == [f"XRPETH-aggTrades-2019-10-1{d}.zip" for d in (1, 2, 3)]
-    host = f"127.0.0.1_{server.url.rsplit(':', 1)[1]}"
+    assert sorted(zip_requests(data_host)) == [f"XRPETH-aggTrades-2019-10-1{d}.zip" for d in (1, 2, 3)]
+    host = f"127.0.0.1_{data_host.url.rsplit(':', 1)[1]}"
     assert cached_files(private_cache) == sorted(
         f"trailingstop/history/{host}/{remote_path('daily', 'XRPETH', f'2019-10-1{d}')}{ext}"
         for d in (1, 2, 3) for ext in ("", ".CHECKSUM"))
@@ -235,46 +236,46 @@ def test_real_days_come_back_exactly(server: FakeDataServer, demo: list[Trade], 
     assert (saved.parent / (saved.name + ".CHECKSUM")).read_text() == f"{sha256(saved)}  {saved.name}\n"
 
 
-def test_a_range_mixes_months_and_days(server: FakeDataServer, synth_days: dict[date, list[Trade]]) -> None:
-    got = fetch(server, "2023-01-30..2023-03-02")
+def test_a_range_mixes_months_and_days(data_host: FakeDataServer, synth_days: dict[date, list[Trade]]) -> None:
+    got = fetch(data_host, "2023-01-30..2023-03-02")
     assert got == days_of(synth_days, SYNTH_FIRST, SYNTH_LAST)
-    assert sorted(zip_requests(server)) == [f"{SYNTH}-aggTrades-{p}.zip" for p in
+    assert sorted(zip_requests(data_host)) == [f"{SYNTH}-aggTrades-{p}.zip" for p in
                                             ("2023-01-30", "2023-01-31", "2023-02", "2023-03-01", "2023-03-02")]
     assert [t.trade_id for t in got] == list(range(got[0].trade_id, got[0].trade_id + len(got)))  # in trade order
 
 
-def test_a_second_run_downloads_nothing(server: FakeDataServer, synth_days: dict[date, list[Trade]]) -> None:
-    first = fetch(server, "2023-01-30..2023-03-02")
-    server.clear()
-    assert fetch(server, "2023-01-30..2023-03-02") == first
-    assert server.requests == []
+def test_a_second_run_downloads_nothing(data_host: FakeDataServer, synth_days: dict[date, list[Trade]]) -> None:
+    first = fetch(data_host, "2023-01-30..2023-03-02")
+    data_host.clear()
+    assert fetch(data_host, "2023-01-30..2023-03-02") == first
+    assert data_host.requests == []
     # A sub-range inside cached days needs nothing either.
-    assert fetch(server, "2023-03-01") == synth_days[D(2023, 3, 1)]
-    assert server.requests == []
+    assert fetch(data_host, "2023-03-01") == synth_days[D(2023, 3, 1)]
+    assert data_host.requests == []
 
 
-def test_an_unpublished_month_falls_back_to_its_days(root: Path, server: FakeDataServer,
+def test_an_unpublished_month_falls_back_to_its_days(root: Path, data_host: FakeDataServer,
                                                      synth_days: dict[date, list[Trade]]) -> None:
     for suffix in ("", ".CHECKSUM"):
         (root / (remote_path("monthly", SYNTH, "2023-02") + suffix)).unlink()
-    history = fetch_history(SYNTH, parse_month_span("2023-02"), settings(server))
+    history = fetch_history(SYNTH, parse_month_span("2023-02"), settings(data_host))
     assert list(history.trades()) == days_of(synth_days, D(2023, 2, 1), D(2023, 2, 28))
     assert history.report.fallbacks == ["2023-02"]
-    assert len(zip_requests(server)) == 28
+    assert len(zip_requests(data_host)) == 28
 
 
-def test_header_rows_and_microsecond_timestamps(root: Path, server: FakeDataServer,
+def test_header_rows_and_microsecond_timestamps(root: Path, data_host: FakeDataServer,
                                                 synth_days: dict[date, list[Trade]]) -> None:
     """Binance's 2025+ spot files: microsecond times, and some with a header row."""
     day = D(2023, 2, 10)
     write_archive(root, "daily", SYNTH, day.isoformat(), synth_days[day], micro=True, header=True)
-    assert fetch(server, "2023-02-09..2023-02-11") == days_of(synth_days, D(2023, 2, 9), D(2023, 2, 11))
+    assert fetch(data_host, "2023-02-09..2023-02-11") == days_of(synth_days, D(2023, 2, 9), D(2023, 2, 11))
 
 
-def test_a_tampered_zip_is_refused_and_not_kept(root: Path, server: FakeDataServer, private_cache: Path) -> None:
+def test_a_tampered_zip_is_refused_and_not_kept(root: Path, data_host: FakeDataServer, private_cache: Path) -> None:
     tamper(root / remote_path("daily", SYNTH, "2023-02-03"))
     with pytest.raises(HistoryError) as caught:
-        fetch(server, "2023-02-03")
+        fetch(data_host, "2023-02-03")
     message = str(caught.value)
     assert message.startswith(f"checksum mismatch for {SYNTH}-aggTrades-2023-02-03.zip: its SHA-256 is ")
     assert message.endswith(f"{SYNTH}-aggTrades-2023-02-03.zip.CHECKSUM says "
@@ -284,37 +285,39 @@ def test_a_tampered_zip_is_refused_and_not_kept(root: Path, server: FakeDataServ
     assert cached_files(private_cache) == []  # no zip, no checksum, no .part
 
 
-def test_a_wrong_checksum_file_is_refused(root: Path, server: FakeDataServer) -> None:
+def test_a_wrong_checksum_file_is_refused(root: Path, data_host: FakeDataServer) -> None:
     write_checksum(root / remote_path("daily", SYNTH, "2023-02-03"), "0" * 64)
     with pytest.raises(HistoryError, match=r"checksum mismatch .* says 0{64}; the file was not used$"):
-        fetch(server, "2023-02-03")
+        fetch(data_host, "2023-02-03")
 
 
-def test_a_missing_day_is_named(root: Path, server: FakeDataServer) -> None:
+def test_a_missing_day_is_named(root: Path, data_host: FakeDataServer) -> None:
     (root / (remote_path("daily", SYNTH, "2023-03-01") + ".CHECKSUM")).unlink()
     with pytest.raises(HistoryError) as caught:
-        fetch(server, "2023-02-27..2023-03-02")
+        fetch(data_host, "2023-02-27..2023-03-02")
+    missing = f"{SYNTH}-aggTrades-2023-03-01.zip.CHECKSUM"
     assert str(caught.value) == (
-        f"no {SYNTH} aggTrades for 2023-03-01 on {server.url} (HTTP 404 for {SYNTH}-aggTrades-2023-03-01.zip.CHECKSUM)"
+        f"no {SYNTH} aggTrades for 2023-03-01 on {data_host.url} (HTTP 404 for {missing})"
         f": not published; {SYNTH} has daily files from 2023-01-30 to 2023-03-02")
     assert caught.value.exit_code == 2
 
 
-def test_days_after_the_published_ones(server: FakeDataServer) -> None:
+def test_days_after_the_published_ones(data_host: FakeDataServer) -> None:
     today = datetime.now(UTC).date()
     with pytest.raises(HistoryError) as caught:
-        fetch(server, f"2023-03-02..{today.isoformat()}")
+        fetch(data_host, f"2023-03-02..{today.isoformat()}")
     assert " and " in str(caught.value) and "more on " in str(caught.value)
     assert "not published yet (Binance publishes a day after it ends, UTC)" in str(caught.value)
 
 
-def test_an_unknown_symbol(server: FakeDataServer) -> None:
+def test_an_unknown_symbol(data_host: FakeDataServer) -> None:
     with pytest.raises(HistoryError) as caught:
-        fetch(server, "2023-02-02", symbol="TESTUSDX")
-    assert str(caught.value) == (f"unknown symbol TESTUSDX: {server.url} publishes no spot aggTrades for it "
+        fetch(data_host, "2023-02-02", symbol="TESTUSDX")
+    assert str(caught.value) == (f"unknown symbol TESTUSDX: {data_host.url} publishes no spot aggTrades for it "
                                  "(did you mean TESTUSDT?)")
 
 
+@pytest.mark.fakedata
 def test_an_unknown_symbol_from_an_s3_listing(root: Path) -> None:
     with FakeDataServer(root, listings=False, s3_listing=True) as bucket:
         with pytest.raises(HistoryError, match=f"^unknown symbol ETHUSDX: {bucket.url} publishes no spot aggTrades"):
@@ -323,6 +326,7 @@ def test_an_unknown_symbol_from_an_s3_listing(root: Path) -> None:
             fetch(bucket, "2023-03-03", symbol=SYNTH)
 
 
+@pytest.mark.fakedata
 def test_a_host_that_cannot_tell_unknown_from_missing(root: Path) -> None:
     with FakeDataServer(root, listings=False) as plain, pytest.raises(HistoryError) as caught:
         url = plain.url
@@ -335,29 +339,30 @@ def test_a_host_that_cannot_tell_unknown_from_missing(root: Path) -> None:
 # --- faults ------------------------------------------------------------------------------------------
 
 
-def test_a_slow_server_is_waited_for(server: FakeDataServer, synth_days: dict[date, list[Trade]]) -> None:
-    server.delay(0.4)  # every answer, under the 5 s read timeout
-    assert fetch(server, "2023-02-01..2023-02-02") == days_of(synth_days, D(2023, 2, 1), D(2023, 2, 2))
-    assert all(r.status == 200 for r in server.requests)
+def test_a_slow_server_is_waited_for(data_host: FakeDataServer, synth_days: dict[date, list[Trade]]) -> None:
+    data_host.delay(0.4)  # every answer, under the 5 s read timeout
+    assert fetch(data_host, "2023-02-01..2023-02-02") == days_of(synth_days, D(2023, 2, 1), D(2023, 2, 2))
+    assert all(r.status == 200 for r in data_host.requests)
 
 
-def test_a_stalled_transfer_is_retried_from_where_it_stopped(server: FakeDataServer,
+def test_a_stalled_transfer_is_retried_from_where_it_stopped(data_host: FakeDataServer,
                                                               synth_days: dict[date, list[Trade]]) -> None:
-    server.stall(after_bytes=700, seconds=6)  # silent far longer than the 1 s read timeout
-    assert fetch(server, "2023-02-01", read_timeout=1.0) == synth_days[D(2023, 2, 1)]
-    zips = [r for r in server.requests if r.path.endswith(".zip")]
+    data_host.stall(after_bytes=700, seconds=6)  # silent far longer than the 1 s read timeout
+    assert fetch(data_host, "2023-02-01", read_timeout=1.0) == synth_days[D(2023, 2, 1)]
+    zips = [r for r in data_host.requests if r.path.endswith(".zip")]
     assert [(r.range, r.status) for r in zips] == [(None, 200), ("bytes=700-", 206)]
     assert zips[0].sent == 700
 
 
-def test_a_dropped_connection_resumes_with_a_range(server: FakeDataServer,
+def test_a_dropped_connection_resumes_with_a_range(data_host: FakeDataServer,
                                                    synth_days: dict[date, list[Trade]]) -> None:
-    server.drop(after_bytes=500, times=2)
-    assert fetch(server, "2023-02-01") == synth_days[D(2023, 2, 1)]
-    zips = [r for r in server.requests if r.path.endswith(".zip")]
+    data_host.drop(after_bytes=500, times=2)
+    assert fetch(data_host, "2023-02-01") == synth_days[D(2023, 2, 1)]
+    zips = [r for r in data_host.requests if r.path.endswith(".zip")]
     assert [(r.range, r.status) for r in zips] == [(None, 200), ("bytes=500-", 206), ("bytes=1000-", 206)]
 
 
+@pytest.mark.fakedata
 def test_a_server_without_ranges_is_downloaded_again_from_the_start(
         root: Path, synth_days: dict[date, list[Trade]]) -> None:
     with FakeDataServer(root, ranges=False) as plain:
@@ -368,40 +373,41 @@ def test_a_server_without_ranges_is_downloaded_again_from_the_start(
 
 
 def test_a_connection_that_keeps_dropping_fails_cleanly_and_resumes_later(
-        server: FakeDataServer, private_cache: Path, synth_days: dict[date, list[Trade]]) -> None:
-    server.drop(after_bytes=300, times=3)
+        data_host: FakeDataServer, private_cache: Path, synth_days: dict[date, list[Trade]]) -> None:
+    data_host.drop(after_bytes=300, times=3)
     with pytest.raises(DownloadFailed) as caught:
-        fetch(server, "2023-02-01", retries=2)
-    assert str(caught.value) == (f"cannot download {server.url}/{remote_path('daily', SYNTH, '2023-02-01')}: "
+        fetch(data_host, "2023-02-01", retries=2)
+    assert str(caught.value) == (f"cannot download {data_host.url}/{remote_path('daily', SYNTH, '2023-02-01')}: "
                                  "the connection dropped before the file was complete (tried 3 times)")
     assert caught.value.exit_code == 1
     part = [p for p in private_cache.rglob("*.part")]
     assert [p.name for p in part] == [f"{SYNTH}-aggTrades-2023-02-01.zip.part"] and part[0].stat().st_size == 900
     assert not part[0].with_suffix("").exists()  # never the final name before it is complete and verified
-    server.clear()
-    assert fetch(server, "2023-02-01") == synth_days[D(2023, 2, 1)]
-    assert [r.range for r in server.requests if r.path.endswith(".zip")] == ["bytes=900-"]
+    data_host.clear()
+    assert fetch(data_host, "2023-02-01") == synth_days[D(2023, 2, 1)]
+    assert [r.range for r in data_host.requests if r.path.endswith(".zip")] == ["bytes=900-"]
     assert list(private_cache.rglob("*.part")) == []
 
 
 def test_a_stale_part_that_does_not_fit_is_downloaded_again_whole(
-        server: FakeDataServer, private_cache: Path, synth_days: dict[date, list[Trade]]) -> None:
-    host = f"127.0.0.1_{server.url.rsplit(':', 1)[1]}"
+        data_host: FakeDataServer, private_cache: Path, synth_days: dict[date, list[Trade]]) -> None:
+    host = f"127.0.0.1_{data_host.url.rsplit(':', 1)[1]}"
     stale = private_cache / "trailingstop/history" / host / (remote_path("daily", SYNTH, "2023-02-01") + ".part")
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"not the start of this zip" * 4)
-    assert fetch(server, "2023-02-01") == synth_days[D(2023, 2, 1)]
-    assert [(r.range, r.status) for r in server.requests if r.path.endswith(".zip")] == [
+    assert fetch(data_host, "2023-02-01") == synth_days[D(2023, 2, 1)]
+    assert [(r.range, r.status) for r in data_host.requests if r.path.endswith(".zip")] == [
         ("bytes=100-", 206), (None, 200)]
     assert not stale.exists()
 
 
-def test_server_errors_are_retried(server: FakeDataServer, synth_days: dict[date, list[Trade]]) -> None:
-    server.fail(503, times=2)
-    assert fetch(server, "2023-02-01") == synth_days[D(2023, 2, 1)]
-    assert [r.status for r in server.requests][:3] == [503, 503, 200]
+def test_server_errors_are_retried(data_host: FakeDataServer, synth_days: dict[date, list[Trade]]) -> None:
+    data_host.fail(503, times=2)
+    assert fetch(data_host, "2023-02-01") == synth_days[D(2023, 2, 1)]
+    assert [r.status for r in data_host.requests][:3] == [503, 503, 200]
 
 
+@pytest.mark.fakedata
 def test_an_unreachable_host(tmp_path: Path) -> None:
     with FakeDataServer(tmp_path) as gone:
         url = gone.url
@@ -412,13 +418,14 @@ def test_an_unreachable_host(tmp_path: Path) -> None:
                            HistorySettings(data_url=url, retries=1, retry_delay=0.01)).trades())
 
 
-def test_one_connection_pool_with_a_small_parallel_limit(server: FakeDataServer) -> None:
-    server.delay(0.2)  # keep each answer open long enough for downloads to overlap
-    fetch(server, "2023-02-01..2023-02-07", parallel=2)
-    assert server.peak_concurrency == 2
-    assert len({r.client_port for r in server.requests}) == 2  # two kept-alive connections served all 14
+def test_one_connection_pool_with_a_small_parallel_limit(data_host: FakeDataServer) -> None:
+    data_host.delay(0.2)  # keep each answer open long enough for downloads to overlap
+    fetch(data_host, "2023-02-01..2023-02-07", parallel=2)
+    assert data_host.peak_concurrency == 2
+    assert len({r.client_port for r in data_host.requests}) == 2  # two kept-alive connections served all 14
 
 
+@pytest.mark.fakedata
 def test_two_runs_at_once_download_a_file_once(root: Path, synth_days: dict[date, list[Trade]]) -> None:
     with FakeDataServer(root, chunk=256, chunk_pause=0.002) as slow:
         results: list[list[Trade]] = []
@@ -431,15 +438,15 @@ def test_two_runs_at_once_download_a_file_once(root: Path, synth_days: dict[date
         assert len(zip_requests(slow)) == 1
 
 
-def test_a_damaged_cache_file_is_fetched_again(server: FakeDataServer, private_cache: Path,
+def test_a_damaged_cache_file_is_fetched_again(data_host: FakeDataServer, private_cache: Path,
                                                synth_days: dict[date, list[Trade]],
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    fetch(server, "2023-02-01")
+    fetch(data_host, "2023-02-01")
     (cached,) = private_cache.rglob("*.zip")
     cached.write_bytes(cached.read_bytes()[:-10])
-    server.clear()
-    assert fetch(server, "2023-02-01") == synth_days[D(2023, 2, 1)]
-    assert zip_requests(server) == [f"{SYNTH}-aggTrades-2023-02-01.zip"]
+    data_host.clear()
+    assert fetch(data_host, "2023-02-01") == synth_days[D(2023, 2, 1)]
+    assert zip_requests(data_host) == [f"{SYNTH}-aggTrades-2023-02-01.zip"]
     assert capsys.readouterr().err == f"note: {cached} no longer matches its checksum; downloading it again\n"
 
 
@@ -464,15 +471,15 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_a_progress_bar_on_a_terminal_only(server: FakeDataServer) -> None:
+def test_a_progress_bar_on_a_terminal_only(data_host: FakeDataServer) -> None:
     screen, pipe = Terminal(), io.StringIO()
-    history = fetch_history(SYNTH, parse_date_span("2023-02-01..2023-02-02"), settings(server),
+    history = fetch_history(SYNTH, parse_date_span("2023-02-01..2023-02-02"), settings(data_host),
                             progress_stream=screen)
     list(history.trades())
     assert f"downloading {SYNTH} 2023-02-01..2023-02-02" in screen.getvalue()
     assert f"reading {SYNTH} 2023-02-01..2023-02-02" in screen.getvalue()
     Progress("quiet", pipe).expect(10)
-    history = fetch_history(SYNTH, parse_date_span("2023-02-03"), settings(server), progress_stream=pipe)
+    history = fetch_history(SYNTH, parse_date_span("2023-02-03"), settings(data_host), progress_stream=pipe)
     list(history.trades())
     assert pipe.getvalue() == ""
 
@@ -489,36 +496,36 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str
 SWEEP = ("--side", "SELL", "--trailing-percent", "0.5,1,2", "--activation-price", "none,0.00145", "--json")
 
 
-def test_backtest_a_range_equals_backtest_of_the_file(server: FakeDataServer,
+def test_backtest_a_range_equals_backtest_of_the_file(data_host: FakeDataServer,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     code, from_file, err = cli(capsys, "backtest", *SWEEP)
     assert code == 0, err
     code, fetched, err = cli(capsys, "backtest", "--symbol", "XRPETH", "--date", "2019-10-11..2019-10-13",
-                             "--data-url", server.url, *SWEEP)
+                             "--data-url", data_host.url, *SWEEP)
     assert code == 0 and err == ""  # quiet: stderr is not a terminal
     assert json.loads(fetched) == json.loads(from_file)
     code, monthly, err = cli(capsys, "backtest", "--symbol", "XRPETH", "--month", "2019-10",
-                             "--data-url", server.url, *SWEEP)
+                             "--data-url", data_host.url, *SWEEP)
     assert code == 0, err
     assert json.loads(monthly) == json.loads(from_file)
-    assert "XRPETH-aggTrades-2019-10.zip" in zip_requests(server)
+    assert "XRPETH-aggTrades-2019-10.zip" in zip_requests(data_host)
 
 
-def test_the_data_url_setting(server: FakeDataServer, capsys: pytest.CaptureFixture[str],
+def test_the_data_url_setting(data_host: FakeDataServer, capsys: pytest.CaptureFixture[str],
                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRAILINGSTOP_DATA_URL", server.url)
+    monkeypatch.setenv("TRAILINGSTOP_DATA_URL", data_host.url)
     code, out, err = cli(capsys, "backtest", "--symbol", "XRPETH", "--date", "2019-10-11", *SWEEP)
     assert code == 0, err
     assert len(json.loads(out)) == 6
-    assert zip_requests(server) == ["XRPETH-aggTrades-2019-10-11.zip"]
+    assert zip_requests(data_host) == ["XRPETH-aggTrades-2019-10-11.zip"]
 
 
-def test_run_on_fetched_days(server: FakeDataServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_on_fetched_days(data_host: FakeDataServer, capsys: pytest.CaptureFixture[str]) -> None:
     code, from_file, _ = cli(capsys, "run", EXAMPLE)
     assert code == 0
-    code, fetched, err = cli(capsys, "run", EXAMPLE, "--date", "2019-10-11..2019-10-13", "--data-url", server.url)
+    code, fetched, err = cli(capsys, "run", EXAMPLE, "--date", "2019-10-11..2019-10-13", "--data-url", data_host.url)
     assert code == 0, err
-    assert fetched.splitlines()[0] == (f"1 stop(s) on XRPETH aggTrades of 2019-10-11..2019-10-13 from {server.url}; "
+    assert fetched.splitlines()[0] == (f"1 stop(s) on XRPETH aggTrades of 2019-10-11..2019-10-13 from {data_host.url}; "
                                        "orders are simulated")
     assert fetched.splitlines()[1:] == from_file.splitlines()[1:]
 
@@ -549,25 +556,26 @@ def test_date_and_trades_exclude_each_other(capsys: pytest.CaptureFixture[str]) 
     assert "argument --date: not allowed with argument --trades" in capsys.readouterr().err
 
 
-def test_download_failures_are_one_line(root: Path, server: FakeDataServer, capsys: pytest.CaptureFixture[str],
+def test_download_failures_are_one_line(root: Path, data_host: FakeDataServer, capsys: pytest.CaptureFixture[str],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    base = ["backtest", "--side", "SELL", "--trailing-percent", "1", "--data-url", server.url, "--symbol"]
+    base = ["backtest", "--side", "SELL", "--trailing-percent", "1", "--data-url", data_host.url, "--symbol"]
     tamper(root / remote_path("daily", SYNTH, "2023-02-03"))
     code, out, err = cli(capsys, *base, SYNTH, "--date", "2023-02-03")
     assert (code, out) == (2, "") and err.startswith("error: checksum mismatch for ") and err.count("\n") == 1
     code, out, err = cli(capsys, *base, "NOSUCHUSDT", "--date", "2023-02-03")
     assert (code, out) == (2, "") and err.startswith("error: unknown symbol NOSUCHUSDT: ") and err.count("\n") == 1
     monkeypatch.setenv("TRAILINGSTOP_DATA_RETRIES", "1")
-    server.drop(after_bytes=100, times=10)
+    data_host.drop(after_bytes=100, times=10)
     code, out, err = cli(capsys, *base, SYNTH, "--date", "2023-02-04")
     assert (code, out) == (1, "")
-    assert err == (f"error: cannot download {server.url}/{remote_path('daily', SYNTH, '2023-02-04')}: the connection "
+    where = f"{data_host.url}/{remote_path('daily', SYNTH, '2023-02-04')}"
+    assert err == (f"error: cannot download {where}: the connection "
                    "dropped before the file was complete (tried 2 times)\n")
 
 
-def test_the_console_script_shows_progress_on_a_terminal_only(server: FakeDataServer, tmp_path: Path) -> None:
+def test_the_console_script_shows_progress_on_a_terminal_only(data_host: FakeDataServer, tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "trailingstop"
-    argv = [str(script), "backtest", "--symbol", SYNTH, "--date", "2023-02-05..2023-02-06", "--data-url", server.url,
+    argv = [str(script), "backtest", "--symbol", SYNTH, "--date", "2023-02-05..2023-02-06", "--data-url", data_host.url,
             "--side", "SELL", "--trailing-percent", "1"]
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "pty-cache")}
     leader, follower = pty.openpty()
@@ -606,9 +614,9 @@ def _read_all(fd: int, process: subprocess.Popen[bytes], timeout: float = 120) -
     return b"".join(chunks).decode("utf-8", "replace")
 
 
-def test_outcome_figures_are_decimal_strings(server: FakeDataServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_outcome_figures_are_decimal_strings(data_host: FakeDataServer, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(capsys, "backtest", "--symbol", "XRPETH", "--date", "2019-10-11..2019-10-13",
-                       "--data-url", server.url, *SWEEP)
+                       "--data-url", data_host.url, *SWEEP)
     assert code == 0
     for record in json.loads(out):
         for key in ("exitPrice", "changePercent", "outcomePercent"):

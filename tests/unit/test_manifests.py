@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from trailingstop.manifests import ManifestError, load_manifests, parse_manifest
+from trailingstop.stopfiles import ManifestError, load_manifests, parse_manifest
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -225,3 +226,159 @@ def test_bad_generation_is_a_manifest_error(tmp_path: Path) -> None:
     # which `trailingstop run` does not catch (traceback, exit 1 instead of `error: ...`, exit 2).
     with pytest.raises(ManifestError):
         load_manifests(write_yaml(tmp_path, manifest(metadata__generation="abc")))
+
+
+# --- bounded, kubectl-strict reading (issue 11) ---------------------------------------------------
+
+STOP = ('apiVersion: trailingstop.dev/v1\nkind: TrailingStop\nmetadata: {name: a}\n'
+        'spec: {symbol: BTCUSDT, side: SELL, quantity: "1", trailingPercent: "1"}\n')
+
+
+def refused(tmp_path: Path, text: str | bytes, name: str = "m.yaml") -> ManifestError:
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    with pytest.raises(ManifestError) as caught:
+        load_manifests(path)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 1000, message
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "problem"),
+    [
+        (STOP.replace('side: SELL,', 'side: SELL, side: BUY,'), ":4 (document 1)",
+         "spec.side: key already set in this map (on line 4); kubectl refuses duplicate keys"),
+        (STOP + "kind: TrailingStop\n", ":5 (document 1)",
+         "kind: key already set in this map (on line 2); kubectl refuses duplicate keys"),
+        ("---\n" + STOP + "---\n" + STOP.replace("metadata: {name: a}", "metadata:\n  name: b\n  name: c"),
+         ":11 (document 2)", "metadata.name: key already set in this map (on line 10); kubectl refuses duplicate keys"),
+        ("a: &x [*x]\n", ":1 (document 1)", "a: an alias contains itself"),
+        ("a: [1,\n  b: 2\n", ":3 (document 1)",
+         "not valid YAML: did not find expected ',' or ']' (while parsing a flow sequence), column 1"),
+        ("a: 1\x07\n", ":1 (document 1)", "not valid YAML: control characters are not allowed"),
+        ("n: " + "9" * 5000 + "\n", ":1 (document 1)", "n: cannot be read: Exceeds the limit (4300 digits) for "
+                                                       "integer string conversio... (140 characters)"),
+        ("when: 2024-13-45\n", ":1 (document 1)", "when: cannot be read: month must be in 1..12"),
+        ("? [a, b]\n: 1\n", ":1 (document 1)", "the document: a key must be a string or a number, not a list"),
+        ("x: !!python/object:os.system {}\n", ":1 (document 1)",
+         "not valid YAML: could not determine a constructor for the tag 'tag:yaml.org,2002:python/object:os.system'"
+         ", column 4"),
+    ],
+    ids=["duplicate spec key", "duplicate top key", "duplicate in document 2", "recursive alias", "syntax",
+         "control character", "huge integer", "impossible date", "list as key", "python tag"],
+)
+def test_yaml_problems_name_file_line_and_field(tmp_path: Path, text: str, where: str, problem: str) -> None:
+    error = refused(tmp_path, text)
+    assert (error.where, error.problems) == (f"{tmp_path / 'm.yaml'}{where}", [problem])
+
+
+def test_merge_keys_and_small_aliases_are_fine(tmp_path: Path) -> None:
+    base = "x-base: &base {symbol: BTCUSDT, side: SELL, quantity: '1'}\n"
+    stop = "apiVersion: trailingstop.dev/v1\nkind: TrailingStop\nmetadata: {name: %s}\nspec:\n  <<: *base\n  %s\n"
+    path = tmp_path / "m.yaml"
+    path.write_text(base + stop % ("a", "trailingPercent: '2'") + "---\n" + base
+                    + stop % ("b", "trailingPercent: '3'\n  quantity: '5'"))
+    (a, b), _ = load_manifests(path)
+    assert (a.spec.symbol, a.spec.quantity, a.spec.trailing_percent) == ("BTCUSDT", Decimal("1"), Decimal("2"))
+    assert (b.spec.quantity, b.spec.trailing_percent) == (Decimal("5"), Decimal("3"))  # an explicit key wins
+
+
+def test_a_billion_laughs_is_refused_at_once(tmp_path: Path) -> None:
+    lines = ['x0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    text = "\n".join(lines) + "\n" + STOP.replace("symbol: BTCUSDT", "symbol: *a8")
+    assert len(text) < 1000
+    started = time.monotonic()
+    error = refused(tmp_path, text)
+    assert time.monotonic() - started < 5
+    assert error.problems == ["aliases expand this document by more than 1,000,000 nodes and characters; "
+                              "write it out, or use fewer aliases"]
+    assert error.where == f"{tmp_path / 'm.yaml'}:1 (document 1)"
+
+
+def test_values_echoed_in_errors_are_cut_short(tmp_path: Path) -> None:
+    huge = "x" * 5_000_000
+    error = refused(tmp_path, STOP.replace("name: a", f"name: {huge}").replace('"1"}', f'"{huge}"}}'))
+    assert error.where == f"{tmp_path / 'm.yaml'} (document 1) default/{'x' * 60}... (5,000,000 characters)"
+    assert error.problems[0] == ("metadata.name must be a lower-case DNS name (a-z, 0-9, '-', '.'), "
+                                 f"got '{'x' * 60}'... (5,000,000 characters)")
+    assert error.problems[1] == (f'spec.trailingPercent must be > 0 and < 100, with at most 8 decimals, '
+                                 f'got "{"x" * 60}..." (5,000,000 characters)')
+    error = refused(tmp_path, STOP.replace("kind: TrailingStop", "kind: [" + "[1, 2, 3, 4, 5]," * 1000 + "]"))
+    assert error.problems == ["no TrailingStop in this file"]
+
+
+def test_a_kind_that_is_no_string_is_noted_briefly(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("kind: [" + "[1, 2, 3, 4, 5]," * 1000 + "]\n---\n" + STOP)
+    _, notes = load_manifests(path)
+    assert notes == [f"{path} (document 1): skipped a document whose kind is [[1, 2, 3, 4, ...], [1, 2, 3, 4, ...], "
+                     "[1, 2, 3, 4, ...], [1, 2, 3, 4, ...], ...]"]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem", "line"),
+    [
+        (b"a: \xff\n", "not UTF-8 text: byte 0xff cannot be decoded (save the file as UTF-8)", 1),
+        (STOP.encode() + b"# caf\xe9\n", "not UTF-8 text: byte 0xe9 cannot be decoded (save the file as UTF-8)", 5),
+        ("\ufeff".encode() + STOP.encode("utf-8"), None, None),  # a byte-order mark is fine
+        (STOP.encode("utf-16"), "not UTF-8 text: byte 0xff cannot be decoded (save the file as UTF-8)", 1),
+    ],
+    ids=["latin-1 byte", "later line", "BOM", "UTF-16"],
+)
+def test_encodings(tmp_path: Path, content: bytes, problem: str | None, line: int | None) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_bytes(content)
+    if problem is None:
+        (stop,), _ = load_manifests(path)
+        assert stop.name == "a"
+        return
+    with pytest.raises(ManifestError) as caught:
+        load_manifests(path)
+    assert (caught.value.where, caught.value.problems) == (f"{path}:{line}", [problem])
+
+
+def test_paths_that_are_not_readable_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for path, problem in [(tmp_path, "is a directory, not a file"), (tmp_path / "none.yaml", "no such file"),
+                          (tmp_path / "none" / "m.yaml", "no such file")]:
+        with pytest.raises(ManifestError) as caught:
+            load_manifests(path)
+        assert str(caught.value) == f"{path}: {problem}"
+    blocked = tmp_path / "blocked.yaml"
+    blocked.write_text(STOP)
+    real_open = Path.open
+
+    def open_refused(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == blocked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_refused)  # root reads any file: refuse the way the OS would
+    with pytest.raises(ManifestError) as caught:
+        load_manifests(blocked)
+    assert str(caught.value) == f"{blocked}: permission denied"
+
+
+def test_size_and_document_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trailingstop.safeyaml as safeyaml
+    import trailingstop.stopfiles as manifests
+
+    path = tmp_path / "m.yaml"
+    path.write_text("---\n".join(STOP.replace("name: a", f"name: s{i}") for i in range(5)))
+    monkeypatch.setattr(manifests, "MAX_FILE_BYTES", 1024 * 1024)
+    assert len(load_manifests(path)[0]) == 5
+    monkeypatch.setattr(manifests, "MAX_FILE_BYTES", 100)
+    with pytest.raises(ManifestError) as caught:
+        load_manifests(path)
+    assert str(caught.value) == f"{path}: larger than 100 bytes, the limit for a manifest file"
+    monkeypatch.setattr(manifests, "MAX_FILE_BYTES", 1024 * 1024)
+    monkeypatch.setattr(safeyaml, "MAX_DOCUMENTS", 3)
+    with pytest.raises(ManifestError) as caught:
+        load_manifests(path)
+    assert str(caught.value) == f"{path}:15 (document 4): more than 3 documents, the limit for one file"
+    with pytest.raises(ManifestError):
+        load_manifests("/dev/zero")

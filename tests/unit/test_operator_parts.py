@@ -9,13 +9,16 @@ from typing import Any
 
 import pytest
 
-from trailingstop.contracts import (
+from trailingstop import telemetry
+from trailingstop.core.contracts import (
     OrderResult,
+    Phase,
     StopCommand,
     StopEvent,
     TrailingStopSpec,
     TrailingStopStatus,
 )
+from trailingstop.core.lifecycle import apply_order_result, apply_stop_event, triggered_by_order
 from trailingstop.operator import builders
 from trailingstop.operator.builders import Owner
 from trailingstop.operator.config import OperatorConfig
@@ -23,7 +26,6 @@ from trailingstop.operator.events import StatusWriter
 from trailingstop.operator.kube import contains, status_patch
 from trailingstop.operator.reconcile import Reconciler
 from trailingstop.operator.stops import StopRecord, StopStore
-from trailingstop.status import apply_order_result, apply_stop_event, triggered_by_order
 
 CONFIG = OperatorConfig(
     namespaces=("trading",),
@@ -296,3 +298,36 @@ async def test_a_trigger_event_landing_between_the_two_steps_keeps_its_details()
     await writer.submit(stop, apply_order_result(stop.status, result, "now"))
     status = stop.status
     assert (status.phase, status.trigger_trade_id, status.trigger_price) == ("Filled", 9, Decimal("100.9"))
+
+
+# --- the store's indexes -------------------------------------------------------------------------
+
+
+def _record(uid: str, namespace: str, symbol: str) -> StopRecord:
+    spec = TrailingStopSpec.model_validate({"symbol": symbol, "side": "SELL", "quantity": "1", "trailingPercent": "1"})
+    return StopRecord(uid, namespace, f"stop-{uid}", 1, spec)
+
+
+def test_the_store_finds_stops_by_symbol_and_namespace_and_follows_changes() -> None:
+    store = StopStore()
+    for uid, namespace, symbol in [("1", "a", "BTCUSDT"), ("2", "a", "ETHUSDT"), ("3", "b", "BTCUSDT")]:
+        store.put(_record(uid, namespace, symbol))
+    assert {r.uid for r in store.for_symbol("BTCUSDT")} == {"1", "3"}
+    assert [r.uid for r in store.for_symbol("BTCUSDT", "b")] == ["3"]
+    assert {r.uid for r in store.in_namespace("a")} == {"1", "2"}
+    store.put(_record("2", "a", "BTCUSDT"))  # a hand-made object changed its symbol
+    assert {r.uid for r in store.for_symbol("BTCUSDT", "a")} == {"1", "2"} and store.for_symbol("ETHUSDT") == []
+    store.remove("1")
+    store.remove("2")
+    assert store.in_namespace("a") == [] and [r.uid for r in store.for_symbol("BTCUSDT")] == ["3"]
+    assert store.remove("missing") is None
+
+
+async def test_the_phase_gauge_counts_every_phase_and_zeroes_the_empty_ones() -> None:
+    store = RecordingStore()
+    writer = StatusWriter(store, interval=3600)
+    stop = store.put(record())
+    await writer.submit(stop, apply_stop_event(stop.status, event("reference", "100", "100"), "now"))
+    writer.count_phases()
+    counts = {phase: telemetry.OPERATOR_STOPS.labels(phase=phase)._value.get() for phase in Phase}
+    assert counts == {**dict.fromkeys(Phase, 0.0), Phase.TRACKING: 1.0}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from trailingstop.contracts import (
+from trailingstop.core.contracts import (
     PriceTick,
     SavedState,
     StopCommand,
@@ -13,8 +13,8 @@ from trailingstop.contracts import (
     StopEvent,
     client_order_id,
 )
-from trailingstop.exchange.filters import SymbolFilters
-from trailingstop.orchestration import Outcome, SymbolOrchestrator
+from trailingstop.core.filters import SymbolFilters
+from trailingstop.core.stopbook import Outcome, StopBook
 
 D = Decimal
 UID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
@@ -47,11 +47,11 @@ def tick(trade_id: int, price: str, symbol: str = "XRPETH") -> PriceTick:
                      received_at=1_700_000_000_500 + trade_id, source="test")
 
 
-def orchestrator(filters: SymbolFilters | None = None) -> SymbolOrchestrator:
-    return SymbolOrchestrator("XRPETH", filters=filters, clock=lambda: CLOCK)
+def orchestrator(filters: SymbolFilters | None = None) -> StopBook:
+    return StopBook("XRPETH", filters=filters, clock=lambda: CLOCK)
 
 
-def feed(orch: SymbolOrchestrator, prices: list[str], first_id: int = 1) -> list[tuple[int, Outcome]]:
+def feed(orch: StopBook, prices: list[str], first_id: int = 1) -> list[tuple[int, Outcome]]:
     return [(i, orch.on_tick(tick(i, p))) for i, p in enumerate(prices, start=first_id)]
 
 
@@ -194,7 +194,10 @@ def test_duplicate_and_old_trade_ids_are_dropped() -> None:
     assert not orch.on_tick(tick(2, "50"))
     assert not orch.on_tick(tick(1, "50"))
     assert orch.duplicates == 2
-    assert [e.type for e in orch.flush()] == ["reference", "price"]
+    flushed = orch.flush()
+    assert [e.type for e in flushed] == ["reference", "price"]
+    # LAST is the last trade applied, never a dropped one's price (the metric counts those).
+    assert (flushed[1].price, flushed[1].trade_id) == (Decimal("110"), 2)
 
 
 def test_sync_request() -> None:

@@ -16,11 +16,12 @@ import pytest
 from tests.unit.test_backtest import naive
 from trailingstop.backtest import OUTCOME_KEYS, RESULT_KEYS, BacktestResult, combinations, render_results, run_backtest
 from trailingstop.cli import main
+from trailingstop.core.trade import Trade
 from trailingstop.outcome import best, percent, ranking
 from trailingstop.plot import write_chart
 from trailingstop.series import PriceSeries
 from trailingstop.sweep import distinct_colours, grid, heat_colour, lines, references
-from trailingstop.trades import Trade, demo_trades_path, load_trades
+from trailingstop.tradefiles import demo_trades_path, load_trades
 
 D = Decimal
 DATA = Path(__file__).parent / "data"

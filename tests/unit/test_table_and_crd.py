@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from trailingstop.contracts import (
+from trailingstop.core.contracts import (
     MESSAGES,
     PRICE_PATTERN,
     QUANTITY_PATTERN,
@@ -28,8 +28,8 @@ from trailingstop.contracts import (
     TrailingStopSpec,
     TrailingStopStatus,
 )
-from trailingstop.manifests import Manifest
 from trailingstop.operator.crd import CRD_FILE, crd, crd_yaml
+from trailingstop.stopfiles import Manifest
 from trailingstop.table import PRINTER_COLUMNS, human_duration, render_table, stop_row
 
 ROOT = Path(__file__).parents[2]
@@ -177,7 +177,7 @@ def test_spec_schema_mirrors_the_contract() -> None:
 def test_status_schema_mirrors_the_contract() -> None:
     status = _schema("status")
     assert set(status["properties"]) == _aliases(TrailingStopStatus)
-    assert status["properties"]["phase"]["enum"] == list(typing.get_args(Phase))
+    assert status["properties"]["phase"]["enum"] == [str(phase) for phase in Phase]
     assert set(status["properties"]["order"]["properties"]) == _aliases(OrderStatus)
     condition = status["properties"]["conditions"]
     assert set(condition["items"]["properties"]) == _aliases(Condition)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
+import subprocess
+import sys
 from decimal import Decimal
 
 import pytest
@@ -24,7 +27,7 @@ from trailingstop.bus import (
     tick_queue,
     worker_permissions,
 )
-from trailingstop.contracts import ROUTE_MAX, StopEvent, TrailingStopSpec, executor_route
+from trailingstop.core.contracts import ROUTE_MAX, StopEvent, TrailingStopSpec, executor_route
 from trailingstop.operator import builders
 from trailingstop.operator.builders import BROKER_CREDENTIALS_ANNOTATION, Owner
 from trailingstop.operator.config import OperatorConfig
@@ -147,21 +150,47 @@ def test_tenancy_new_credentials_roll_the_workers() -> None:
 
 
 def test_tenancy_topology_operator_objects_stay_in_the_operators_namespace() -> None:
-    objects = builders.topology_objects("trailingstop-system", "rabbit", "ts.x.a", "ts.x.a", "pw", "admin")
+    reference = builders.cluster_reference("rabbit", "")
+    objects = builders.topology_objects("trailingstop-system", reference, "ts.x.a", "ts.x.a", "pw", "admin")
     assert [o["kind"] for o in objects] == ["Secret", "Vhost", "User", "Permission", "Permission"]
     assert {o["metadata"]["namespace"] for o in objects} == {"trailingstop-system"}
     secret, vhost, user, workers, operator = objects
     assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {"username": "ts.x.a",
                                                                                       "password": "pw"}
-    assert vhost["spec"] == {"name": "ts.x.a", "rabbitmqClusterReference": {"name": "rabbit",
-                                                                            "namespace": "trailingstop-system"}}
-    assert user["spec"]["importCredentialsSecret"] == {"name": secret["metadata"]["name"]}
+    assert vhost["spec"] == {"name": "ts.x.a", "rabbitmqClusterReference": {"name": "rabbit"}}
+    assert user["spec"] == {"importCredentialsSecret": {"name": secret["metadata"]["name"]},
+                            "rabbitmqClusterReference": {"name": "rabbit"}}  # no tags, like the API path's
     assert (workers["spec"]["user"], workers["spec"]["permissions"]) == ("ts.x.a", worker_permissions())
     assert (operator["spec"]["user"], operator["spec"]["vhost"]) == ("admin", "ts.x.a")
     names = [o["metadata"]["name"] for o in objects]
     assert len({(o["kind"], o["metadata"]["name"]) for o in objects}) == 5 and all(len(n) <= 63 for n in names)
-    other = builders.topology_objects("trailingstop-system", "rabbit", "ts.x.b", "ts.x.b", "pw", "admin")
+    # the topology operator names the Secret it generates from the User: that must fit too
+    assert len(user["metadata"]["name"] + builders.USER_CREDENTIALS_SUFFIX) <= 253
+    other = builders.topology_objects("trailingstop-system", reference, "ts.x.b", "ts.x.b", "pw", "admin")
     assert not {o["metadata"]["name"] for o in objects} & {o["metadata"]["name"] for o in other}
+
+
+def test_tenancy_topology_operator_objects_can_name_a_connection_secret_instead_of_a_cluster() -> None:
+    reference = builders.cluster_reference("", "rabbitmq-admin")
+    assert reference == {"connectionSecret": {"name": "rabbitmq-admin"}}
+    objects = builders.topology_objects("ops", reference, "ts.x.a", "ts.x.a", "pw", "admin")
+    assert all(o["spec"]["rabbitmqClusterReference"] == reference for o in objects if o["kind"] != "Secret")
+    for cluster, secret in (("", ""), ("rabbit", "rabbitmq-admin")):
+        with pytest.raises(ValueError, match="exactly one"):
+            builders.cluster_reference(cluster, secret)
+
+
+def test_tenancy_config_of_the_topology_operator_names_one_cluster_reference() -> None:
+    base = {"TRAILINGSTOP_BROKER_ADMIN": "topology-operator"}
+    by_secret = OperatorConfig.from_env({**base, "TRAILINGSTOP_RABBITMQ_CONNECTION_SECRET": "rabbitmq-admin"})
+    assert (by_secret.rabbitmq_connection_secret, by_secret.rabbitmq_cluster) == ("rabbitmq-admin", "")
+    by_cluster = OperatorConfig.from_env({**base, "TRAILINGSTOP_RABBITMQ_CLUSTER": "rabbit"})
+    assert (by_cluster.rabbitmq_connection_secret, by_cluster.rabbitmq_cluster) == ("", "rabbit")
+    both = {**base, "TRAILINGSTOP_RABBITMQ_CLUSTER": "rabbit", "TRAILINGSTOP_RABBITMQ_CONNECTION_SECRET": "s"}
+    for env in (base, both):
+        with pytest.raises(ValueError, match="exactly one of TRAILINGSTOP_RABBITMQ_CLUSTER"):
+            OperatorConfig.from_env(env)
+    assert OperatorConfig.from_env({}).broker_admin == "management-api"  # needs neither
 
 
 def test_tenancy_config_names_the_release_and_refuses_an_unknown_admin() -> None:
@@ -170,6 +199,18 @@ def test_tenancy_config_names_the_release_and_refuses_an_unknown_admin() -> None
     assert OperatorConfig.from_env({"TRAILINGSTOP_INSTANCE": "ops.rel2"}).instance == "ops.rel2"
     with pytest.raises(ValueError, match="TRAILINGSTOP_BROKER_ADMIN"):
         OperatorConfig.from_env({"TRAILINGSTOP_BROKER_ADMIN": "magic"})
+
+
+def test_tenancy_operator_refuses_a_bad_broker_setting_in_one_line() -> None:
+    """Before it touches Kubernetes or the broker: exit 2, one line naming the settings, no traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAILINGSTOP_")}
+    env.update(TRAILINGSTOP_BROKER_ADMIN="topology-operator", KUBECONFIG="/nonexistent")
+    done = subprocess.run([sys.executable, "-m", "trailingstop", "operator"], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: TRAILINGSTOP_BROKER_ADMIN=topology-operator needs "
+                                  "exactly one of TRAILINGSTOP_RABBITMQ_CLUSTER"), done.stderr
 
 
 # --- the router: a tenant's events touch only its namespace --------------------------------------------

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from trailingstop.trades import (
+from trailingstop.core.trade import Trade
+from trailingstop.tradefiles import (
     DEMO_SYMBOL,
-    Trade,
+    SkippedTrades,
     TradeFileError,
     demo_trades_path,
     load_trades,
@@ -95,6 +96,16 @@ def test_zip_and_gz_archives(tmp_path: Path) -> None:
     jgz = tmp_path / "trades.jsonl.gz"
     jgz.write_bytes(gzip.compress((json.dumps(PAYLOAD) + "\n").encode()))
     assert load_trades(jgz) == [PAYLOAD_TRADE]
+
+
+def test_a_zip_member_s_name_says_its_layout(tmp_path: Path) -> None:
+    archive = tmp_path / "dump.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("trades.jsonl", json.dumps(PAYLOAD) + "\n")
+    assert load_trades(archive) == [PAYLOAD_TRADE]
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("XRPETH-aggTrades-2019-10-11.csv", f"{HEADER}\n{ROW}\n")
+    assert load_trades(archive) == [GOOD]
 
 
 def test_zip_with_more_than_one_file_is_refused(tmp_path: Path) -> None:
@@ -252,3 +263,89 @@ def test_trade_file_error_is_a_value_error() -> None:
     error = TradeFileError("f.csv", 7, "bad")
     assert isinstance(error, ValueError)
     assert str(error) == "f.csv:7: bad"
+
+
+# --- bounded reading, every failure one TradeFileError (issue 11) ---------------------------------
+
+
+def refused(path: Path) -> TradeFileError:
+    with pytest.raises(TradeFileError) as caught:
+        load_trades(path)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 600
+    return caught.value
+
+
+def test_paths_that_are_not_trade_files(tmp_path: Path) -> None:
+    assert str(refused(tmp_path)) == f"{tmp_path}: is a directory, not a file"
+    assert str(refused(tmp_path / "a" / "b.csv")) == f"{tmp_path / 'a' / 'b.csv'}: no such file"
+    archive = tmp_path / "folder.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("x/", "")
+    assert str(refused(archive)) == f"{archive}: expected one file in the zip, found 0"
+
+
+def test_truncated_and_corrupt_archives(tmp_path: Path) -> None:
+    text = (demo_trades_path().read_text() * 2).encode()
+    gz = tmp_path / "t.csv.gz"
+    gz.write_bytes(gzip.compress(text)[:30_000])
+    error = refused(gz)
+    assert error.problem == "the compressed file is truncated" and error.line is not None and error.line > 100
+    packed = tmp_path / "t.zip"
+    with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("t.csv", text)
+    half = tmp_path / "half.zip"
+    half.write_bytes(packed.read_bytes()[: packed.stat().st_size // 2])
+    assert str(refused(half)) == f"{half}: cannot read: not a zip archive (File is not a zip file)"
+    not_gz = tmp_path / "plain.csv.gz"
+    not_gz.write_text(ROW)
+    assert str(refused(not_gz)) == f"{not_gz}:1: cannot read: Not a gzipped file (b'13')"
+
+
+def test_encodings_and_line_lengths(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes(f"{ROW}\n{ROW}\n".encode() + b"13519809,0.5,1,1,1,1570752011620,tr\xe9,true\n")
+    error = refused(path)
+    assert (error.line, error.problem) == (3, "not UTF-8 text: byte 0xe9 cannot be decoded")
+    path.write_bytes(b"\xef\xbb\xbf" + f"{HEADER}\r\n{ROW}\r\n".encode())  # Excel's UTF-8 with BOM and CRLF
+    assert load_trades(path) == [GOOD]
+    path.write_text(ROW + "\n" + "1," * 5000 + "\n")
+    error = refused(path)
+    assert (error.line, error.problem) == (2, "line longer than 4,096 bytes; not a trade file?")
+
+
+def test_json_limits(tmp_path: Path) -> None:
+    deep = write(tmp_path, "deep.json", "[" * 100_000 + "]" * 100_000)
+    assert refused(deep).problem == "JSON nested deeper than 8 levels"
+    nested = write(tmp_path, "n.jsonl", json.dumps({**PAYLOAD, "p": [[[[[[[["1"]]]]]]]]}))
+    assert refused(nested).problem == "JSON nested deeper than 8 levels"
+    digits = write(tmp_path, "d.json", '[{"a": 1' + "0" * 10_000 + "}]")
+    assert refused(digits).problem == "an integer of 10,001 digits; trade ids and times have at most 19"
+    scalar = write(tmp_path, "s.json", '["not a trade"]')
+    assert refused(scalar).problem == "item 0: expected an object, got str"
+    one_line = write(tmp_path, "big.json", json.dumps([PAYLOAD] * 5000))  # a REST answer, minified: one line
+    assert len(one_line.read_text()) > 4096 and len(load_trades(one_line)) == 5000
+
+
+@pytest.mark.parametrize(
+    ("time", "millis"),
+    [("0", 0), ("1570752011620", 1570752011620), ("99999999999999", 99999999999999),
+     ("100000000000000", 100000000000), ("253402300799999999", 253402300799999)],
+)
+def test_timestamps_in_range(tmp_path: Path, time: str, millis: int) -> None:
+    (trade,) = load_trades(write(tmp_path, "t.csv", ROW.replace("1570752011620", time)))
+    assert trade.time == millis
+
+
+def test_read_trades_can_skip_what_is_not_in_id_order(tmp_path: Path) -> None:
+    rows = [ROW.replace("13519807", str(i)) for i in (5, 6, 6, 4, 7, 7, 8)]
+    path = write(tmp_path, "t.csv", HEADER + "\n" + "\n".join(rows) + "\n")
+    assert [t.trade_id for t in load_trades(path)] == [5, 6, 6, 4, 7, 7, 8]  # as the file has them
+    skipped = SkippedTrades()
+    assert [t.trade_id for t in read_trades(path, skipped=skipped)] == [5, 6, 7, 8]
+    assert (skipped.count, skipped.first) == (3, f"{path}:4: trade 6 after trade 6")
+    jsonl = write(tmp_path, "t.json", json.dumps([PAYLOAD, PAYLOAD]))
+    skipped = SkippedTrades()
+    assert len(list(read_trades(jsonl, skipped=skipped))) == 1
+    assert skipped.first == f"{jsonl}: item 1: trade 26129 after trade 26129"
+    assert skipped.note() == (f"skipped 1 trade(s) whose id was not above the previous trade's (duplicates or out "
+                              f"of order); the first at {jsonl}: item 1: trade 26129 after trade 26129")

@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from typing import Any
@@ -35,17 +35,24 @@ from binance.exceptions import (
 )
 from binance.ws.constants import WSListenerState
 
-from trailingstop.contracts import OrderError, OrderResult, PlaceOrder, now_ms
-from trailingstop.exchange.filters import SymbolFilters
-from trailingstop.trades import Trade, trade_from_payload
+from trailingstop.aio import stop_if_cancelled
+from trailingstop.core.contracts import OrderError, OrderResult, PlaceOrder, now_ms
+from trailingstop.core.filters import SymbolFilters
+from trailingstop.core.trade import Trade
+from trailingstop.settings import (
+    LIVE_API_URL,
+    LIVE_STREAM_URL,
+    TESTNET_API_URL,
+    TESTNET_STREAM_URL,
+    Settings,
+    load_settings,
+)
+from trailingstop.tradefiles import trade_from_payload
 
 log = logging.getLogger(__name__)
 
-LIVE_API_URL = "https://api.binance.com/api"
-LIVE_STREAM_URL = "wss://stream.binance.com:9443/"
-TESTNET_API_URL = "https://testnet.binance.vision/api"
-TESTNET_STREAM_URL = "wss://stream.testnet.binance.vision/"
 AGG_TRADES_LIMIT = 1000
+CLOSE_TIMEOUT = 2.0  # seconds a trade socket gets to close before its read loop is cancelled
 
 # Binance codes after which the order's fate is unknown: query, never resend blindly.
 UNKNOWN_STATUS_CODES = frozenset({-1007, -1001, -1006})
@@ -63,18 +70,21 @@ class BinanceSettings:
     request_timeout: float = 10.0
 
     @classmethod
-    def from_env(cls, mode: str = "Live", environ: Mapping[str, str] | None = None) -> BinanceSettings:
-        env = os.environ if environ is None else environ
+    def from_settings(cls, settings: Settings, mode: str = "Live") -> BinanceSettings:
+        """Binance's view of the settings: its own URLs (Testnet's for Testnet) unless set."""
         testnet = mode == "Testnet"
-        api_url = TESTNET_API_URL if testnet else LIVE_API_URL
-        stream_url = TESTNET_STREAM_URL if testnet else LIVE_STREAM_URL
+        key, secret = settings.binance_api_key, settings.binance_api_secret
         return cls(
-            api_url=env.get("TRAILINGSTOP_BINANCE_API_URL") or api_url,
-            stream_url=env.get("TRAILINGSTOP_BINANCE_STREAM_URL") or stream_url,
-            api_key=env.get("BINANCE_API_KEY") or None,
-            api_secret=env.get("BINANCE_API_SECRET") or None,
-            request_timeout=float(env.get("TRAILINGSTOP_BINANCE_TIMEOUT", "10")),
+            api_url=settings.binance_api_url or (TESTNET_API_URL if testnet else LIVE_API_URL),
+            stream_url=settings.binance_stream_url or (TESTNET_STREAM_URL if testnet else LIVE_STREAM_URL),
+            api_key=key.get_secret_value() or None if key else None,
+            api_secret=secret.get_secret_value() or None if secret else None,
+            request_timeout=settings.binance_timeout,
         )
+
+    @classmethod
+    def from_env(cls, mode: str = "Live", environ: Mapping[str, str] | None = None) -> BinanceSettings:
+        return cls.from_settings(load_settings(environ), mode)
 
     def __repr__(self) -> str:  # keys stay out of every repr, hence out of logs and tracebacks
         keys = "set" if self.api_key else "none"
@@ -103,7 +113,9 @@ async def symbol_filters(client: AsyncClient, symbol: str) -> SymbolFilters:
     return SymbolFilters.from_exchange_info(info)
 
 
-async def agg_trades(client: AsyncClient, symbol: str, from_id: int, to_id: int | None = None) -> AsyncIterator[Trade]:
+async def agg_trades(
+    client: AsyncClient, symbol: str, from_id: int, to_id: int | None = None
+) -> AsyncGenerator[Trade, None]:
     """Trades ``from_id`` .. ``to_id`` (inclusive; to the newest when None) over REST, in order."""
     next_id = from_id
     while to_id is None or next_id <= to_id:
@@ -156,25 +168,27 @@ class TradeFeed:
         self.reconnects = 0  # the library's own reconnects (its error markers) and our new sockets
         self.backfilled = 0
 
-    async def trades(self) -> AsyncIterator[Trade]:
+    async def trades(self) -> AsyncGenerator[Trade, None]:
+        """The trades, for ever. Close it (``aclosing``) to close the socket at once."""
         backoff = 0.5
         while True:
             socket = self._socket()
             try:
-                async with _promptly_closed(socket) as stream:
+                async with _promptly_closed(socket) as stream, aclosing(self._read(stream)) as reading:
                     self.connections += 1
                     if self.connections > 1:
                         self.reconnects += 1
                     self.connected = True
                     backoff = 0.5
-                    async for trade in self._read(stream):
+                    async for trade in reading:
                         yield trade
             except (TimeoutError, BinanceWebsocketUnableToConnect, ReadLoopClosed, OSError) as exc:
                 log.warning("%s trade stream lost (%r); reconnecting", self.symbol, exc, extra={"symbol": self.symbol})
             finally:
                 self.connected = False
-            async for trade in self._catch_up():
-                yield trade
+            async with aclosing(self._catch_up()) as missed:
+                async for trade in missed:
+                    yield trade
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
 
@@ -183,16 +197,19 @@ class TradeFeed:
         manager.STREAM_URL = self.stream_url
         return manager.aggtrade_socket(self.symbol)
 
-    async def _read(self, stream: Any) -> AsyncIterator[Trade]:
+    async def _read(self, stream: Any) -> AsyncGenerator[Trade, None]:
         """Trades from one socket until it dies (returns) or goes silent while trades happen."""
         while True:
             try:
-                message = await asyncio.wait_for(stream.recv(), self.silence)
+                # asyncio.timeout, not wait_for: wait_for can lose a cancellation (trailingstop.aio).
+                async with asyncio.timeout(self.silence):
+                    message = await stream.recv()
             except TimeoutError:
                 missed = False
-                async for trade in self._catch_up():
-                    missed = True
-                    yield trade
+                async with aclosing(self._catch_up()) as caught_up:
+                    async for trade in caught_up:
+                        missed = True
+                        yield trade
                 if missed:
                     log.warning("%s socket silent while trades happened; replacing it", self.symbol,
                                 extra={"symbol": self.symbol})
@@ -205,36 +222,40 @@ class TradeFeed:
                 log.info("%s stream reported %s", self.symbol, message, extra={"symbol": self.symbol})
                 continue
             trade = trade_from_payload(message)
-            async for accepted in self._in_order(trade):
-                yield accepted
+            async with aclosing(self._in_order(trade)) as accepted:
+                async for in_order in accepted:
+                    yield in_order
 
-    async def _in_order(self, trade: Trade) -> AsyncIterator[Trade]:
+    async def _in_order(self, trade: Trade) -> AsyncGenerator[Trade, None]:
         last = self.last_trade_id
         if last is not None and trade.trade_id <= last:
             return
         if last is not None and trade.trade_id > last + 1:
-            async for missed in self._backfill(last + 1, trade.trade_id - 1):
-                yield missed
+            async with aclosing(self._backfill(last + 1, trade.trade_id - 1)) as missed:
+                async for trade_missed in missed:
+                    yield trade_missed
         self.last_trade_id = trade.trade_id
         yield trade
 
-    async def _catch_up(self) -> AsyncIterator[Trade]:
+    async def _catch_up(self) -> AsyncGenerator[Trade, None]:
         """Trades after the last one seen, over REST (nothing when none was seen yet)."""
         if self.last_trade_id is None:
             return
         try:
-            async for trade in self._backfill(self.last_trade_id + 1, None):
-                yield trade
+            async with aclosing(self._backfill(self.last_trade_id + 1, None)) as missed:
+                async for trade in missed:
+                    yield trade
         except (TimeoutError, BinanceAPIException, BinanceRequestException, aiohttp.ClientError) as exc:
             log.warning("%s backfill failed (%r); will retry", self.symbol, exc, extra={"symbol": self.symbol})
 
-    async def _backfill(self, from_id: int, to_id: int | None) -> AsyncIterator[Trade]:
-        async for trade in agg_trades(self.client, self.symbol, from_id, to_id):
-            if self.last_trade_id is not None and trade.trade_id <= self.last_trade_id:
-                continue
-            self.last_trade_id = trade.trade_id
-            self.backfilled += 1
-            yield trade
+    async def _backfill(self, from_id: int, to_id: int | None) -> AsyncGenerator[Trade, None]:
+        async with aclosing(agg_trades(self.client, self.symbol, from_id, to_id)) as fetched:
+            async for trade in fetched:
+                if self.last_trade_id is not None and trade.trade_id <= self.last_trade_id:
+                    continue
+                self.last_trade_id = trade.trade_id
+                self.backfilled += 1
+                yield trade
 
 
 class _OwnCloseIsNoError(logging.Filter):
@@ -250,42 +271,92 @@ logging.getLogger("binance.ws.reconnecting_websocket").addFilter(_OwnCloseIsNoEr
 
 @contextlib.asynccontextmanager
 async def _promptly_closed(socket: Any) -> AsyncIterator[Any]:
-    """A python-binance socket whose close does not wait for the next message.
+    """A python-binance socket whose close does not wait for the next message, nor for ever.
 
     Its own close waits until its read loop notices it is exiting, which happens only once a
     message arrives or its 10 s receive timeout passes: a quiet market held up every shutdown (a
-    pod's SIGTERM, Ctrl-C of ``run --live``) by up to 10 s. Closing the connection first wakes
-    the read loop at once.
+    pod's SIGTERM, Ctrl-C of ``run --live``) by up to 10 s. And a read loop that is reconnecting
+    sleeps up to a minute between tries and forgets it was told to exit when it connects. So the
+    connection is closed and the read loop cancelled first; what is left of the close gets
+    :data:`CLOSE_TIMEOUT`.
     """
     stream = await socket.__aenter__()
     try:
         yield stream
     finally:
         socket.ws_state = WSListenerState.EXITING
-        if socket.ws is not None:
-            await socket.ws.close()
-        await socket.__aexit__(None, None, None)
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                if socket.ws is not None:
+                    await socket.ws.close()
+                for task in _read_loops(socket):
+                    task.cancel()
+                await socket.__aexit__(None, None, None)
+        except TimeoutError:
+            log.warning("trade socket did not close in %.0fs; left to the garbage collector", CLOSE_TIMEOUT)
 
 
-async def live_trades(symbols: list[str], settings: BinanceSettings) -> AsyncIterator[tuple[str, Trade]]:
-    """Live trades of several symbols, merged (each symbol in its own order)."""
+def _read_loops(socket: Any) -> list[asyncio.Task[Any]]:
+    """The tasks running ``socket``'s read loop (python-binance keeps only a callback handle)."""
+    found = []
+    for task in asyncio.all_tasks():
+        frame = getattr(task.get_coro(), "cr_frame", None)
+        if frame is not None and frame.f_code.co_name == "_read_loop" and frame.f_locals.get("self") is socket:
+            found.append(task)
+    return found
+
+
+async def live_trades(
+    symbols: list[str], settings: BinanceSettings, queue_size: int = 10_000
+) -> AsyncGenerator[tuple[str, Trade], None]:
+    """Live trades of several symbols, merged (each symbol in its own order).
+
+    Close it (``aclosing``) when done: the feeds stop and their sockets close within about
+    :data:`CLOSE_TIMEOUT`, even with the queue full and a socket that is slow to close. A feed
+    that fails ends the stream with its error instead of leaving the reader waiting.
+    """
     client = await connect_client(settings)
-    queue: asyncio.Queue[tuple[str, Trade]] = asyncio.Queue(maxsize=10_000)
+    queue: asyncio.Queue[tuple[str, Trade] | None] = asyncio.Queue(maxsize=queue_size)
+    ended: list[asyncio.Task[None]] = []
 
     async def pump(symbol: str) -> None:
-        async for trade in TradeFeed(client, symbol, settings.stream_url).trades():
-            await queue.put((symbol, trade))
+        async with aclosing(TradeFeed(client, symbol, settings.stream_url).trades()) as trades:
+            async for trade in trades:
+                stop_if_cancelled()  # never block on the full queue below once asked to stop
+                await queue.put((symbol, trade))
+
+    def on_end(task: asyncio.Task[None]) -> None:
+        ended.append(task)
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue: the reader sees `ended` soon
+            queue.put_nowait(None)
 
     tasks = [asyncio.create_task(pump(symbol)) for symbol in symbols]
+    for task in tasks:
+        task.add_done_callback(on_end)
     try:
-        while True:
-            yield await queue.get()
+        while not ended:
+            item = await queue.get()
+            if item is not None:
+                yield item
+        ended[0].result()  # a feed's error, raised here
+        raise RuntimeError("a trade feed ended")  # it never does by itself
     finally:
-        for task in tasks:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await _stop(tasks)
         await client.close_connection()
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the feeds and give them (their sockets) a bounded time to close."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=2 * CLOSE_TIMEOUT)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("trade feed ended with %r", task.exception())
+    if pending:
+        log.warning("%d trade feed(s) did not stop in %.0fs", len(pending), 2 * CLOSE_TIMEOUT)
 
 
 # --- exactly-once orders ---------------------------------------------------------------------------

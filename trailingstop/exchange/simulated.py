@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 
-from trailingstop.contracts import OrderResult, PlaceOrder
-from trailingstop.exchange.filters import SymbolFilters
+from trailingstop.core.contracts import OrderResult, PlaceOrder
+from trailingstop.core.decimals import EXACT
+from trailingstop.core.filters import SymbolFilters
 
 
 class SimulatedExchange:
@@ -39,7 +40,7 @@ class SimulatedExchange:
             order_id=simulated_order_id(order.client_order_id),
             executed_qty=quantity,
             avg_price=price,
-            cummulative_quote_qty=quantity * price,
+            cummulative_quote_qty=EXACT.multiply(quantity, price),  # up to 80 digits: exact, never rounded
             at=order.triggered_at,
         )
         self._orders[order.client_order_id] = result

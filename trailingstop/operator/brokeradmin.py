@@ -5,13 +5,15 @@
 * :class:`TopologyOperator`: ``Vhost``, ``User`` and ``Permission`` resources of the RabbitMQ
   messaging-topology-operator, created in the operator's own namespace (so the users' credentials
   Secrets never reach a tenant namespace except as the workers' URL) and referring to a
-  ``RabbitmqCluster``. The topology operator makes the broker objects; we wait until they are Ready.
+  ``RabbitmqCluster`` or to a connection Secret (uri, username, password) for a broker no Cluster
+  Operator manages. The topology operator makes the broker objects; we wait until they are Ready.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -22,6 +24,8 @@ from trailingstop.bus import worker_permissions
 from trailingstop.operator import builders
 from trailingstop.operator.kube import Kube
 from trailingstop.operator.tenancy import BrokerAdminError
+
+log = logging.getLogger(__name__)
 
 FULL_PERMISSIONS = {"configure": ".*", "write": ".*", "read": ".*"}
 MANAGEMENT_PORT = 15672
@@ -61,7 +65,7 @@ class ManagementApi:
                 f"the namespaces' vhosts and users (it has {sorted(tags) or 'none'}); see docs/INSTALL.md"
             )
 
-    async def ensure_tenant(self, vhost: str, user: str, password: str) -> None:
+    async def put_tenant(self, vhost: str, user: str, password: str) -> None:
         v, u = quote(vhost, safe=""), quote(user, safe="")
         await self._request("PUT", f"/api/vhosts/{v}", {"description": "trailingstop tenant", "tags": "trailingstop"})
         await self._request("PUT", f"/api/users/{u}", {"password": password, "tags": ""})
@@ -95,47 +99,121 @@ class ManagementApi:
 
 
 class TopologyOperator:
+    """Tenants as the messaging-topology-operator's objects, in the operator's own namespace.
+
+    The topology operator declares them on the broker and marks each ``Ready`` once it has; we
+    wait for that, at the object's current generation. Deleting the objects makes it remove the
+    vhost and the user (its finalizers), and we wait until they are gone, so a tenant set up
+    again right after never meets a half-deleted one.
+
+    It imports the User's password once, into its own ``<user>-user-credentials`` Secret. When
+    the tenant's password changes (a new ``ts-amqp``), the User and the workers' Permission are
+    made again: deleting the broker user drops its permissions, and new objects are Ready only
+    once declared with the new password.
+
+    Definitions the broker loses later (a broker without persistence, restarted) come back with
+    the topology operator's own periodic reconcile (its ``SYNC_PERIOD``), not from here.
+    """
+
     def __init__(
-        self, kube: Kube, namespace: str, cluster: str, operator_user: str, ready_timeout: float = 60.0
+        self, kube: Kube, namespace: str, reference: dict[str, Any], operator_user: str,
+        ready_timeout: float = 60.0, poll_interval: float = 0.5,
     ) -> None:
         self.kube = kube
         self.namespace = namespace  # the operator's own: tenants never see these objects
-        self.cluster = cluster
+        self.reference = reference
         self.operator_user = operator_user
         self.ready_timeout = ready_timeout
+        self.poll_interval = poll_interval
 
     async def check(self) -> None:
-        if not self.cluster:
-            raise BrokerAdminError(
-                "TRAILINGSTOP_RABBITMQ_CLUSTER must name the RabbitmqCluster the topology operator's objects refer to"
-            )
+        """A connection Secret must be there with its three keys (their values are the topology
+        operator's business; we only look at the key names)."""
+        secret = self.reference.get("connectionSecret", {}).get("name")
+        if not secret:
+            return  # a RabbitmqCluster: the topology operator says on our objects if it is missing
+        found = await self.kube.read({"kind": "Secret", "metadata": {"namespace": self.namespace, "name": secret}})
+        if found is None:
+            raise BrokerAdminError(f"the connection Secret {self.namespace}/{secret} (TRAILINGSTOP_RABBITMQ_CONNECTION_"
+                                   f"SECRET) does not exist; it needs the keys uri, username and password")
+        missing = sorted({"uri", "username", "password"} - set(found.get("data") or {}))
+        if missing:
+            raise BrokerAdminError(f"the connection Secret {self.namespace}/{secret} lacks the key(s) "
+                                   f"{', '.join(missing)} (it needs uri, username and password)")
 
-    async def ensure_tenant(self, vhost: str, user: str, password: str) -> None:
-        objects = builders.topology_objects(self.namespace, self.cluster, vhost, user, password, self.operator_user)
+    async def put_tenant(self, vhost: str, user: str, password: str) -> None:
+        objects = self._objects(vhost, user, password)
+        deadline = time.monotonic() + self.ready_timeout
+        await self._wait_gone([o for o in objects if await self._terminating(o)], deadline)
+        await self._forget_old_password(objects, user, password, deadline)
         for desired in objects:
-            await self.kube.ensure(desired)
-        await self._wait_ready([o for o in objects if o["kind"] != "Secret"])
+            await self.kube.apply(desired)
+        await self._wait_ready([o for o in objects if o["kind"] != "Secret"], deadline)
 
     async def remove_tenant(self, vhost: str, user: str) -> None:
-        objects = builders.topology_objects(self.namespace, self.cluster, vhost, user, "", self.operator_user)
+        objects = self._objects(vhost, user, "")
         for desired in reversed(objects):
             await self.kube.delete(desired)
+        await self._wait_gone([o for o in objects if o["kind"] != "Secret"], time.monotonic() + self.ready_timeout)
 
     async def close(self) -> None:
         return None
 
-    async def _wait_ready(self, objects: list[dict[str, Any]]) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        for desired in objects:
-            while not await self._ready(desired):
-                if time.monotonic() > deadline:
-                    raise BrokerAdminError(
-                        f"{desired['kind']} {self.namespace}/{desired['metadata']['name']} not Ready after "
-                        f"{self.ready_timeout:.0f}s: is the messaging-topology-operator running?"
-                    )
-                await asyncio.sleep(1.0)
+    def _objects(self, vhost: str, user: str, password: str) -> list[dict[str, Any]]:
+        return builders.topology_objects(self.namespace, self.reference, vhost, user, password, self.operator_user)
 
-    async def _ready(self, desired: dict[str, Any]) -> bool:
+    async def _forget_old_password(
+        self, objects: list[dict[str, Any]], username: str, password: str, deadline: float
+    ) -> None:
+        """The User and the workers' Permission go if the User was made with another password."""
+        user = next(o for o in objects if o["kind"] == "User")
+        workers = next(o for o in objects if o["kind"] == "Permission" and o["spec"]["user"] == username)
+        current = await self.kube.read(user)
+        generated = ((current or {}).get("status") or {}).get("credentials", {}).get("name")
+        if not generated:
+            return
+        if await self.kube.secret_value(self.namespace, generated, "password") in (None, password):
+            return
+        log.info("broker user %s gets a new password: its User and Permission are made again",
+                 user["metadata"]["name"])
+        for desired in (workers, user):
+            await self.kube.delete(desired)
+        await self._wait_gone([workers, user], deadline)
+
+    async def _terminating(self, desired: dict[str, Any]) -> bool:
         current = await self.kube.read(desired)
-        conditions = (current or {}).get("status", {}).get("conditions", [])
-        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        return bool(current and current["metadata"].get("deletionTimestamp"))
+
+    async def _wait_gone(self, objects: list[dict[str, Any]], deadline: float) -> None:
+        for desired in objects:
+            while await self.kube.read(desired) is not None:
+                if time.monotonic() > deadline:
+                    raise BrokerAdminError(f"{self._describe(desired)} still being deleted after "
+                                           f"{self.ready_timeout:.0f}s: is the messaging-topology-operator running?")
+                await asyncio.sleep(self.poll_interval)
+
+    async def _wait_ready(self, objects: list[dict[str, Any]], deadline: float) -> None:
+        for desired in objects:
+            while (problem := await self._not_ready(desired)) is not None:
+                if time.monotonic() > deadline:
+                    raise BrokerAdminError(f"{self._describe(desired)} not Ready after {self.ready_timeout:.0f}s: "
+                                           f"{problem}")
+                await asyncio.sleep(self.poll_interval)
+
+    async def _not_ready(self, desired: dict[str, Any]) -> str | None:
+        """None once the topology operator has declared the object's current generation, else why not."""
+        current = await self.kube.read(desired)
+        if current is None:
+            return "it is gone"
+        status = current.get("status") or {}
+        ready = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), None)
+        if ready is None:
+            return "no status yet: is the messaging-topology-operator running and watching this namespace?"
+        if ready.get("status") != "True":
+            return str(ready.get("message") or ready.get("reason") or "not ready")
+        if status.get("observedGeneration") != current["metadata"].get("generation"):
+            return "its latest change is not declared yet"
+        return None
+
+    def _describe(self, desired: dict[str, Any]) -> str:
+        return f"{desired['kind']} {self.namespace}/{desired['metadata']['name']}"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trailingstop.bus import worker_permissions
-from trailingstop.contracts import API_GROUP, API_VERSION, KIND
+from trailingstop.core.contracts import API_GROUP, API_VERSION, KIND
 from trailingstop.operator.config import HEALTH_PORT, OperatorConfig
 
 MANAGED_BY = "trailingstop-operator"
@@ -232,14 +232,33 @@ def _pod_spec(config: OperatorConfig, args: list[str], extra_env: list[dict[str,
 
 # --- broker tenants through the messaging-topology-operator -------------------------------------------
 
+# The Secret the topology operator's User controller makes from the imported credentials, and
+# reads the password from on every reconcile (the imported Secret is read only once).
+USER_CREDENTIALS_SUFFIX = "-user-credentials"
+
+
+def cluster_reference(cluster: str, connection_secret: str) -> dict[str, Any]:
+    """The objects' ``rabbitmqClusterReference``: a RabbitmqCluster by name, or a connection Secret
+    (``uri``, ``username``, ``password``); both live in the objects' own namespace."""
+    if bool(cluster) == bool(connection_secret):
+        raise ValueError("name exactly one of a RabbitmqCluster or a connection Secret")
+    return {"name": cluster} if cluster else {"connectionSecret": {"name": connection_secret}}
+
+
+def topology_base(vhost: str) -> str:
+    """The prefix of a tenant's object names: short, and the same on every call for one vhost."""
+    return "ts-tenant-" + hashlib.sha256(vhost.encode()).hexdigest()[:16]
+
 
 def topology_objects(
-    namespace: str, cluster: str, vhost: str, user: str, password: str, operator_user: str
+    namespace: str, reference: dict[str, Any], vhost: str, user: str, password: str, operator_user: str
 ) -> list[dict[str, Any]]:
     """A tenant as the topology operator's objects, in the operator's ``namespace``: the workers'
-    credentials Secret, the Vhost, the User, and the Permissions of the workers and the operator."""
-    base = "ts-tenant-" + hashlib.sha256(vhost.encode()).hexdigest()[:16]
-    reference = {"name": cluster, "namespace": namespace}
+    credentials Secret, the Vhost, the User, and the Permissions of the workers and the operator.
+
+    The order is the order of creation (deletion goes the other way). The User has no tags, like
+    the management API path's workers."""
+    base = topology_base(vhost)
     labels = _labels("broker-tenant", {TENANT_LABEL: base})
     credentials = f"{base}-credentials"
 
@@ -261,7 +280,7 @@ def topology_objects(
     return [
         secret,
         custom("Vhost", base, {"name": vhost}),
-        custom("User", f"{base}-workers", {"tags": [], "importCredentialsSecret": {"name": credentials}}),
+        custom("User", f"{base}-workers", {"importCredentialsSecret": {"name": credentials}}),
         custom("Permission", f"{base}-workers", {"vhost": vhost, "user": user, "permissions": worker_permissions()}),
         custom("Permission", f"{base}-operator", {
             "vhost": vhost, "user": operator_user, "permissions": {"configure": ".*", "write": ".*", "read": ".*"},

@@ -11,13 +11,12 @@ import asyncio
 import contextlib
 import logging
 import time
-import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from trailingstop import telemetry
 from trailingstop.bus import OPERATOR_ORDER_EVENTS_QUEUE, OPERATOR_QUEUES, OPERATOR_STOP_EVENTS_QUEUE, Bus
-from trailingstop.contracts import (
+from trailingstop.core.contracts import (
     OrderResult,
     Phase,
     StopCommand,
@@ -26,8 +25,8 @@ from trailingstop.contracts import (
     ms_to_rfc3339,
     now_ms,
 )
+from trailingstop.core.lifecycle import apply_order_result, apply_stop_event, triggered_by_order
 from trailingstop.operator.stops import StopRecord, StopStore
-from trailingstop.status import apply_order_result, apply_stop_event, triggered_by_order
 from trailingstop.telemetry import stop_fields
 
 log = logging.getLogger(__name__)
@@ -91,7 +90,7 @@ class StatusWriter:
                 telemetry.STOP_PRICES.remove(record.namespace, record.name, record.spec.symbol, kind)
 
     def count_phases(self) -> None:
-        counts = dict.fromkeys(typing.get_args(Phase), 0)
+        counts = dict.fromkeys(Phase, 0)
         for stored in self.store.all():
             counts[stored.status.phase] += 1
         for phase, count in counts.items():

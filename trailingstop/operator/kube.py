@@ -22,7 +22,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 
 from trailingstop import telemetry
-from trailingstop.contracts import API_GROUP, API_VERSION, KIND, PLURAL, TrailingStopStatus, ms_to_rfc3339, now_ms
+from trailingstop.core.contracts import API_GROUP, API_VERSION, KIND, PLURAL, TrailingStopStatus, ms_to_rfc3339, now_ms
 from trailingstop.operator.builders import MANAGED_BY, RABBITMQ_TOPOLOGY_GROUP
 from trailingstop.operator.stops import StopRecord, StopStore
 
@@ -139,7 +139,7 @@ class Kube:
 
     # --- child objects -------------------------------------------------------------------------------
 
-    async def ensure(self, desired: dict[str, Any]) -> bool:
+    async def apply(self, desired: dict[str, Any]) -> bool:
         """Server-side apply ``desired`` unless what exists already contains it. True if written."""
         kind, namespace, name = desired["kind"], desired["metadata"]["namespace"], desired["metadata"]["name"]
         existing = await self.read(desired)

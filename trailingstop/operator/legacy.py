@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from trailingstop.bus import OPERATOR_QUEUES, Bus, QueueSpec, executor_queue
-from trailingstop.contracts import OrderResult, PlaceOrder, StopEvent, TrailingStopSpec
+from trailingstop.core.contracts import OrderResult, PlaceOrder, StopEvent, TrailingStopSpec
 from trailingstop.operator.events import EventRouter
 from trailingstop.operator.stops import StopStore
 from trailingstop.operator.tenancy import Tenants
@@ -123,7 +123,7 @@ class LegacyDrain:
         record = self.store.get(order.uid)
         if record is None:
             raise NotOurs(f"legacy order {order.client_order_id} of unknown stop {order.uid}")
-        tenant = await self.tenants.ensure(record.namespace)
+        tenant = await self.tenants.provision(record.namespace)
         moved = order.model_copy(update={"route": record.spec.route})
         await tenant.bus.publish_order(moved)
         self.moved += 1

@@ -11,14 +11,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from typing import Any
 
 import kopf
 
 from trailingstop import telemetry
 from trailingstop.bus import Bus, connect_bus
-from trailingstop.contracts import API_GROUP, API_VERSION, PLURAL
+from trailingstop.core.contracts import API_GROUP, API_VERSION, PLURAL
 from trailingstop.health import HealthServer
+from trailingstop.operator import builders
 from trailingstop.operator.brokeradmin import ManagementApi, TopologyOperator, credentials_of, default_management_url
 from trailingstop.operator.config import OperatorConfig
 from trailingstop.operator.events import EventRouter, StatusWriter
@@ -26,6 +28,7 @@ from trailingstop.operator.kube import Kube, KubeStopStore, api_client
 from trailingstop.operator.legacy import LegacyDrain
 from trailingstop.operator.reconcile import Reconciler
 from trailingstop.operator.tenancy import BrokerAdmin, BrokerAdminError, Tenants
+from trailingstop.settings import SettingsError, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,9 @@ class Operator:
 
     def __init__(self) -> None:
         self.config = OperatorConfig()
+        self._clear()
+
+    def _clear(self) -> None:
         self.health: HealthServer | None = None
         self.home: Bus | None = None
         self.kube: Kube | None = None
@@ -45,6 +51,15 @@ class Operator:
         self._audit: asyncio.Task[None] | None = None
 
     async def start(self, config: OperatorConfig) -> None:
+        """kopf retries a start that failed (the broker not there yet, the broker admin's check): it
+        releases what it had opened first, so the next attempt finds the health port free."""
+        try:
+            await self._start(config)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, config: OperatorConfig) -> None:
         self.config = config
         self.health = HealthServer(config.health_port)
         await self.health.start()
@@ -57,7 +72,11 @@ class Operator:
         self.router = router = EventRouter(store, writer)
         await router.start()
         admin = broker_admin(config, kube)
-        await admin.check()
+        try:
+            await admin.check()
+        except BaseException:
+            await admin.close()  # not yet the tenants' to close
+            raise
 
         async def saved_url(namespace: str) -> str | None:
             return await kube.secret_value(namespace, config.amqp_secret_name, "url")
@@ -86,6 +105,7 @@ class Operator:
             await self.kube.close()
         if self.health is not None:
             await self.health.stop()
+        self._clear()  # nothing is closed twice; a new start begins afresh
 
     @property
     def work(self) -> Reconciler:
@@ -96,7 +116,8 @@ class Operator:
 def broker_admin(config: OperatorConfig, kube: Kube) -> BrokerAdmin:
     user, password = credentials_of(config.amqp_url)
     if config.broker_admin == "topology-operator":
-        return TopologyOperator(kube, config.operator_namespace, config.rabbitmq_cluster, user)
+        reference = builders.cluster_reference(config.rabbitmq_cluster, config.rabbitmq_connection_secret)
+        return TopologyOperator(kube, config.operator_namespace, reference, user)
     return ManagementApi(config.management_url or default_management_url(config.amqp_url), user, password)
 
 
@@ -113,7 +134,7 @@ OPERATOR = Operator()
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
 
 
-@kopf.on.startup()
+@kopf.on.startup(backoff=10)  # a failed start (see Operator.start) is tried again 10 s later, not 60
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
@@ -137,9 +158,9 @@ async def cleanup(**_: Any) -> None:
 
 @kopf.on.create(*RESOURCE)
 @kopf.on.resume(*RESOURCE)
-async def ensure(body: kopf.Body, **_: Any) -> None:
-    telemetry.OPERATOR_RECONCILES.labels(handler="ensure").inc()
-    await OPERATOR.work.ensure(body)
+async def reconcile(body: kopf.Body, **_: Any) -> None:
+    telemetry.OPERATOR_RECONCILES.labels(handler="reconcile").inc()
+    await OPERATOR.work.reconcile(body)
 
 
 @kopf.on.update(*RESOURCE, field="spec")
@@ -155,9 +176,14 @@ async def deleted(body: kopf.Body, **_: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    telemetry.setup_logging()
-    telemetry.setup_tracing("trailingstop-operator")
-    config = OperatorConfig.from_env(
+    try:
+        settings = load_settings()
+    except SettingsError as exc:  # the Deployment's env, not a bug: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    telemetry.setup(settings, "trailingstop-operator")
+    config = OperatorConfig.from_settings(
+        settings,
         namespaces=tuple(args.namespaces) if args.namespaces else None,
         clusterwide=True if args.all_namespaces else None,
         standalone=True if args.standalone else None,

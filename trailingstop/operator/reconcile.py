@@ -1,6 +1,6 @@
 """What the operator does for a TrailingStop: child objects, commands to the orchestrator, refusals.
 
-Every function here is idempotent: kopf calls ``ensure`` on create and again on resume after an
+Every function here is idempotent: kopf calls ``reconcile`` on create and again on resume after an
 operator restart, and nothing is written unless it changed.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -17,15 +18,17 @@ from kubernetes_asyncio.client.rest import ApiException
 from pydantic import ValidationError
 
 from trailingstop.bus import Bus
-from trailingstop.contracts import (
-    FINAL_PHASES,
+from trailingstop.core.contracts import (
+    Phase,
     StopCommand,
     TrailingStopSpec,
     TrailingStopStatus,
     describe_errors,
     ms_to_rfc3339,
     now_ms,
+    to_wire,
 )
+from trailingstop.core.lifecycle import has_fired, is_final, pending, spec_accepted, spec_refused
 from trailingstop.operator import builders
 from trailingstop.operator.builders import Owner
 from trailingstop.operator.coalesce import Coalescer
@@ -34,23 +37,21 @@ from trailingstop.operator.events import StatusWriter
 from trailingstop.operator.kube import Kube
 from trailingstop.operator.stops import StopRecord, StopStore
 from trailingstop.operator.tenancy import BrokerAdminError, Tenant, Tenants
-from trailingstop.status import set_condition
 from trailingstop.telemetry import stop_fields
 
 log = logging.getLogger(__name__)
 
-TRIGGERED_OR_LATER = frozenset({"Triggered", *FINAL_PHASES})
 # What a child object is for: ("broker", namespace, ""), ("symbol", namespace, SYMBOL) or
 # ("route", namespace, route).
 WorkloadKey = tuple[str, str, str]
 # Phase reached -> (Kubernetes Event reason, is a warning)
-TRANSITION_EVENTS: dict[str, tuple[str, bool]] = {
-    "Tracking": ("Activated", False),
-    "Triggered": ("Triggered", False),
-    "Filled": ("Filled", False),
-    "Rejected": ("Rejected", True),
-    "Failed": ("Failed", True),
-    "Invalid": ("Invalid", True),
+TRANSITION_EVENTS: dict[Phase, tuple[str, bool]] = {
+    Phase.TRACKING: ("Activated", False),
+    Phase.TRIGGERED: ("Triggered", False),
+    Phase.FILLED: ("Filled", False),
+    Phase.REJECTED: ("Rejected", True),
+    Phase.FAILED: ("Failed", True),
+    Phase.INVALID: ("Invalid", True),
 }
 
 
@@ -94,51 +95,43 @@ class Reconciler:
             self.store.put(record_from_body(body), body.get("status"))
         return len(bodies)
 
-    async def ensure(self, body: Mapping[str, Any]) -> None:
+    async def reconcile(self, body: Mapping[str, Any]) -> None:
         """On create and on resume: children exist with this stop among their owners; the
         orchestrator has the stop (with its saved progress)."""
         self._require_broker()
         record = self.store.put(record_from_body(body), body.get("status"))
         if record.status.observed_generation is None:  # never written: a new stop
-            await self._mark_pending(record)
-        await self.ensure_workloads(record)
-        if record.status.phase not in FINAL_PHASES:
+            await self.writer.submit(record, pending(record.status, record.generation, ms_to_rfc3339(now_ms())))
+        await self.apply_workloads(record)
+        if not is_final(record.status.phase):
             await self._tenant_bus(record).publish_command(StopCommand.upsert(record.definition()))
 
     async def spec_changed(self, body: Mapping[str, Any]) -> None:
         self._require_broker()
         record = self.store.put(record_from_body(body), body.get("status"))
         now = ms_to_rfc3339(now_ms())
-        if record.status.phase in TRIGGERED_OR_LATER:
+        if has_fired(record.status.phase):
             # The stop fired: its order exists. A new spec would be a new stop; say so, change nothing.
-            conditions = set_condition(
-                record.status.conditions, "SpecAccepted", "False", "SpecChangeRefused",
-                f"the stop is {record.status.phase}; create a new TrailingStop instead", now, record.generation,
-            )
-            await self.writer.submit(record, record.status.model_copy(update={"conditions": conditions}))
+            await self.writer.submit(record, spec_refused(record.status, record.generation, now))
             log.warning("spec change of %s refused: already %s", record.key, record.status.phase,
                         extra=stop_fields(record.namespace, record.name, record.uid, record.spec.symbol))
             return
-        conditions = set_condition(
-            record.status.conditions, "SpecAccepted", "True", "Applied", f"generation {record.generation}",
-            now, record.generation,
-        )
-        await self.writer.submit(record, record.status.model_copy(update={"conditions": conditions}))
-        await self.ensure_workloads(record)
+        await self.writer.submit(record, spec_accepted(record.status, record.generation, now))
+        await self.apply_workloads(record)
         await self._tenant_bus(record).publish_command(StopCommand.upsert(record.definition()))
 
     async def deleted(self, body: Mapping[str, Any]) -> None:
         self._require_broker()
         record = self.store.get(body["metadata"]["uid"]) or record_from_body(body)
         tenant = self.tenants.get(record.namespace)
-        if record.status.phase not in FINAL_PHASES and tenant is not None:
+        if not is_final(record.status.phase) and tenant is not None:
             await tenant.bus.publish_command(StopCommand.cancel(record.definition(with_state=False)))
         self.store.remove(record.uid)
         self.writer.forget(record)
         if not self.store.in_namespace(record.namespace):  # the last one: its broker tenant goes too
             await self._request(("broker", record.namespace, ""))
 
-    async def ensure_workloads(self, record: StopRecord) -> None:
+    async def apply_workloads(self, record: StopRecord) -> None:
         """The namespace's broker Secret, the symbol's workers, the route's executor, each with
         every stop that needs it among its owners (coalesced: see :mod:`.coalesce`)."""
         namespace = record.namespace
@@ -161,9 +154,9 @@ class Reconciler:
             if kind == "broker":
                 await self.tenants.retire(namespace)
             return  # the garbage collector removes the workers of the last stop
-        tenant = await self.tenants.ensure(namespace)
+        tenant = await self.tenants.provision(namespace)
         if kind == "broker":
-            await self.kube.ensure(builders.amqp_secret(self.config, namespace, tenant.worker_url, _owners(stops)))
+            await self.kube.apply(builders.amqp_secret(self.config, namespace, tenant.worker_url, _owners(stops)))
         elif kind == "symbol":
             await self._apply_symbol(tenant, name, [r for r in stops if r.spec.symbol == name])
         else:
@@ -173,15 +166,15 @@ class Reconciler:
         if not users:
             return
         owners, namespace = _owners(users), tenant.namespace
-        await self.kube.ensure(builders.marketdata_deployment(self.config, namespace, symbol, owners, tenant.digest))
-        await self.kube.ensure(builders.orchestrator_deployment(self.config, namespace, symbol, owners, tenant.digest))
+        await self.kube.apply(builders.marketdata_deployment(self.config, namespace, symbol, owners, tenant.digest))
+        await self.kube.apply(builders.orchestrator_deployment(self.config, namespace, symbol, owners, tenant.digest))
 
     async def _apply_route(self, tenant: Tenant, route: str, users: list[StopRecord]) -> None:
         if not users:
             return  # the last stop of the route is gone: its executor goes with it
         reference = users[0].spec.credentials_secret_ref
         secret = reference.name if reference else None
-        await self.kube.ensure(
+        await self.kube.apply(
             builders.executor_deployment(self.config, tenant.namespace, route, secret, _owners(users), tenant.digest)
         )
 
@@ -190,15 +183,6 @@ class Reconciler:
         reason, warning = TRANSITION_EVENTS.get(status.phase, ("", False))
         if reason:
             await self.kube.post_event(record, reason, status.message or _describe(status), warning)
-
-    async def _mark_pending(self, record: StopRecord) -> None:
-        now = ms_to_rfc3339(now_ms())
-        conditions = set_condition(
-            record.status.conditions, "Ready", "False", "Pending", "waiting for the symbol's orchestrator",
-            now, record.generation,
-        )
-        status = record.status.model_copy(update={"observed_generation": record.generation, "conditions": conditions})
-        await self.writer.submit(record, status)
 
     def _require_broker(self) -> None:
         if not self.home.connected:
@@ -216,8 +200,12 @@ def _owners(records: Iterable[StopRecord]) -> list[Owner]:
 
 
 def _describe(status: TrailingStopStatus) -> str:
-    if status.phase == "Tracking":
-        return f"activated at {status.activated_price}; stop {status.stop_price}"
-    if status.phase == "Triggered":
-        return f"price {status.trigger_price} reached stop {status.stop_price}; order sent"
+    if status.phase == Phase.TRACKING:
+        return f"activated at {_plain(status.activated_price)}; stop {_plain(status.stop_price)}"
+    if status.phase == Phase.TRIGGERED:
+        return f"price {_plain(status.trigger_price)} reached stop {_plain(status.stop_price)}; order sent"
     return status.phase
+
+
+def _plain(number: Decimal | None) -> str:
+    return "-" if number is None else to_wire(number)

@@ -73,7 +73,7 @@ class BrokerAdmin(Protocol):
     async def check(self) -> None:
         """Fail with a clear message if the operator's account cannot administer tenants."""
 
-    async def ensure_tenant(self, vhost: str, user: str, password: str) -> None:
+    async def put_tenant(self, vhost: str, user: str, password: str) -> None:
         """Vhost, user with that password, the user's and the operator's permissions; idempotent."""
 
     async def remove_tenant(self, vhost: str, user: str) -> None:
@@ -118,7 +118,7 @@ class Tenants:
     def all(self) -> list[Tenant]:
         return list(self._tenants.values())
 
-    async def ensure(self, namespace: str) -> Tenant:
+    async def provision(self, namespace: str) -> Tenant:
         """The namespace's tenant, set up (or checked again) on the broker, connected and attached."""
         async with self._locks.setdefault(namespace, asyncio.Lock()):
             tenant = self._tenants.get(namespace)
@@ -126,7 +126,7 @@ class Tenants:
                 return tenant
             name = tenant_name(self.instance, namespace)
             password = password_in(await self.saved_url(namespace), name, name) or secrets.token_urlsafe(24)
-            await self.admin.ensure_tenant(name, name, password)
+            await self.admin.put_tenant(name, name, password)
             bus = await connect_bus(amqp_url(self.admin_url, name), f"trailingstop-operator/{namespace}", attempts=5)
             try:
                 await self.attach(namespace, bus)
@@ -157,7 +157,7 @@ class Tenants:
             async with self._locks.setdefault(tenant.namespace, asyncio.Lock()):
                 if self._tenants.get(tenant.namespace) is tenant:
                     password = password_in(tenant.worker_url, tenant.name, tenant.name) or ""
-                    await self.admin.ensure_tenant(tenant.name, tenant.name, password)
+                    await self.admin.put_tenant(tenant.name, tenant.name, password)
 
     async def close(self) -> None:
         for tenant in self._tenants.values():

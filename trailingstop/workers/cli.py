@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
 
@@ -32,7 +33,14 @@ def _run_role(role: str) -> Callable[[argparse.Namespace], int]:
         import asyncio
         import importlib
 
+        from trailingstop.settings import SettingsError, load_settings
+
+        try:
+            settings = load_settings()
+        except SettingsError as exc:  # a Deployment's env, not a bug: one line, no traceback
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         module = importlib.import_module(f"trailingstop.workers.{role}")
-        return int(asyncio.run(module.main(args)) or 0)
+        return int(asyncio.run(module.main(args, settings)) or 0)
 
     return handler

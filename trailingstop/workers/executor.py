@@ -18,7 +18,7 @@ from typing import Any
 
 from trailingstop import telemetry
 from trailingstop.bus import Bus, executor_queue
-from trailingstop.contracts import OrderResult, PlaceOrder
+from trailingstop.core.contracts import OrderResult, PlaceOrder
 from trailingstop.exchange.binance import BinanceExecutor, BinanceSettings, connect_client
 from trailingstop.exchange.simulated import SimulatedExchange
 from trailingstop.health import HealthServer
@@ -79,19 +79,19 @@ async def simulated() -> Execute:
     return execute
 
 
-async def main(args: argparse.Namespace) -> int:
+async def main(args: argparse.Namespace, settings: Settings) -> int:
     route = args.route
     mode = route_mode(route)
-    settings = Settings.from_env()
 
     async def body(bus: Bus, health: HealthServer) -> None:
         if mode == "Simulate":
             execute = await simulated()
             await _consume(bus, Executor(bus, route, execute))
             return
-        binance = BinanceSettings.from_env(mode)
+        binance = BinanceSettings.from_settings(settings, mode)
         if not (binance.api_key and binance.api_secret):
-            raise SystemExit(f"executor {route}: BINANCE_API_KEY and BINANCE_API_SECRET must be set (from the Secret)")
+            raise SystemExit(f"executor {route}: BINANCE_API_KEY and BINANCE_API_SECRET (or their TRAILINGSTOP_ "
+                             "names) must be set, from the Secret")
         client = await connect_client(binance)
         try:
             waits, latency = telemetry.EXECUTOR_RATE_LIMIT_WAITS, telemetry.EXECUTOR_EXCHANGE_LATENCY

@@ -13,16 +13,19 @@ import argparse
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from pathlib import Path
 
 from trailingstop import telemetry
+from trailingstop.aio import stop_if_cancelled
 from trailingstop.bus import Bus, PublishFailed
-from trailingstop.contracts import PriceTick, now_ms
+from trailingstop.core.contracts import PriceTick, now_ms
+from trailingstop.core.trade import Trade
 from trailingstop.exchange.binance import BinanceSettings, TradeFeed, connect_client
 from trailingstop.health import HealthServer
 from trailingstop.settings import Settings
-from trailingstop.trades import Trade, read_trades
+from trailingstop.tradefiles import read_trades
 from trailingstop.workers.service import serve
 
 log = logging.getLogger(__name__)
@@ -38,22 +41,26 @@ class MarketData:
         self.last_trade_id: int | None = None
         self.replay_done = False
 
-    async def publish(self, trades: AsyncIterator[Trade]) -> None:
+    async def publish(self, trades: AsyncGenerator[Trade, None]) -> None:
+        """Publish every trade of ``trades``; closes them when done or cancelled (SIGTERM), which
+        closes the feed's socket at once."""
         received = telemetry.MARKETDATA_TRADES.labels(symbol=self.symbol, source=self.source)
         lag = telemetry.MARKETDATA_FEED_LAG.labels(symbol=self.symbol)
         last_trade = telemetry.MARKETDATA_LAST_TRADE.labels(symbol=self.symbol)
         last_price = telemetry.MARKETDATA_LAST_PRICE.labels(symbol=self.symbol)
-        async for trade in trades:
-            now = now_ms()
-            tick = PriceTick.from_trade(self.symbol, trade, now, self.source)
-            received.inc()
-            with telemetry.span("tick publish", symbol=self.symbol, tradeId=trade.trade_id):
-                await self._publish(tick)
-            self.published += 1
-            self.last_trade_id = trade.trade_id
-            lag.set(max(0.0, (now - trade.time) / 1000))
-            last_trade.set(trade.time / 1000)
-            last_price.set(float(trade.price))
+        async with aclosing(trades) as stream:
+            async for trade in stream:
+                stop_if_cancelled()  # a SIGTERM lost in python-binance's wait_for (trailingstop.aio)
+                now = now_ms()
+                tick = PriceTick.from_trade(self.symbol, trade, now, self.source)
+                received.inc()
+                with telemetry.span("tick publish", symbol=self.symbol, tradeId=trade.trade_id):
+                    await self._publish(tick)
+                self.published += 1
+                self.last_trade_id = trade.trade_id
+                lag.set(max(0.0, (now - trade.time) / 1000))
+                last_trade.set(trade.time / 1000)
+                last_price.set(float(trade.price))
 
     async def _publish(self, tick: PriceTick) -> None:
         while True:
@@ -75,7 +82,7 @@ class MarketData:
         return quiet < 2 * silence, f"reconnecting; last message {quiet:.0f}s ago"
 
 
-async def replay(path: Path, speed: float) -> AsyncIterator[Trade]:
+async def replay(path: Path, speed: float) -> AsyncGenerator[Trade, None]:
     """A trade file as a stream; with ``speed`` > 0, paced at that multiple of the recorded pace."""
     previous: int | None = None
     for trade in read_trades(path):
@@ -85,9 +92,8 @@ async def replay(path: Path, speed: float) -> AsyncIterator[Trade]:
         yield trade
 
 
-async def main(args: argparse.Namespace) -> int:
+async def main(args: argparse.Namespace, settings: Settings) -> int:
     symbol, source = args.symbol, args.source
-    settings = Settings.from_env()
 
     async def body(bus: Bus, health: HealthServer) -> None:
         worker = MarketData(bus, symbol, "binance" if source == "binance" else "replay")
@@ -97,7 +103,7 @@ async def main(args: argparse.Namespace) -> int:
             worker.replay_done = True
             log.info("replay finished after %d trades", worker.published, extra={"symbol": symbol})
             await asyncio.Event().wait()  # stay up: a Deployment's container is not a Job
-        binance = BinanceSettings.from_env("Live")
+        binance = BinanceSettings.from_settings(settings)
         client = await connect_client(binance)
         try:
             worker.feed = TradeFeed(client, symbol, binance.stream_url, silence=settings.silence_timeout)
@@ -111,16 +117,17 @@ async def main(args: argparse.Namespace) -> int:
     return await serve(f"marketdata-{symbol}", body, settings)
 
 
-async def _counted(feed: TradeFeed, symbol: str) -> AsyncIterator[Trade]:
+async def _counted(feed: TradeFeed, symbol: str) -> AsyncGenerator[Trade, None]:
     """The feed's trades, with reconnects and backfills counted as they happen."""
     reconnects = telemetry.MARKETDATA_RECONNECTS.labels(symbol=symbol)
     backfilled = telemetry.MARKETDATA_BACKFILLED.labels(symbol=symbol)
     reconnected, filled = 0, 0
-    async for trade in feed.trades():
-        if feed.reconnects > reconnected:
-            reconnects.inc(feed.reconnects - reconnected)
-            reconnected = feed.reconnects
-        if feed.backfilled > filled:
-            backfilled.inc(feed.backfilled - filled)
-            filled = feed.backfilled
-        yield trade
+    async with aclosing(feed.trades()) as trades:
+        async for trade in trades:
+            if feed.reconnects > reconnected:
+                reconnects.inc(feed.reconnects - reconnected)
+                reconnected = feed.reconnects
+            if feed.backfilled > filled:
+                backfilled.inc(feed.backfilled - filled)
+                filled = feed.backfilled
+            yield trade

@@ -29,10 +29,10 @@ from binance.exceptions import BinanceAPIException, BinanceRequestException
 
 from trailingstop import telemetry
 from trailingstop.bus import Bus, command_queue, tick_queue
-from trailingstop.contracts import PriceTick, StopCommand, now_ms
+from trailingstop.core.contracts import PriceTick, StopCommand, now_ms
+from trailingstop.core.stopbook import Outcome, StopBook
 from trailingstop.exchange.binance import BinanceSettings, agg_trades, connect_client, symbol_filters
 from trailingstop.health import HealthServer
-from trailingstop.orchestration import Outcome, SymbolOrchestrator
 from trailingstop.settings import Settings
 from trailingstop.workers.service import serve
 
@@ -45,7 +45,7 @@ class OrchestratorWorker:
     def __init__(
         self,
         bus: Bus,
-        orchestrator: SymbolOrchestrator,
+        orchestrator: StopBook,
         settings: Settings,
         rest: AsyncClient | None = None,
     ) -> None:
@@ -154,10 +154,10 @@ class OrchestratorWorker:
         return True, "synced" if self.synced.is_set() else "waiting for sync"
 
 
-async def _rest_client(symbol: str) -> tuple[AsyncClient | None, Any]:
+async def _rest_client(symbol: str, settings: Settings) -> tuple[AsyncClient | None, Any]:
     """Public REST access (trade refills, symbol filters); the worker runs without it if unreachable."""
     try:
-        client = await asyncio.wait_for(connect_client(BinanceSettings.from_env("Live")), 15)
+        client = await asyncio.wait_for(connect_client(BinanceSettings.from_settings(settings)), 15)
     except (TimeoutError, BinanceAPIException, BinanceRequestException, aiohttp.ClientError, OSError) as exc:
         log.warning("Binance REST unreachable (%r): no gap refill, no filter checks", exc, extra={"symbol": symbol})
         return None, None
@@ -169,13 +169,12 @@ async def _rest_client(symbol: str) -> tuple[AsyncClient | None, Any]:
     return client, filters
 
 
-async def main(args: argparse.Namespace) -> int:
+async def main(args: argparse.Namespace, settings: Settings) -> int:
     symbol = args.symbol
-    settings = Settings.from_env()
 
     async def body(bus: Bus, health: HealthServer) -> None:
-        rest, filters = await _rest_client(symbol)
-        worker = OrchestratorWorker(bus, SymbolOrchestrator(symbol, filters), settings, rest)
+        rest, filters = await _rest_client(symbol, settings)
+        worker = OrchestratorWorker(bus, StopBook(symbol, filters), settings, rest)
         health.add_check("orchestrator", worker.health)
         try:
             await worker.run()

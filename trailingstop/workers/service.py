@@ -19,11 +19,9 @@ log = logging.getLogger(__name__)
 Body = Callable[[Bus, HealthServer], Coroutine[Any, Any, None]]
 
 
-async def serve(name: str, body: Body, settings: Settings | None = None) -> int:
+async def serve(name: str, body: Body, settings: Settings) -> int:
     """Run ``body`` until it returns or SIGTERM/SIGINT arrives; serve /healthz and /metrics meanwhile."""
-    settings = settings or Settings.from_env()
-    telemetry.setup_logging()
-    telemetry.setup_tracing(name)
+    telemetry.setup(settings, name)
     health = HealthServer(settings.health_port)
     port = await health.start()
     log.info("%s starting; health and metrics on port %d", name, port)
@@ -33,7 +31,7 @@ async def serve(name: str, body: Body, settings: Settings | None = None) -> int:
         loop.add_signal_handler(signum, stop.set)
     bus: Bus | None = None
     try:
-        bus = await _until_stopped(connect_bus(settings.amqp_url, name, topology="check"), stop)
+        bus = await _until_stopped(connect_bus(settings.amqp, name, topology="check"), stop)
         if bus is None:
             return 0
         connected = bus

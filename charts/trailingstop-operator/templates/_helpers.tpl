@@ -208,8 +208,13 @@ ts.<instance>.<namespace>) and how tenants are made.
 {{- if eq $tenancy.admin "topologyOperator" }}
 - name: TRAILINGSTOP_BROKER_ADMIN
   value: topology-operator
+{{- if $tenancy.connectionSecret }}
+- name: TRAILINGSTOP_RABBITMQ_CONNECTION_SECRET
+  value: {{ $tenancy.connectionSecret | quote }}
+{{- else }}
 - name: TRAILINGSTOP_RABBITMQ_CLUSTER
   value: {{ default (include "trailingstop.rabbitmqCluster.name" .) $tenancy.clusterName | quote }}
+{{- end }}
 {{- else }}
 - name: TRAILINGSTOP_BROKER_ADMIN
   value: management-api

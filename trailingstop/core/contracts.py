@@ -21,6 +21,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -37,7 +38,22 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from trailingstop.trades import Trade
+from trailingstop.core.decimals import (
+    NONZERO_DIGIT,
+    PRICE_PATTERN,
+    QUANTITY_PATTERN,
+    TRAILING_PERCENT_PATTERN,
+    WIRE_FRACTION_DIGITS,
+    WIRE_INTEGER_DIGITS,
+    WIRE_MAX_CHARS,
+    digits,
+    to_wire,
+)
+from trailingstop.core.echo import cut, quoted, short_repr
+from trailingstop.core.trade import Trade
+
+# Re-exported from trailingstop.core.decimals: the CRD generator and callers import them from here.
+__all__ = ["NONZERO_DIGIT", "PRICE_PATTERN", "QUANTITY_PATTERN", "TRAILING_PERCENT_PATTERN", "to_wire"]
 
 API_GROUP = "trailingstop.dev"
 API_VERSION = "v1"
@@ -47,23 +63,30 @@ WIRE_VERSION = 1
 
 Side = Literal["SELL", "BUY"]
 Mode = Literal["Simulate", "Testnet", "Live"]
-# Invalid: the exchange would refuse the stop's order (e.g. quantity off the symbol's stepSize);
-# not final: fixing the spec arms the stop again.
-Phase = Literal["Pending", "Armed", "Tracking", "Triggered", "Filled", "Rejected", "Failed", "Invalid"]
-FINAL_PHASES: frozenset[str] = frozenset({"Filled", "Rejected", "Failed"})
+
+
+class Phase(StrEnum):
+    """Where a TrailingStop stands (``status.phase``). Which moves are allowed between them, and
+    which phases are final, is :mod:`trailingstop.core.lifecycle`'s to say."""
+
+    PENDING = "Pending"
+    ARMED = "Armed"
+    TRACKING = "Tracking"
+    # The exchange would refuse the stop's order (e.g. quantity off the symbol's stepSize); not
+    # final: fixing the spec arms the stop again.
+    INVALID = "Invalid"
+    TRIGGERED = "Triggered"
+    FILLED = "Filled"
+    REJECTED = "Rejected"
+    FAILED = "Failed"
+
 
 # --- field rules shared with the CRD schema (contract) ---------------------------------------
-# Decimal strings: plain digits with an optional fraction; no sign, exponent or spaces.
-# "> 0" is checked as "has a non-zero digit", which is exact for strings of this shape, so the
-# CRD's CEL rule and this module agree to the last digit.
+# The decimal patterns (PRICE_PATTERN, QUANTITY_PATTERN, TRAILING_PERCENT_PATTERN, NONZERO_DIGIT)
+# live in trailingstop.core.decimals with the digit limits they set; trade files are held to them too.
 SYMBOL_PATTERN = r"^[A-Z0-9]{2,20}$"
-QUANTITY_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?$"
-PRICE_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?$"
-# At most two integer digits makes "< 100" a property of the pattern itself.
-TRAILING_PERCENT_PATTERN = r"^[0-9]{1,2}(\.[0-9]{1,8})?$"
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_NAME_MAX = 253
-NONZERO_DIGIT = "[1-9]"
 
 MESSAGES = {
     "symbol": "symbol must be 2-20 upper-case letters or digits, like BTCUSDT",
@@ -81,13 +104,6 @@ CLIENT_ORDER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,36}$"
 # --- decimals --------------------------------------------------------------------------------
 
 
-def to_wire(number: Decimal) -> str:
-    """The canonical decimal string: fixed-point, no exponent, no trailing zeros."""
-    if number == 0:
-        return "0"
-    return format(number.normalize(), "f")
-
-
 def _decimal_checker(pattern: str, message: str, *, positive: bool) -> Any:
     compiled = re.compile(pattern)
 
@@ -95,13 +111,12 @@ def _decimal_checker(pattern: str, message: str, *, positive: bool) -> Any:
         if isinstance(value, Decimal):
             value = format(value, "f")
         if isinstance(value, bool) or not isinstance(value, str):
-            shown = repr(value)
             raise PydanticCustomError(
                 "decimal_string",
-                f"{message}, got the {type(value).__name__} {shown}: write it as a quoted string",
+                f"{message}, got the {type(value).__name__} {short_repr(value)}: write it as a quoted string",
             )
-        if not compiled.fullmatch(value) or (positive and not re.search(NONZERO_DIGIT, value)):
-            raise PydanticCustomError("decimal_value", f'{message}, got "{value}"')
+        if not compiled.fullmatch(value) or (positive and not _NONZERO.search(value)):
+            raise PydanticCustomError("decimal_value", f"{message}, got {quoted(value)}")
         return Decimal(value)
 
     return BeforeValidator(check)
@@ -112,20 +127,32 @@ def _wire_decimal() -> PlainSerializer:
 
 
 def _check_wire_decimal(value: Any) -> Decimal:
-    """Any non-negative finite decimal string (bus messages: exchange prices, computed levels)."""
+    """A non-negative finite decimal (bus messages: exchange prices, computed levels), within the
+    wire's digit limits, so that serializing it back is exact and bounded (DESIGN §3, "Digits")."""
     if isinstance(value, Decimal):
         number = value
-    elif isinstance(value, str):
+    elif isinstance(value, str) and len(value) <= WIRE_MAX_CHARS:
         try:
             number = Decimal(value)
         except ArithmeticError:
-            raise PydanticCustomError("decimal_string", f'must be a decimal string, got "{value}"') from None
+            raise PydanticCustomError("decimal_string", f"must be a decimal string, got {quoted(value)}") from None
+    elif isinstance(value, str):
+        raise PydanticCustomError(
+            "decimal_value", f"must have at most {WIRE_MAX_CHARS} characters, got {quoted(value)}"
+        )
     else:
         raise PydanticCustomError(
-            "decimal_string", f"must be a decimal string, got the {type(value).__name__} {value!r}"
+            "decimal_string", f"must be a decimal string, got the {type(value).__name__} {short_repr(value)}"
         )
     if not number.is_finite() or number < 0:
-        raise PydanticCustomError("decimal_value", f'must be a finite decimal >= 0, got "{value}"')
+        raise PydanticCustomError("decimal_value", f"must be a finite decimal >= 0, got {quoted(str(value))}")
+    integer_digits, fraction_digits = digits(number)
+    if integer_digits > WIRE_INTEGER_DIGITS or fraction_digits > WIRE_FRACTION_DIGITS:
+        raise PydanticCustomError(
+            "decimal_value",
+            f"must have at most {WIRE_INTEGER_DIGITS} digits before the point and {WIRE_FRACTION_DIGITS} after it, "
+            f"got {quoted(str(value))}",
+        )
     return number
 
 
@@ -143,9 +170,14 @@ ActivationPrice = Annotated[
 WireDecimal = Annotated[Decimal, BeforeValidator(_check_wire_decimal), _wire_decimal()]
 
 
+_NONZERO = re.compile(NONZERO_DIGIT)
+_SYMBOL = re.compile(SYMBOL_PATTERN)
+_SECRET_NAME = re.compile(SECRET_NAME_PATTERN)
+
+
 def _check_symbol(value: str) -> str:
-    if not re.fullmatch(SYMBOL_PATTERN, value):
-        raise PydanticCustomError("symbol", f'{MESSAGES["symbol"]}, got "{value}"')
+    if not _SYMBOL.fullmatch(value):
+        raise PydanticCustomError("symbol", f'{MESSAGES["symbol"]}, got {quoted(value)}')
     return value
 
 
@@ -193,8 +225,8 @@ class Message(_CamelModel):
 
 
 def _check_secret_name(value: str) -> str:
-    if len(value) > SECRET_NAME_MAX or not re.fullmatch(SECRET_NAME_PATTERN, value):
-        raise PydanticCustomError("secret_name", f'{MESSAGES["secretName"]}, got "{value}"')
+    if len(value) > SECRET_NAME_MAX or not _SECRET_NAME.fullmatch(value):
+        raise PydanticCustomError("secret_name", f'{MESSAGES["secretName"]}, got {quoted(value)}')
     return value
 
 
@@ -261,7 +293,7 @@ class TrailingStopStatus(_CamelModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    phase: Phase = "Pending"
+    phase: Phase = Phase.PENDING
     observed_generation: int | None = None
     message: str | None = None
     activated_at: str | None = None
@@ -580,7 +612,7 @@ def describe_errors(error: ValidationError, prefix: str = "") -> list[str]:
     """One readable line per problem: ``spec.trailingPercent must be > 0 and < 100, got "0"``."""
     lines = []
     for item in error.errors(include_url=False):
-        location = ".".join(str(part) for part in item["loc"] if part not in ("function-after",))
+        location = ".".join(cut(str(part)) for part in item["loc"] if part not in ("function-after",))
         location = f"{prefix}.{location}" if prefix and location else (prefix or location)
         lines.append(_describe_one(location, item))
     return lines
@@ -600,7 +632,7 @@ def _describe_one(location: str, item: Any) -> str:
         return f"{location} is not a field of this object (check its spelling)"
     if kind == "literal_error":
         expected = item.get("ctx", {}).get("expected", "")
-        return f"{location} must be one of {expected}, got {item['input']!r}"
+        return f"{location} must be one of {expected}, got {short_repr(item['input'])}"
     if kind in ("credentials", "saved_state", "command", "version"):
         return f"{location + ': ' if location else ''}{message}"
     if location:

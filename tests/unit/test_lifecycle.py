@@ -1,13 +1,19 @@
-"""The status reducer: phases only advance, late or duplicate events never move a stop backwards."""
+"""The lifecycle: the transition table, and a status reducer that never moves a stop backwards."""
 
 from __future__ import annotations
 
+import itertools
+import re
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from trailingstop.contracts import (
+from trailingstop.core import lifecycle
+from trailingstop.core.contracts import (
     Condition,
     OrderError,
     OrderResult,
@@ -15,14 +21,21 @@ from trailingstop.contracts import (
     TrailingStopStatus,
     client_order_id,
 )
-from trailingstop.status import (
+from trailingstop.core.lifecycle import (
+    FINAL,
+    FIRED,
+    TRANSITIONS,
+    IllegalTransition,
+    Phase,
     apply_order_result,
     apply_stop_event,
+    can_move,
     order_outcome,
     saved_state,
     set_condition,
     triggered_by_order,
 )
+from trailingstop.operator.crd import FROZEN_AFTER_TRIGGER
 
 D = Decimal
 UID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
@@ -355,3 +368,70 @@ def test_a_result_carrying_its_trigger_completes_the_status_without_the_triggere
     assert apply_stop_event(alone, TRIGGERED, "2026-11-21T10:00:09Z") == alone  # the late event: a duplicate
     different = {"conditions", "last_price_at"}
     assert alone.model_dump(exclude=different) == in_order.model_dump(exclude=different)
+
+
+# --- the transition table ---------------------------------------------------------------------------
+
+
+def test_the_table_has_every_phase_and_final_phases_go_nowhere() -> None:
+    assert set(TRANSITIONS) == set(Phase)
+    assert all(TRANSITIONS[phase] == frozenset() for phase in FINAL)
+    assert {Phase.TRIGGERED, *FINAL} == FIRED
+    # Every phase is reachable from Pending, and every live phase can still end.
+    reachable, frontier = {Phase.PENDING}, [Phase.PENDING]
+    while frontier:
+        for after in TRANSITIONS[frontier.pop()] - reachable:
+            reachable.add(after)
+            frontier.append(after)
+    assert reachable == set(Phase)
+    assert all(TRANSITIONS[phase] for phase in set(Phase) - FINAL)
+
+
+def test_the_crd_freezes_the_spec_of_exactly_the_fired_phases() -> None:
+    rule = FROZEN_AFTER_TRIGGER["rule"]
+    listed = set(re.findall(r"'(\w+)'", rule))
+    assert listed == {str(phase) for phase in FIRED}
+
+
+@pytest.mark.parametrize("before,after", [
+    (Phase.TRACKING, Phase.ARMED), (Phase.TRIGGERED, Phase.TRACKING), (Phase.FILLED, Phase.TRIGGERED),
+    (Phase.FILLED, Phase.REJECTED), (Phase.PENDING, Phase.FILLED), (Phase.TRIGGERED, Phase.INVALID),
+])
+def test_an_illegal_move_raises_instead_of_being_written(before: Phase, after: Phase) -> None:
+    assert not can_move(before, after)
+    with pytest.raises(IllegalTransition):
+        lifecycle._evolve(TrailingStopStatus(phase=before), phase=after)
+
+
+def test_a_misspelled_field_or_a_bad_value_raises() -> None:
+    with pytest.raises(TypeError, match="reference_prise"):
+        lifecycle._evolve(TrailingStopStatus(), reference_prise=D(1))
+    with pytest.raises(ValidationError):
+        lifecycle._evolve(TrailingStopStatus(), phase="Fileld")
+    with pytest.raises(ValidationError):
+        lifecycle._evolve(TrailingStopStatus(), last_price=1.5)  # a float, never
+
+
+STEPS = [ARMED, ACTIVATED, REFERENCE, PRICE_5, REFERENCE_6, TRIGGERED, SIMULATED,
+         event("invalid", message="quantity below minQty"),
+         result("REJECTED", error=OrderError(code=-2010, message="Account has insufficient balance")),
+         result("NEW", order_id=99), result("EXPIRED", order_id=99, executed_qty="0")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(STEPS), max_size=12))
+def test_any_order_of_events_and_results_moves_only_along_the_table(steps: list[Any]) -> None:
+    """As the operator writes them: an order result's early Triggered step, then its outcome."""
+    written = [TrailingStopStatus()]
+    for number, step in enumerate(steps):
+        now = f"2026-11-21T10:00:{number:02d}Z"
+        if isinstance(step, OrderResult):
+            early = triggered_by_order(written[-1], step, now)
+            if early is not None:
+                written.append(early)
+            written.append(apply_order_result(written[-1], step, now))
+        else:
+            written.append(apply_stop_event(written[-1], step, now))
+    for before, after in itertools.pairwise(written):
+        assert can_move(before.phase, after.phase), (before.phase, after.phase)
+        assert TrailingStopStatus.model_validate(after.wire()) == after  # one the API would accept as is

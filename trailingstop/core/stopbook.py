@@ -1,6 +1,6 @@
 """The decisions of one symbol's orchestrator, without I/O.
 
-:class:`SymbolOrchestrator` turns StopCommands and PriceTicks into StopEvents and PlaceOrders,
+:class:`StopBook` turns StopCommands and PriceTicks into StopEvents and PlaceOrders,
 using the engine. The orchestrator worker (``trailingstop.workers.orchestrator``) wraps it with
 RabbitMQ; ``trailingstop run`` wraps it with a trade file. Both therefore decide identically.
 """
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from trailingstop.contracts import (
+from trailingstop.core.contracts import (
     PlaceOrder,
     PriceTick,
     StopCommand,
@@ -23,8 +23,8 @@ from trailingstop.contracts import (
     client_order_id,
     now_ms,
 )
-from trailingstop.engine import Engine, EngineEvent, StopAlreadyTriggered, StopState
-from trailingstop.exchange.filters import SymbolFilters
+from trailingstop.core.engine import Engine, EngineEvent, StopAlreadyTriggered, StopState
+from trailingstop.core.filters import SymbolFilters
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Outcome:
 NOTHING = Outcome()
 
 
-class SymbolOrchestrator:
+class StopBook:
     """All stops of one symbol: commands and ticks in, events and orders out."""
 
     def __init__(
@@ -148,8 +148,10 @@ class SymbolOrchestrator:
 
     def on_tick(self, tick: PriceTick) -> Outcome:
         joined = self._unpark(tick.trade_id) if self._parked else None
+        dropped = self.engine.duplicates
         happened = self.engine.on_trade(tick.price, tick.trade_id, tick.trade_time)
-        self._last_tick = tick
+        if self.engine.duplicates == dropped:  # a duplicate's price is not the last price (LAST column)
+            self._last_tick = tick
         if not happened and not joined:
             return NOTHING
         outcome = self._outcome(happened)

@@ -20,13 +20,14 @@ A tick must not cost more because many stops sit idle, so nothing here loops ove
   level answers "does anything trigger at ``x``?" by looking at its top.
 
 Stale heap entries are skipped lazily (version numbers) rather than searched for and removed.
-All arithmetic is :class:`~decimal.Decimal` under a context that traps inexact results, so a stop
-level is exact (``110 * 0.99 == 108.9``) and a rounding error raises instead of deciding.
+All arithmetic is :class:`~decimal.Decimal` under :data:`~trailingstop.core.decimals.EXACT`, which traps
+inexact results, so a stop level is exact (``110 * 0.99 == 108.9``) and a rounding error raises
+instead of deciding. Orienting a price (``-p``) uses ``copy_negate``: the ``-`` operator would round
+to the default context's 28 digits, and accepted prices have up to 40.
 """
 
 from __future__ import annotations
 
-import decimal
 import heapq
 import itertools
 from collections.abc import Iterator
@@ -34,11 +35,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
+from trailingstop.core.decimals import EXACT, oriented
+
 Side = Literal["SELL", "BUY"]
 EventKind = Literal["armed", "activated", "reference", "triggered"]
 StopPhase = Literal["armed", "tracking", "triggered"]
 
-_EXACT = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
 _HUNDRED = Decimal(100)
 _ONE = Decimal(1)
 _NO_EVENTS: tuple[EngineEvent, ...] = ()
@@ -78,12 +80,12 @@ class StopState:
 
 def stop_level(side: Side, reference: Decimal, trailing_percent: Decimal) -> Decimal:
     """``R * (1 - p/100)`` for SELL, ``R * (1 + p/100)`` for BUY, exactly."""
-    return _EXACT.multiply(reference, _factor(side, trailing_percent))
+    return EXACT.multiply(reference, _factor(side, trailing_percent))
 
 
 def _factor(side: Side, trailing_percent: Decimal) -> Decimal:
-    trail = _EXACT.divide(trailing_percent, _HUNDRED)
-    return _EXACT.subtract(_ONE, trail) if side == "SELL" else _EXACT.add(_ONE, trail)
+    trail = EXACT.divide(trailing_percent, _HUNDRED)
+    return EXACT.subtract(_ONE, trail) if side == "SELL" else EXACT.add(_ONE, trail)
 
 
 class _Stop:
@@ -182,7 +184,7 @@ class _SideBook:
         if stop.activation is None:
             self.immediate.append((stop.version, stop))
         else:
-            a = stop.activation if self.sign > 0 else -stop.activation
+            a = oriented(stop.activation, self.sign)
             heapq.heappush(self.pending, (a, next(self.seq), stop.version, stop))
 
     def track(self, stop: _Stop, reference: Decimal) -> None:
@@ -223,8 +225,8 @@ class _SideBook:
         group.version += 1
         if best is None:
             return
-        level = _EXACT.multiply(group.reference, best.factor)
-        heapq.heappush(self.triggers, (-level, next(self.seq), group.version, group))
+        level = EXACT.multiply(group.reference, best.factor)
+        heapq.heappush(self.triggers, (level.copy_negate(), next(self.seq), group.version, group))
 
     # --- the tick ----------------------------------------------------------------------------
 
@@ -242,7 +244,7 @@ class _SideBook:
             self._raise_reference(x)
         triggers = self.triggers
         if triggers and triggers[0][0] <= minus_x:
-            self._trigger(x, price, trade_id, time, out)
+            self._trigger(x, minus_x, price, trade_id, time, out)
         pending = self.pending
         if (pending and pending[0][0] <= x) or self.immediate:
             self._activate(x, price, trade_id, time, out)
@@ -280,16 +282,22 @@ class _SideBook:
             self.dirty.append(survivor)
 
     def _trigger(
-        self, x: Decimal, price: Decimal, trade_id: int | None, time: int | None, out: list[EngineEvent]
+        self,
+        x: Decimal,
+        minus_x: Decimal,
+        price: Decimal,
+        trade_id: int | None,
+        time: int | None,
+        out: list[EngineEvent],
     ) -> None:
         triggers = self.triggers
         touched: list[_Group] = []
-        while triggers and triggers[0][0] <= -x:
+        while triggers and triggers[0][0] <= minus_x:
             _, _, version, group = heapq.heappop(triggers)
             if not group.alive or version != group.version:
                 continue
             while (stop := group.best()) is not None:
-                level = _EXACT.multiply(group.reference, stop.factor)
+                level = EXACT.multiply(group.reference, stop.factor)
                 if not x <= level:
                     break
                 self._fire(stop, group, level, price, trade_id, time, out)
@@ -308,7 +316,7 @@ class _SideBook:
         time: int | None,
         out: list[EngineEvent],
     ) -> None:
-        reference = group.reference * self.sign
+        reference = oriented(group.reference, self.sign)
         self.leave(stop)
         stop.phase = "triggered"
         stop.book = None
@@ -316,7 +324,7 @@ class _SideBook:
         stop.trigger_trade_id = trade_id
         stop.triggered_at = time
         stop.final_reference = reference
-        stop.final_stop_price = level * self.sign
+        stop.final_stop_price = oriented(level, self.sign)
         out.append(
             EngineEvent("triggered", stop.stop_id, price, reference, stop.final_stop_price, trade_id, time)
         )
@@ -340,7 +348,7 @@ class _SideBook:
             stop.activated_trade_id = trade_id
             stop.activated_at = time
             self.track(stop, x)
-            level = _EXACT.multiply(x, stop.factor) * self.sign
+            level = oriented(EXACT.multiply(x, stop.factor), self.sign)
             out.append(EngineEvent("activated", stop.stop_id, price, price, level, trade_id, time))
 
 
@@ -417,7 +425,7 @@ class Engine:
         elif state.phase == "tracking":
             if state.reference is None:
                 raise ValueError(f"stop {state.stop_id}: a tracking stop needs its reference price")
-            book.track(stop, state.reference * book.sign)
+            book.track(stop, oriented(state.reference, book.sign))
         else:
             book.arm(stop)
 
@@ -447,8 +455,8 @@ class Engine:
         reference, stop_price = stop.final_reference, stop.final_stop_price
         if stop.phase == "tracking" and stop.group is not None and stop.book is not None:
             sign = stop.book.sign
-            reference = stop.group.reference * sign
-            stop_price = _EXACT.multiply(stop.group.reference, stop.factor) * sign
+            reference = oriented(stop.group.reference, sign)
+            stop_price = oriented(EXACT.multiply(stop.group.reference, stop.factor), sign)
         return StopState(
             stop_id=stop.stop_id,
             side=stop.side,
@@ -485,7 +493,7 @@ class Engine:
         self.last_time = time
         out: list[EngineEvent] = []
         sell, buy = self._sell, self._buy
-        minus_price = -price  # the BUY side's oriented price, negated once per tick
+        minus_price = price.copy_negate()  # the BUY side's oriented price, once per tick; exact (not "-")
         if sell.by_reference or sell.pending or sell.immediate:
             sell.on_price(price, minus_price, price, trade_id, time, out)
         if buy.by_reference or buy.pending or buy.immediate:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import ROUND_FLOOR, Decimal
+from decimal import Decimal
 from typing import Any
+
+from trailingstop.core.decimals import EXACT, to_wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +30,7 @@ class LotSize:
             return f"quantity {_plain(qty)} is below {self.name} minQty {_plain(self.min_qty)}"
         if self.max_qty > 0 and qty > self.max_qty:
             return f"quantity {_plain(qty)} is above {self.name} maxQty {_plain(self.max_qty)}"
-        if self.step_size > 0 and (qty - self.min_qty) % self.step_size != 0:
+        if self.step_size > 0 and EXACT.remainder(EXACT.subtract(qty, self.min_qty), self.step_size) != 0:
             below = self.floor(qty)
             return (
                 f"quantity {_plain(qty)} is not a multiple of {self.name} stepSize {_plain(self.step_size)} "
@@ -39,8 +41,12 @@ class LotSize:
     def floor(self, qty: Decimal) -> Decimal:
         if self.step_size <= 0:
             return qty
-        steps = ((qty - self.min_qty) / self.step_size).to_integral_value(rounding=ROUND_FLOOR)
-        return self.min_qty + steps * self.step_size
+        # Exact, whatever the digits: the default context would round a 40-digit quantity, and the
+        # floor of a rounded-up quantity can be more than the stop's quantity.
+        steps, rest = EXACT.divmod(EXACT.subtract(qty, self.min_qty), self.step_size)
+        if rest < 0:  # divmod truncates toward zero; below minQty the floor is one step lower
+            steps = EXACT.subtract(steps, 1)
+        return EXACT.add(self.min_qty, EXACT.multiply(steps, self.step_size))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +97,7 @@ class SymbolFilters:
 
     def notional_problem(self, qty: Decimal, price: Decimal) -> str | None:
         """Why ``qty`` at ``price`` fails NOTIONAL / MIN_NOTIONAL, or None."""
-        notional = qty * price
+        notional = EXACT.multiply(qty, price)
         if self.min_notional is not None and notional < self.min_notional:
             return (
                 f"order value {_plain(notional)} (quantity {_plain(qty)} x price {_plain(price)}) is below "
@@ -115,4 +121,4 @@ def filters_by_symbol(exchange_info: Mapping[str, Any]) -> dict[str, SymbolFilte
 
 
 def _plain(number: Decimal) -> str:
-    return format(number.normalize(), "f") if number != 0 else "0"
+    return to_wire(number)
