@@ -131,7 +131,7 @@ async def test_apply_example_runs_the_stop_to_filled_and_kubectl_shows_every_col
     write_traces = {r.get("trace_id") for r in operator.log_records() if r["message"].startswith("order ts-")}
     assert len(trigger_traces) == 1 and trigger_traces == write_traces, "one trace: tick to status write"
     metrics = await operator.metrics()
-    assert metric_total(metrics, 'trailingstop_operator_reconciles_total{handler="ensure"}') >= 1
+    assert metric_total(metrics, 'trailingstop_operator_reconciles_total{handler="reconcile"}') >= 1
     assert metric_total(metrics, 'trailingstop_operator_status_writes_total{kind="transition"}') >= 4
     await eventually(lambda: _filled_gauge(operator), what="the stops-by-phase gauge")
 

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
+from trailingstop import telemetry
 from trailingstop.core.contracts import (
     OrderResult,
+    Phase,
     StopCommand,
     StopEvent,
     TrailingStopSpec,
@@ -374,3 +376,13 @@ def test_the_store_finds_stops_by_symbol_and_namespace_and_follows_changes() -> 
     store.remove("2")
     assert store.in_namespace("a") == [] and [r.uid for r in store.for_symbol("BTCUSDT")] == ["3"]
     assert store.remove("missing") is None
+
+
+async def test_the_phase_gauge_counts_every_phase_and_zeroes_the_empty_ones() -> None:
+    store = RecordingStore()
+    writer = StatusWriter(store, interval=3600)
+    stop = store.put(record())
+    await writer.submit(stop, apply_stop_event(stop.status, event("reference", "100", "100"), "now"))
+    writer.count_phases()
+    counts = {phase: telemetry.OPERATOR_STOPS.labels(phase=phase)._value.get() for phase in Phase}
+    assert counts == {**dict.fromkeys(Phase, 0.0), Phase.TRACKING: 1.0}

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -94,7 +93,7 @@ class StatusWriter:
                 telemetry.STOP_PRICES.remove(record.namespace, record.name, record.spec.symbol, kind)
 
     def count_phases(self) -> None:
-        counts = dict.fromkeys(typing.get_args(Phase), 0)
+        counts = dict.fromkeys(Phase, 0)
         for stored in self.store.all():
             counts[stored.status.phase] += 1
         for phase, count in counts.items():
