@@ -27,7 +27,7 @@ from trailingstop.tradefiles import demo_trades_path, load_trades
 ROOT = Path(__file__).parents[2]
 DATA = Path(__file__).parent / "data"
 EXAMPLE = ROOT / "examples" / "trailingstop.yaml"
-TABLE_HEADER = ["NAME", "SYMBOL", "SIDE", "TRAIL%", "PHASE", "REFERENCE", "STOP", "LAST", "AGE"]
+TABLE_HEADER = ["NAME", "SYMBOL", "SIDE", "TRAIL%", "TRAILAMOUNT", "PHASE", "REFERENCE", "STOP", "LAST", "AGE"]
 TRANSITION = re.compile(r"^(\S+Z)  (\S+)\s+(\w+ -> \w+)\s+(.*)$")
 
 
@@ -53,8 +53,12 @@ def transitions(out: str) -> list[tuple[str, str, str, str]]:
 
 
 def final_table(out: str) -> list[list[str]]:
+    """The last table of ``out``, cut at the header's column starts (a cell may be empty: a percent
+    stop has no TRAILAMOUNT)."""
     lines = out.rstrip("\n").split("\n\n")[-1].splitlines()
-    return [line.split() for line in lines]
+    starts = [m.start() for m in re.finditer(r"\S+", lines[0])]
+    ends = [*starts[1:], None]
+    return [[line[a:b].strip() for a, b in zip(starts, ends, strict=True)] for line in lines]
 
 
 def write_manifest(tmp_path: Path, name: str = "m.yaml", **spec: Any) -> Path:
@@ -93,10 +97,10 @@ def test_run_the_bundled_example_on_the_bundled_trades(capsys: pytest.CaptureFix
     header, row = final_table(out)
     assert header == TABLE_HEADER
     age = human_duration(want["triggeredAt"] - trades[0].time)
-    assert row == ["xrp-take-profit", "XRPETH", "SELL", "1", "Filled", want["referencePrice"], want["stopPrice"],
+    assert row == ["xrp-take-profit", "XRPETH", "SELL", "1", "", "Filled", want["referencePrice"], want["stopPrice"],
                    want["triggerPrice"], age]
     # By hand: activation on the first trade at 0.00145, high 0.00149267, stop = high * 0.99.
-    assert row[4:] == ["Filled", "0.00149267", "0.0014777433", "0.0014772", "16h"]
+    assert row[5:] == ["Filled", "0.00149267", "0.0014777433", "0.0014772", "16h"]
 
 
 def test_run_the_sell_worked_example(capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,7 +117,7 @@ def test_run_the_sell_worked_example(capsys: pytest.CaptureFixture[str]) -> None
          "simulated fill: SELL 0.5 BTCUSDT at 109.76"),
     ]
     assert final_table(out) == [TABLE_HEADER,
-                                ["worked-sell", "BTCUSDT", "SELL", "2", "Filled", "112", "109.76", "109.76", "6s"]]
+                                ["worked-sell", "BTCUSDT", "SELL", "2", "", "Filled", "112", "109.76", "109.76", "6s"]]
     assert "reference 110" not in out
 
 
@@ -134,7 +138,7 @@ def test_run_the_buy_worked_example_from_json_lines(capsys: pytest.CaptureFixtur
         ("Tracking -> Triggered", "price 91.35 reached stop 91.35 (reference 90, trade 207)"),
         ("Triggered -> Filled", "simulated fill: BUY 0.25 BTCUSDT at 91.35"),
     ]
-    assert final_table(out)[1] == ["worked-buy", "BTCUSDT", "BUY", "1.5", "Filled", "90", "91.35", "91.35", "6s"]
+    assert final_table(out)[1] == ["worked-buy", "BTCUSDT", "BUY", "1.5", "", "Filled", "90", "91.35", "91.35", "6s"]
 
 
 def test_run_a_list_in_two_namespaces(capsys: pytest.CaptureFixture[str]) -> None:
@@ -146,8 +150,8 @@ def test_run_a_list_in_two_namespaces(capsys: pytest.CaptureFixture[str]) -> Non
     assert table[0] == ["NAMESPACE", *TABLE_HEADER]
     # SELL 1 %: 100, 110, 108.9 triggers exactly; BUY 1.5 % from 100: 110 >= 101.5 triggers.
     # AGE is the age at the end of the run (the last trade), like kubectl's, for both.
-    assert table[1] == ["desk-a", "tight", "BTCUSDT", "SELL", "1", "Filled", "110", "108.9", "108.9", "2s"]
-    assert table[2] == ["desk-b", "tight", "BTCUSDT", "BUY", "1.5", "Filled", "100", "101.5", "110", "2s"]
+    assert table[1] == ["desk-a", "tight", "BTCUSDT", "SELL", "1", "", "Filled", "110", "108.9", "108.9", "2s"]
+    assert table[2] == ["desk-b", "tight", "BTCUSDT", "BUY", "1.5", "", "Filled", "100", "101.5", "110", "2s"]
 
 
 
@@ -162,7 +166,7 @@ def test_run_notes_the_mode_of_each_non_simulated_stop(capsys: pytest.CaptureFix
 def test_run_stops_that_never_trigger_end_in_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(capsys, "run", DATA / "paced.yaml", "--trades", DATA / "paced.csv")
     assert code == 0
-    assert final_table(out)[1] == ["paced", "BTCUSDT", "SELL", "50", "Tracking", "102", "51", "102", "0s"]
+    assert final_table(out)[1] == ["paced", "BTCUSDT", "SELL", "50", "", "Tracking", "102", "51", "102", "0s"]
 
 
 @pytest.mark.parametrize("content", ["", "\n\n", "agg_trade_id,price,quantity,first_trade_id,last_trade_id,"
@@ -223,7 +227,7 @@ def test_run_speed_paces_the_replay(capsys: pytest.CaptureFixture[str], monkeypa
     assert code == 0
     assert asked == pytest.approx([0.05, 0.05])  # 200 ms apart at 4x
     assert elapsed >= 0.1
-    assert final_table(out)[1][4] == "Tracking"
+    assert final_table(out)[1][5] == "Tracking"
     asked.clear()
     code, _, _ = cli(capsys, "run", DATA / "paced.yaml", "--trades", DATA / "paced.csv")
     assert code == 0 and asked == []  # default: as fast as possible

@@ -35,8 +35,8 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    ValidationError,
     SerializerFunctionWrapHandler,
+    ValidationError,
     ValidationInfo,
     model_serializer,
     model_validator,
@@ -113,7 +113,10 @@ class Phase(StrEnum):
 # live in trailingstop.core.decimals with the digit limits they set; trade files are held to them too.
 SYMBOL_PATTERN = r"^[A-Z0-9]{2,20}$"
 # RFC 3339 as Kubernetes writes times (upper-case T and Z), at most nanoseconds, any offset.
-TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$"
+TIME_PATTERN = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
 TIME_MAX_CHARS = 35
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_NAME_MAX = 253
@@ -249,6 +252,7 @@ Symbol = Annotated[str, AfterValidator(_check_symbol)]
 _TIME = re.compile(
     r"^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?(Z|([+-])([0-9]{2}):([0-9]{2}))$"
 )
+_TIME_RULE = re.compile(TIME_PATTERN)  # the CRD's: month, day, hour, minute, second and offset in range
 
 
 def deadline_ms(text: str) -> int:
@@ -258,7 +262,7 @@ def deadline_ms(text: str) -> int:
     exactly when ``t < ceil(D)``; so the deadline is exact whatever its sub-millisecond digits.
     Raises ValueError (with :data:`MESSAGES`' wording) for anything but RFC 3339.
     """
-    match = _TIME.fullmatch(text) if len(text) <= TIME_MAX_CHARS else None
+    match = _TIME.fullmatch(text) if len(text) <= TIME_MAX_CHARS and _TIME_RULE.fullmatch(text) else None
     if match is None:
         raise ValueError(MESSAGES["expiresAt"])
     year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
@@ -380,13 +384,14 @@ def check_trail(
     if (trailing_percent is None) == (trailing_amount is None):
         got = "neither" if trailing_percent is None else "both"
         raise PydanticCustomError("trail", f"{MESSAGES['trail']} (got {got})")
-    if side == "SELL" and trailing_amount is not None and activation_price is not None:
-        if EXACT.compare(activation_price, trailing_amount) <= 0:
-            raise PydanticCustomError(
-                "trail",
-                f"{MESSAGES['sellAmount']} (activationPrice {to_wire(activation_price)}, "
-                f"trailingAmount {to_wire(trailing_amount)})",
-            )
+    if trailing_amount is None or activation_price is None or side != "SELL":
+        return
+    if EXACT.compare(activation_price, trailing_amount) <= 0:
+        raise PydanticCustomError(
+            "trail",
+            f"{MESSAGES['sellAmount']} (activationPrice {to_wire(activation_price)}, "
+            f"trailingAmount {to_wire(trailing_amount)})",
+        )
 
 
 class TrailingStopSpec(_CamelModel):
@@ -525,6 +530,9 @@ class SavedState(_CamelModel):
     activated_trade_id: int | None = None
     reference_price: WireDecimal | None = None
     triggered: bool = False
+    # Expired (version 2): final, without an order; a restarted orchestrator must not revive it.
+    # None, not False, when it has not expired: a version-1 state reads as it did.
+    expired: bool | None = None
     triggered_at: int | None = None
     trigger_price: WireDecimal | None = None
     trigger_trade_id: int | None = None
@@ -534,7 +542,7 @@ class SavedState(_CamelModel):
     def _consistent(self) -> SavedState:
         # A triggered stop may lack activation details (its events can arrive out of order); it is
         # final either way. A stop that is tracking needs its reference to go on tracking.
-        if self.activated and not self.triggered and self.reference_price is None:
+        if self.activated and not (self.triggered or self.expired) and self.reference_price is None:
             raise PydanticCustomError("saved_state", "an activated stop needs its referencePrice")
         return self
 
@@ -577,7 +585,8 @@ class StopDefinition(StopRef):
     @property
     def needs_v2(self) -> bool:
         limit = self.execution is not None and self.execution.is_limit
-        return self.trailing_amount is not None or limit or self.expires_at is not None
+        expired = self.state is not None and bool(self.state.expired)
+        return self.trailing_amount is not None or limit or self.expires_at is not None or expired
 
     @property
     def limit_slippage(self) -> Decimal | None:
@@ -746,8 +755,9 @@ class OrderResult(Message):
     status: OrderResultStatus
     mode: Mode = "Simulate"
     order_id: int | None = None
-    # The order as placed (added): its type, a LIMIT's price, the quantity ordered.
-    type: OrderType = "MARKET"
+    # The order as placed (added; absent from older senders): its type, a LIMIT's price, the
+    # quantity ordered.
+    type: OrderType | None = None
     price: WireDecimal | None = None
     orig_qty: WireDecimal | None = None
     executed_qty: WireDecimal | None = None
