@@ -550,6 +550,57 @@ def test_backtest_refuses_invalid_list_values(capsys: pytest.CaptureFixture[str]
     assert err == f"error: {flag}: {message}\n"
 
 
+def test_backtest_trailing_amount_json(capsys: pytest.CaptureFixture[str]) -> None:
+    # High 112: 112 - 2.24 = 109.76 is trade 107's price (inclusive); 112 - 3 = 109 is never reached.
+    records = backtest_json(capsys, "--trades", DATA / "worked_sell.csv", "--side", "SELL",
+                            "--trailing-amount", "2.24, 3", "--activation-price", "105")
+    assert [tuple(r)[:3] for r in records] == [("side", "trailingPercent", "trailingAmount")] * 2
+    assert [(r["trailingPercent"], r["trailingAmount"], r["triggerTradeId"], r["triggerPrice"], r["stopPrice"])
+            for r in records] == [(None, "2.24", 107, "109.76", "109.76"), (None, "3", None, None, "109")]
+
+
+def test_backtest_trailing_amount_table_labels(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "backtest", "--trades", DATA / "worked_sell.csv", "--side", "SELL",
+                       "--trailing-amount", "2.24")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["SIDE", "TRAIL", "AMOUNT"]
+    assert lines[1].split()[:2] == ["SELL", "2.24"]
+    assert "best: SELL trail 2.24, activation none: kept" in out
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("0", 'trailingAmount must be a decimal string > 0 in the quote asset, like "250", got "0"'),
+     ("5,-1", 'trailingAmount must be a decimal string > 0 in the quote asset, like "250", got "-1"'),
+     ("1e3", 'trailingAmount must be a decimal string > 0 in the quote asset, like "250", got "1e3"')],
+)
+def test_backtest_refuses_invalid_amounts(capsys: pytest.CaptureFixture[str], value: str, message: str) -> None:
+    code, out, err = cli(capsys, "backtest", "--trades", DATA / "worked_sell.csv", "--side", "SELL",
+                         "--trailing-amount", value)
+    assert (code, out) == (2, "")
+    assert err == f"error: --trailing-amount: {message}\n"
+
+
+@pytest.mark.parametrize("order", [("--trailing-percent", "1", "--trailing-amount", "5"),
+                                   ("--trailing-amount", "5", "--trailing-percent", "1")])
+def test_backtest_refuses_both_trails(capsys: pytest.CaptureFixture[str], order: tuple[str, ...]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["backtest", "--side", "SELL", *order])
+    assert caught.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and "not allowed with argument" in captured.err
+
+
+def test_backtest_needs_a_trail(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["backtest", "--side", "SELL"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "one of the arguments --trailing-percent --trailing-amount is required" in err
+
+
 def test_backtest_refuses_an_unknown_side(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["backtest", "--side", "HOLD", "--trailing-percent", "1"])
