@@ -319,3 +319,17 @@ def test_the_store_finds_stops_by_symbol_and_namespace_and_follows_changes() -> 
     store.remove("2")
     assert store.in_namespace("a") == [] and [r.uid for r in store.for_symbol("BTCUSDT")] == ["3"]
     assert store.remove("missing") is None
+
+
+def test_every_phase_a_stop_moves_to_after_pending_posts_an_event() -> None:
+    # Each phase reached by a move of the lifecycle table (but Armed, the first step) is told to
+    # kubectl describe; failures as warnings, the user's own end time as a normal event.
+    from trailingstop.core.contracts import Phase
+    from trailingstop.core.lifecycle import TRANSITIONS
+    from trailingstop.operator.reconcile import TRANSITION_EVENTS
+
+    reached = {target for targets in TRANSITIONS.values() for target in targets} - {Phase.ARMED}
+    assert reached <= set(TRANSITION_EVENTS)
+    assert TRANSITION_EVENTS[Phase.EXPIRED] == ("Expired", False)
+    assert TRANSITION_EVENTS[Phase.PARTIALLY_FILLED] == ("PartiallyFilled", True)
+    assert TRANSITION_EVENTS[Phase.UNFILLED] == ("Unfilled", True)

@@ -52,6 +52,10 @@ TRANSITION_EVENTS: dict[Phase, tuple[str, bool]] = {
     Phase.REJECTED: ("Rejected", True),
     Phase.FAILED: ("Failed", True),
     Phase.INVALID: ("Invalid", True),
+    # The order ended with part or none of the quantity filled: the rest is the user's to handle.
+    Phase.PARTIALLY_FILLED: ("PartiallyFilled", True),
+    Phase.UNFILLED: ("Unfilled", True),
+    Phase.EXPIRED: ("Expired", False),  # what the user asked for: an end time, no order
 }
 
 
