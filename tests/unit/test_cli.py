@@ -686,3 +686,65 @@ def test_installed_console_script(tmp_path: Path) -> None:
     assert done.stdout == ""
     assert done.stderr == (f"error: {bad} (document 1) default/s1: spec.trailingPercent must be > 0 and < 100, "
                            'with at most 8 decimals, got "100"\n')
+
+
+# --- issue 14 in `run`: trailingAmount, expiresAt, Limit ------------------------------------------
+
+
+def test_run_an_amount_stop(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = write_manifest(tmp_path, trailingPercent=None, trailingAmount="2.24", activationPrice="105")
+    code, out, err = cli(capsys, "run", path, "--trades", DATA / "worked_sell.csv")
+    assert (code, err) == (0, "")
+    # Activated at 105.5: stop 103.26; the high 112 puts it at 109.76, which trade 107 reaches.
+    assert "activated at 105.5 (trade 103); stop 103.26" in out
+    assert "price 109.76 reached stop 109.76 (reference 112, trade 107)" in out
+    assert final_table(out)[1] == ["s1", "BTCUSDT", "SELL", "", "2.24", "Filled", "112", "109.76", "109.76", "6s"]
+
+
+def steps_line(out: str, change: str) -> int:
+    return next(i for i, line in enumerate(out.splitlines()) if change in line)
+
+
+def test_run_expires_a_stop_at_the_first_trade_at_its_deadline(capsys: pytest.CaptureFixture[str],
+                                                               tmp_path: Path) -> None:
+    path = write_manifest(tmp_path, trailingPercent="5", expiresAt="2023-11-14T23:13:25+01:00")
+    code, out, err = cli(capsys, "run", path, "--trades", DATA / "worked_sell.csv")
+    assert (code, err) == (0, "")
+    steps = transitions(out)
+    assert steps[-1][2] == "Tracking -> Expired"
+    assert out.splitlines()[steps_line(out, "Tracking -> Expired")].endswith(
+        "expired at 2023-11-14T22:13:25.000Z (trade 105 came at or after it); no order was placed")
+    assert "Triggered" not in out
+    assert final_table(out)[1][5] == "Expired"
+
+
+def test_run_a_limit_stop_is_filled_in_simulation(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = write_manifest(tmp_path, trailingPercent="2", execution={"type": "Limit", "maxSlippagePercent": "0.5"})
+    code, out, _ = cli(capsys, "run", path, "--trades", DATA / "worked_sell.csv")
+    assert code == 0
+    assert transitions(out)[-1][2:] == ("Triggered -> Filled", "simulated fill: SELL 1 BTCUSDT at 109.76")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"trailingAmount": "5"},
+         "spec: exactly one of trailingPercent and trailingAmount must be set (got both)"),
+        ({"trailingPercent": None},
+         "spec: exactly one of trailingPercent and trailingAmount must be set (got neither)"),
+        ({"trailingPercent": None, "trailingAmount": "105", "activationPrice": "105"},
+         "spec: a SELL's activationPrice must be above its trailingAmount: at the activation price its stop "
+         "(activationPrice - trailingAmount) would be at or below 0, where no order can ever be placed "
+         "(activationPrice 105, trailingAmount 105)"),
+        ({"execution": {"type": "Limit"}},
+         "spec.execution: maxSlippagePercent is required with type Limit, and only with Limit"),
+        ({"expiresAt": "tomorrow"},
+         'spec.expiresAt must be an RFC 3339 time like "2026-12-31T23:59:59Z", got "tomorrow"'),
+    ],
+)
+def test_run_refuses_bad_new_fields_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                spec: dict[str, Any], message: str) -> None:
+    path = write_manifest(tmp_path, **spec)
+    code, out, err = cli(capsys, "run", path, "--trades", DATA / "worked_sell.csv")
+    assert (code, out) == (2, "")
+    assert err == f"error: {path} (document 1) default/s1: {message}\n"
