@@ -28,7 +28,7 @@ from trailingstop.core.contracts import (
     now_ms,
     to_wire,
 )
-from trailingstop.core.lifecycle import has_fired, is_final, pending, spec_accepted, spec_refused
+from trailingstop.core.lifecycle import is_final, is_frozen, pending, spec_accepted, spec_refused
 from trailingstop.operator import builders
 from trailingstop.operator.builders import Owner
 from trailingstop.operator.coalesce import Coalescer
@@ -114,8 +114,9 @@ class Reconciler:
         self._require_broker()
         record = self.store.put(record_from_body(body), body.get("status"))
         now = ms_to_rfc3339(now_ms())
-        if has_fired(record.status.phase):
-            # The stop fired: its order exists. A new spec would be a new stop; say so, change nothing.
+        if is_frozen(record.status.phase):
+            # The stop fired (its order exists) or ended (expired): a new spec would be a new stop;
+            # say so, change nothing.
             await self.writer.submit(record, spec_refused(record.status, record.generation, now))
             log.warning("spec change of %s refused: already %s", record.key, record.status.phase,
                         extra=stop_fields(record.namespace, record.name, record.uid, record.spec.symbol))
