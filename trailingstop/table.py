@@ -34,11 +34,12 @@ PRINTER_COLUMNS: tuple[Column, ...] = (
     Column("Stop", ".status.stopPrice", description="Price at which the stop triggers"),
     Column("Last", ".status.lastPrice", description="Last trade price seen"),
     Column("Age", ".metadata.creationTimestamp", type="date"),
+    # Added with issue 14 ahead of the older wide columns, which keep their place at the end.
+    Column("Execution", ".spec.execution.type", description="Market (default, when empty) or Limit", priority=1),
+    Column("Expires", ".spec.expiresAt", description="When the stop expires if it has not triggered", priority=1),
     Column("Activation", ".spec.activationPrice", description="Activation price", priority=1),
     Column("Mode", ".spec.mode", description="Simulate, Testnet or Live", priority=1),
     Column("Order", ".status.order.status", description="Status of the order placed at the trigger", priority=1),
-    Column("Execution", ".spec.execution.type", description="Market (default, when empty) or Limit", priority=1),
-    Column("Expires", ".spec.expiresAt", description="When the stop expires if it has not triggered", priority=1),
 )
 
 

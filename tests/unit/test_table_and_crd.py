@@ -80,7 +80,7 @@ def test_stop_row_columns() -> None:
                    "TRAIL%": "1", "TRAILAMOUNT": "", "PHASE": "Filled", "REFERENCE": "0.00149267",
                    "STOP": "0.0014777433", "LAST": "0.0014772", "AGE": "16h"}
     wide = stop_row(_manifest(), FILLED, 0, wide=True)
-    assert list(wide)[-5:] == ["ACTIVATION", "MODE", "ORDER", "EXECUTION", "EXPIRES"]
+    assert list(wide)[-5:] == ["EXECUTION", "EXPIRES", "ACTIVATION", "MODE", "ORDER"]
     assert (wide["ACTIVATION"], wide["MODE"], wide["ORDER"]) == ("0.00145", "Simulate", "SIMULATED")
     assert (wide["EXECUTION"], wide["EXPIRES"]) == ("", "")
 
@@ -118,7 +118,7 @@ def test_printer_columns_are_the_design_columns() -> None:
     names = [c.name.upper() for c in PRINTER_COLUMNS if not c.priority]
     assert names == ["SYMBOL", "SIDE", "TRAIL%", "TRAILAMOUNT", "PHASE", "REFERENCE", "STOP", "LAST", "AGE"]
     assert [c.name.upper() for c in PRINTER_COLUMNS if c.priority] == [
-        "ACTIVATION", "MODE", "ORDER", "EXECUTION", "EXPIRES"]
+        "EXECUTION", "EXPIRES", "ACTIVATION", "MODE", "ORDER"]
 
 
 # --- the CRD --------------------------------------------------------------------------------------
