@@ -74,7 +74,8 @@ async def test_a_limit_stop_on_a_thin_book_is_partially_filled_once(
     await advance(fake, 400)
     cid = client_order_id(record.uid)
     await eventually(lambda: record.status.phase == "PartiallyFilled", what="PartiallyFilled")
-    [result] = probe.results_for(cid)
+    # The probe's queue and the operator's are two: the result may reach the probe a little later.
+    [result] = await eventually(lambda: probe.results_for(cid), what="the OrderResult at the probe")
     assert (result.type, result.price, result.status) == ("LIMIT", Decimal("0.00140543"), "EXPIRED")
     order = record.status.order
     assert order is not None
@@ -97,7 +98,7 @@ async def test_a_quiet_stop_expires_by_the_clock_and_stays_expired_through_a_res
     await eventually(lambda: record.status.phase == "Expired", timeout=30, what="Expired by the clock")
     assert record.status.message == (f"expired at {deadline} (no trade reached the stop by then); "
                                      "no order was placed")
-    [expired] = probe.events_for(record.uid, "expired")
+    [expired] = await eventually(lambda: probe.events_for(record.uid, "expired"), what="the expired event")
     assert expired.trade_id is None
 
     started["orchestrator"].kill()
