@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
-from trailingstop.core.contracts import ms_to_rfc3339, to_wire
+from trailingstop.core.contracts import ms_to_rfc3339, to_wire, trail_text
 from trailingstop.core.engine import Engine, Side, StopState
 from trailingstop.core.trade import Trade
 from trailingstop.outcome import (
@@ -47,21 +47,36 @@ OUTCOME_KEYS = ("exit", "exitPrice", "exitAt", "exitTradeId", "changePercent", "
 ORDERS = ("input", "outcome")  # --sort
 
 
+TrailKind = Literal["percent", "amount"]
+
+
 @dataclass(frozen=True)
 class Combination:
+    """One stop of the sweep: a trailing percent, or (``trailing_amount``, ``trailing_percent`` None)
+    an amount in quote units: SELL stop = R - amount, BUY stop = R + amount (DESIGN §4)."""
+
     side: Side
-    trailing_percent: Decimal
+    trailing_percent: Decimal | None
     activation_price: Decimal | None
+    trailing_amount: Decimal | None = None
 
     @property
     def key(self) -> str:
         activation = "none" if self.activation_price is None else to_wire(self.activation_price)
-        return f"{self.side}/{to_wire(self.trailing_percent)}/{activation}"
+        return f"{self.side}/{self.trail_key}/{activation}"
 
-    # The two sweep axes, as labels (a later trailing kind, e.g. an amount, labels itself here).
+    @property
+    def trail_key(self) -> str:
+        # An amount is prefixed so that a percent and an amount of the same digits never collide.
+        if self.trailing_amount is not None:
+            return f"amount:{to_wire(self.trailing_amount)}"
+        assert self.trailing_percent is not None
+        return to_wire(self.trailing_percent)
+
+    # The two sweep axes, as labels: "1.5%" for a percent, the bare amount (quote units) otherwise.
     @property
     def trail_label(self) -> str:
-        return f"{to_wire(self.trailing_percent)}%"
+        return trail_text(self.trailing_percent, self.trailing_amount)
 
     @property
     def activation_label(self) -> str:
@@ -116,11 +131,19 @@ class BacktestResult:
         return f"{what + ': ' if what else ''}{self.trades:,} trades"
 
 
-def combinations(side: Side, trails: Iterable[Decimal], activations: Iterable[Decimal | None]) -> list[Combination]:
+def combinations(
+    side: Side, trails: Iterable[Decimal], activations: Iterable[Decimal | None], kind: TrailKind = "percent"
+) -> list[Combination]:
+    """Every (trail, activation) pair once, in input order; ``trails`` are percents or, with
+    ``kind="amount"``, amounts (one sweep never mixes them: the CLI refuses both flags)."""
     unique: dict[str, Combination] = {}
+    activations = list(activations)
     for trail in trails:
         for activation in activations:
-            combo = Combination(side, trail, activation)
+            if kind == "amount":
+                combo = Combination(side, None, activation, trailing_amount=trail)
+            else:
+                combo = Combination(side, trail, activation)
             unique.setdefault(combo.key, combo)
     return list(unique.values())
 
@@ -129,7 +152,8 @@ def run_backtest(trades: Iterable[Trade], combos: list[Combination], record: boo
     """One pass over ``trades``; with ``record``, keep the series the chart needs."""
     engine = Engine()
     for combo in combos:
-        engine.upsert(combo.key, combo.side, combo.trailing_percent, combo.activation_price)
+        engine.upsert(combo.key, combo.side, combo.trailing_percent, combo.activation_price,
+                      trailing_amount=combo.trailing_amount)
     tracks = {c.key: Track() for c in combos} if record else {}
     prices = PriceSeries()  # bounded: a month of trades must not be kept for a chart
     count = 0
@@ -156,12 +180,13 @@ def run_backtest(trades: Iterable[Trade], combos: list[Combination], record: boo
 
 
 def result_record(combo: Combination, state: StopState) -> dict[str, Any]:
-    """The JSON object of one combination (exactly :data:`RESULT_KEYS`)."""
+    """The JSON object of one combination: exactly :data:`RESULT_KEYS` for a percent; for an amount
+    the same with ``trailingPercent`` null and ``trailingAmount`` right after it."""
     activated = state.phase != "armed"
     triggered = state.phase == "triggered"
     record = {
         "side": combo.side,
-        "trailingPercent": to_wire(combo.trailing_percent),
+        "trailingPercent": _text(combo.trailing_percent),
         "activationPrice": _text(combo.activation_price),
         "activated": activated,
         "activatedAt": state.activated_at,
@@ -175,7 +200,11 @@ def result_record(combo: Combination, state: StopState) -> dict[str, Any]:
         "stopPrice": _text(state.stop_price) if activated else None,
     }
     assert tuple(record) == RESULT_KEYS
-    return record
+    if combo.trailing_amount is None:
+        return record
+    keys = list(RESULT_KEYS)
+    keys.insert(keys.index("trailingPercent") + 1, "trailingAmount")
+    return {key: to_wire(combo.trailing_amount) if key == "trailingAmount" else record[key] for key in keys}
 
 
 def outcome_record(outcome: Outcome | None, is_best: bool) -> dict[str, Any]:
@@ -197,8 +226,9 @@ def outcome_record(outcome: Outcome | None, is_best: bool) -> dict[str, Any]:
 def render_results(result: BacktestResult, order: str = "input") -> str:
     """A readable table, one row per combination (in ``order``), the best outcome marked."""
     name = outcome_name({c.side for c in result.combinations})
-    headers = ["SIDE", "TRAIL%", "ACTIVATION", "ACTIVATED AT", "ACTIVATED PRICE", "TRIGGERED AT",
-               "TRIGGER PRICE", "REFERENCE", "STOP", "EXIT PRICE", f"{name.upper()}%", ""]
+    amounts = any(c.trailing_amount is not None for c in result.combinations)
+    headers = ["SIDE", "TRAIL AMOUNT" if amounts else "TRAIL%", "ACTIVATION", "ACTIVATED AT", "ACTIVATED PRICE",
+               "TRIGGERED AT", "TRIGGER PRICE", "REFERENCE", "STOP", "EXIT PRICE", f"{name.upper()}%", ""]
     outcomes = result.outcomes()
     winners = best(outcomes)
     rows = []
@@ -224,7 +254,7 @@ def _row(record: dict[str, Any], outcome: Outcome | None, is_best: bool) -> list
         exit_price = to_wire(outcome.price) + (" (open)" if outcome.exit == "end" else "")
     return [
         record["side"],
-        record["trailingPercent"],
+        record.get("trailingAmount") or record["trailingPercent"],
         record["activationPrice"] or "none",
         _when(record["activatedAt"]),
         record["activatedPrice"] or "-",

@@ -2,7 +2,8 @@
 
     trailingstop run FILE.yaml [--trades FILE | --live | --date D[..D] | --month YYYY-MM] [--speed X]
     trailingstop backtest [--trades FILE | --symbol S --date D[..D] | --symbol S --month YYYY-MM]
-                          --side SELL|BUY --trailing-percent LIST --activation-price LIST
+                          --side SELL|BUY --trailing-percent LIST|--trailing-amount LIST
+                          --activation-price LIST
                           [--sort input|outcome] [--json] [--plot OUT]
     trailingstop worker marketdata|orchestrator|executor ...
     trailingstop operator [--namespace NS ... | --all-namespaces]
@@ -31,7 +32,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from pydantic import TypeAdapter, ValidationError
 
 from trailingstop import __version__, history
-from trailingstop.core.contracts import SYMBOL_PATTERN, ActivationPrice, TrailingPercent, describe_errors
+from trailingstop.core.contracts import (
+    SYMBOL_PATTERN,
+    ActivationPrice,
+    TrailingAmount,
+    TrailingPercent,
+    describe_errors,
+)
 from trailingstop.core.echo import printable, short_repr
 from trailingstop.core.trade import Trade
 from trailingstop.settings import SettingsError
@@ -129,7 +136,11 @@ def _parser() -> argparse.ArgumentParser:
     history.add_arguments(backtest, source)
     backtest.add_argument("--symbol", help="symbol to fetch with --date/--month (or of the trade file, for titles)")
     backtest.add_argument("--side", required=True, choices=["SELL", "BUY"], type=str.upper)
-    backtest.add_argument("--trailing-percent", required=True, help="comma-separated, e.g. 0.5,1,2")
+    trail = backtest.add_mutually_exclusive_group(required=True)
+    trail.add_argument("--trailing-percent", help="comma-separated percents, e.g. 0.5,1,2")
+    trail.add_argument("--trailing-amount",
+                       help="comma-separated distances in the quote asset, e.g. 100,250 (SELL stop = high - "
+                            "amount, BUY stop = low + amount)")
     backtest.add_argument("--activation-price", default="none",
                           help="comma-separated prices; 'none' = active from the first trade (default)")
     backtest.add_argument("--sort", choices=["input", "outcome"], default="input",
@@ -332,6 +343,7 @@ async def _until_signalled(work: Coroutine[Any, Any, None]) -> int | None:
 # --- backtest ------------------------------------------------------------------------------------
 
 _TRAIL = TypeAdapter(TrailingPercent)
+_AMOUNT = TypeAdapter(TrailingAmount)
 _ACTIVATION = TypeAdapter(ActivationPrice)
 
 
@@ -355,9 +367,13 @@ def parse_decimal_list(text: str, adapter: TypeAdapter, flag: str, allow_none: b
 def _backtest(args: argparse.Namespace) -> int:
     from trailingstop.backtest import combinations, render_results, run_backtest
 
-    trails = parse_decimal_list(args.trailing_percent, _TRAIL, "--trailing-percent", allow_none=False)
+    if args.trailing_amount is not None:
+        trails = parse_decimal_list(args.trailing_amount, _AMOUNT, "--trailing-amount", allow_none=False)
+    else:
+        trails = parse_decimal_list(args.trailing_percent, _TRAIL, "--trailing-percent", allow_none=False)
     activations = parse_decimal_list(args.activation_price, _ACTIVATION, "--activation-price", allow_none=True)
-    combos = combinations(args.side, [t for t in trails if t is not None], activations)
+    combos = combinations(args.side, [t for t in trails if t is not None], activations,
+                          "amount" if args.trailing_amount is not None else "percent")
     _check_data_url_use(args)
     if args.plot is not None:
         _check_plot_target(args.plot)  # before the work, not after it

@@ -176,8 +176,8 @@ def _describe(event: StopEvent, stop: LocalStop) -> str:
         return f"activated at {price} (trade {event.trade_id}); stop {level}"
     if event.type == "triggered":
         return f"price {price} reached stop {level} (reference {reference}, trade {event.trade_id})"
-    if event.type == "invalid":
-        return event.message or "invalid"
+    if event.type in ("invalid", "expired"):
+        return event.message or event.type
     return event.type
 
 

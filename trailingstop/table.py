@@ -25,12 +25,18 @@ class Column:
 PRINTER_COLUMNS: tuple[Column, ...] = (
     Column("Symbol", ".spec.symbol", description="Binance symbol"),
     Column("Side", ".spec.side", description="SELL: sell on a fall from the high; BUY: buy on a rise from the low"),
+    # A stop trails by a percent or by an amount: exactly one of these two is filled (kubectl's
+    # columns are simple JSON paths, one field each).
     Column("Trail%", ".spec.trailingPercent", description="Trailing distance in percent"),
-    Column("Phase", ".status.phase", description="Pending, Armed, Tracking, Triggered, Filled, ..."),
+    Column("TrailAmount", ".spec.trailingAmount", description="Trailing distance in the quote asset"),
+    Column("Phase", ".status.phase", description="Pending, Armed, Tracking, Triggered, Filled, Expired, ..."),
     Column("Reference", ".status.referencePrice", description="High (SELL) or low (BUY) since activation"),
     Column("Stop", ".status.stopPrice", description="Price at which the stop triggers"),
     Column("Last", ".status.lastPrice", description="Last trade price seen"),
     Column("Age", ".metadata.creationTimestamp", type="date"),
+    # Added with issue 14 ahead of the older wide columns, which keep their place at the end.
+    Column("Execution", ".spec.execution.type", description="Market (default, when empty) or Limit", priority=1),
+    Column("Expires", ".spec.expiresAt", description="When the stop expires if it has not triggered", priority=1),
     Column("Activation", ".spec.activationPrice", description="Activation price", priority=1),
     Column("Mode", ".spec.mode", description="Simulate, Testnet or Live", priority=1),
     Column("Order", ".status.order.status", description="Status of the order placed at the trigger", priority=1),

@@ -34,6 +34,7 @@ from trailingstop.core.trade import Trade
 from trailingstop.tradefiles import DEMO_SYMBOL, demo_trades_path, load_trades
 
 from .admin import AdminApi
+from .book import Book
 from .faults import Faults
 from .market import Account, Exchange, Order, Tape
 from .server import RequestStats, RestApi
@@ -232,6 +233,15 @@ class FakeBinance:
         tape.price_override = None if price is None else Decimal(str(price))
         if tape.price_override is not None:
             self.exchange.on_price(tape.symbol, tape.price_override)
+
+    def set_book(self, symbol: str, bids: Iterable[Iterable[Any]] | None, asks: Iterable[Iterable[Any]] = ()) -> None:
+        """Liquidity for taking orders (``[[price, qty], ...]``); ``bids`` None: unlimited again
+        (the default: a taking order fills fully at the market price). See :mod:`.book`."""
+        symbol = self.tape(symbol).symbol
+        if bids is None:
+            self.exchange.books.pop(symbol, None)
+        else:
+            self.exchange.books[symbol] = Book.from_levels(bids, asks)
 
     async def _pace(self) -> None:
         carry: dict[str, float] = {}

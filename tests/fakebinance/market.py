@@ -13,6 +13,9 @@ What it imitates on Binance Spot:
 * **LIMIT orders** that cross the market fill at once at the market price; otherwise GTC ones rest
   on the book (funds locked) and fill at their own price when a trade reaches it; IOC/FOK expire.
   LIMIT_MAKER orders that would take are rejected.
+* **A configured book** (``Exchange.books``, :mod:`.book`) limits what MARKET and LIMIT IOC/FOK
+  orders can take: they walk its levels, fill partly, and the rest expires (status EXPIRED with
+  the partial ``executedQty``), as on Binance.
 * **newClientOrderId** must be unique among the account's *open* orders on the symbol: a reuse
   while such an order is open is ``-2010 Duplicate order sent.``, a reuse after it filled (or was
   canceled) is accepted, as Binance documents.
@@ -36,6 +39,7 @@ from typing import Any
 from trailingstop.core.trade import Trade
 
 from . import errors
+from .book import Book
 from .symbols import EIGHT_PLACES, SUPPORTED_ORDER_TYPES, SymbolSpec, fmt
 
 OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED")
@@ -330,6 +334,7 @@ class Exchange:
         self.accounts: dict[str, Account] = {a.api_key: a for a in accounts}
         self.clock = clock
         self.orders: list[Order] = []
+        self.books: dict[str, Book] = {}  # symbol -> the liquidity takers walk (none: unlimited)
         self._next_order_id: dict[str, int] = {}
         self._next_trade_id = 900_000_000
 
@@ -371,6 +376,8 @@ class Exchange:
         market = req.type == "MARKET"
         if req.price is not None:
             spec.check_price(req.price)
+            if market_price is not None:
+                spec.check_percent_price(req.side, req.price, market_price)
         quantity = req.quantity
         if quantity is None and req.quote_order_qty is not None and market_price:
             quantity = spec.round_down_to_step(req.quote_order_qty / market_price)
@@ -407,6 +414,9 @@ class Exchange:
         )
 
     def _execute_market(self, account: Account, spec: SymbolSpec, order: Order, price: Decimal | None) -> None:
+        if spec.symbol in self.books and order.orig_qty > 0:
+            self._take_from_book(account, spec, order, None)
+            return
         if price is None or order.orig_qty == 0:
             order.status = "EXPIRED"  # nothing to trade against
             return
@@ -421,13 +431,30 @@ class Exchange:
         if order.type == "LIMIT_MAKER" and crosses:
             raise errors.new_order_rejected("Order would immediately match and take.")
         self._require_funds(account, spec, order.side, order.orig_qty, order.price)
-        if crosses:
+        if spec.symbol in self.books and order.type == "LIMIT" and order.time_in_force in ("IOC", "FOK"):
+            self._take_from_book(account, spec, order, order.price)
+        elif crosses:
             assert market_price is not None
             self._fill(account, spec, order, market_price, account.taker_commission, False)
         elif order.time_in_force in ("IOC", "FOK"):
             order.status = "EXPIRED"
         else:
             self._lock(account, spec, order)
+
+    def _take_from_book(self, account: Account, spec: SymbolSpec, order: Order, limit: Decimal | None) -> None:
+        """Walk the configured book; what cannot fill now expires (FOK: all or nothing)."""
+        book = self.books[spec.symbol]
+        if order.time_in_force == "FOK" and book.available(order.side, limit) < order.orig_qty:
+            order.status = "EXPIRED"
+            return
+        if order.type == "MARKET":  # a LIMIT order's funds were checked at its price
+            best = book.asks[0].price if order.side == "BUY" and book.asks else Decimal(0)
+            self._require_funds(account, spec, order.side, order.orig_qty, best)
+        for price, qty in book.take(order.side, order.orig_qty, limit):
+            self._fill(account, spec, order, price, account.taker_commission, from_locked=False, qty=qty)
+        if order.executed_qty < order.orig_qty:
+            order.status = "EXPIRED"  # the rest of an IOC or MARKET order: nothing more to take
+            order.update_time = self.clock()
 
     def _require_funds(self, account: Account, spec: SymbolSpec, side: str, qty: Decimal, price: Decimal) -> None:
         if side == "SELL":
@@ -455,9 +482,11 @@ class Exchange:
         price: Decimal,
         rate: Decimal,
         from_locked: bool,
+        qty: Decimal | None = None,
     ) -> None:
-        """Fill the whole remaining quantity at ``price`` and move the balances."""
-        qty = order.orig_qty - order.executed_qty
+        """Fill ``qty`` (default: the whole remaining quantity) at ``price`` and move the balances."""
+        if qty is None:
+            qty = order.orig_qty - order.executed_qty
         quote = (price * qty).quantize(EIGHT_PLACES)
         base_balance = account.balance(spec.base_asset)
         quote_balance = account.balance(spec.quote_asset)
@@ -482,7 +511,7 @@ class Exchange:
         order.fills.append(Fill(price, qty, commission, commission_asset, self._next_trade_id))
         order.executed_qty += qty
         order.cummulative_quote_qty += quote
-        order.status = "FILLED"
+        order.status = "FILLED" if order.executed_qty == order.orig_qty else "PARTIALLY_FILLED"
         order.update_time = self.clock()
 
     # --- resting orders meet the market -----------------------------------------------------

@@ -13,6 +13,9 @@ checks are the documented ones:
   means on Binance).
 * MIN_NOTIONAL (the older filter some symbols still show) when ``legacy_min_notional`` is set.
 * MAX_NUM_ORDERS: open orders per account and symbol.
+* PERCENT_PRICE_BY_SIDE (when ``percent_price_by_side`` is set, as on Binance's BTCUSDT): a LIMIT
+  SELL's price within ``[askMultiplierDown, askMultiplierUp] x`` the average price, a BUY's within
+  the bid multipliers; the fake's average price is the market price (``avgPriceMins: 0``).
 
 The two built-in symbols copy real ones: XRPETH (whole XRP lots, 8-decimal ETH prices, as when
 the bundled 2019 trades were made) and BTCUSDT (0.00001 BTC steps, 0.01 USDT ticks, 5 USDT
@@ -82,6 +85,8 @@ class SymbolSpec:
     default_stp_mode: str = "EXPIRE_MAKER"
     allowed_stp_modes: tuple[str, ...] = STP_MODES
     extra_filters: list[dict[str, Any]] = field(default_factory=list)
+    # (bidMultiplierUp, bidMultiplierDown, askMultiplierUp, askMultiplierDown), Binance's order
+    percent_price_by_side: tuple[str, str, str, str] | None = None
 
     def __post_init__(self) -> None:
         self.symbol = self.symbol.upper()
@@ -149,10 +154,24 @@ class SymbolSpec:
                 "maxTrailingBelowDelta": 2000,
             },
             notional,
+            *self._percent_price_filter(),
             {"filterType": "MAX_NUM_ORDERS", "maxNumOrders": self.max_num_orders},
             {"filterType": "MAX_NUM_ALGO_ORDERS", "maxNumAlgoOrders": 5},
             *self.extra_filters,
         ]
+
+    def _percent_price_filter(self) -> list[dict[str, Any]]:
+        if self.percent_price_by_side is None:
+            return []
+        bid_up, bid_down, ask_up, ask_down = self.percent_price_by_side
+        return [{
+            "filterType": "PERCENT_PRICE_BY_SIDE",
+            "bidMultiplierUp": bid_up,
+            "bidMultiplierDown": bid_down,
+            "askMultiplierUp": ask_up,
+            "askMultiplierDown": ask_down,
+            "avgPriceMins": self.avg_price_mins,
+        }]
 
     def exchange_info(self) -> dict[str, Any]:
         """The symbol's entry in ``exchangeInfo.symbols``."""
@@ -193,6 +212,15 @@ class SymbolSpec:
             or (self.tick_size and price % self.tick_size != 0)
         ):
             raise errors.filter_failure("PRICE_FILTER")
+
+    def check_percent_price(self, side: str, price: Decimal, average: Decimal) -> None:
+        """PERCENT_PRICE_BY_SIDE for a LIMIT price against the average price; -1013 on failure."""
+        if self.percent_price_by_side is None:
+            return
+        bid_up, bid_down, ask_up, ask_down = (Decimal(v) for v in self.percent_price_by_side)
+        down, up = (ask_down, ask_up) if side == "SELL" else (bid_down, bid_up)
+        if not average * down <= price <= average * up:
+            raise errors.filter_failure("PERCENT_PRICE_BY_SIDE")
 
     def check_quantity(self, quantity: Decimal, market: bool) -> None:
         """LOT_SIZE (every order), then MARKET_LOT_SIZE (MARKET orders)."""
@@ -263,6 +291,7 @@ def btcusdt() -> SymbolSpec:
         market_step_size=Decimal("0.00000000"),
         min_notional=Decimal("5.00000000"),
         max_notional=Decimal("9000000.00000000"),
+        percent_price_by_side=("5", "0.2", "5", "0.2"),
     )
 
 

@@ -28,12 +28,21 @@ DATA = Path(__file__).parent / "data"
 T = 1_700_000_000_000
 
 
-def naive(trades: list[Trade], side: str, trail: Decimal, activation: Decimal | None) -> dict[str, Any]:
-    """DESIGN §4 written out as plainly as possible, exact decimals; the record backtest should give."""
+def naive(trades: list[Trade], side: str, trail: Decimal, activation: Decimal | None,
+          amount: Decimal | None = None) -> dict[str, Any]:
+    """DESIGN §4 written out as plainly as possible, exact decimals; the record backtest should give.
+    With ``amount`` the trail is that many quote units (``trail`` is ignored): SELL stop = R - amount,
+    BUY stop = R + amount."""
     with decimal.localcontext() as ctx:
         ctx.prec = 200
         ctx.traps[decimal.Inexact] = True
         d = trail / 100
+
+        def level(r: Decimal) -> Decimal:
+            if amount is not None:
+                return r - amount if side == "SELL" else r + amount
+            return r * (1 - d) if side == "SELL" else r * (1 + d)
+
         active = False
         reference = stop = None
         record: dict[str, Any] = {
@@ -47,17 +56,17 @@ def naive(trades: list[Trade], side: str, trail: Decimal, activation: Decimal | 
             if not active:
                 if activation is None or (side == "SELL" and p >= activation) or (side == "BUY" and p <= activation):
                     active, reference = True, p
-                    stop = reference * (1 - d) if side == "SELL" else reference * (1 + d)
+                    stop = level(reference)
                     record.update(activated=True, activatedAt=trade.time, activatedPrice=_s(p),
                                   activatedTradeId=trade.trade_id)
                 continue
             if side == "SELL":
                 reference = max(reference, p)
-                stop = reference * (1 - d)
+                stop = level(reference)
                 hit = p <= stop
             else:
                 reference = min(reference, p)
-                stop = reference * (1 + d)
+                stop = level(reference)
                 hit = p >= stop
             if hit:
                 record.update(triggered=True, triggeredAt=trade.time, triggerPrice=_s(p),
@@ -65,7 +74,10 @@ def naive(trades: list[Trade], side: str, trail: Decimal, activation: Decimal | 
                 break
         if active:
             record.update(referencePrice=_s(reference), stopPrice=_s(stop))
-        return record
+        if amount is None:
+            return record
+        return {"side": side, "trailingPercent": None, "trailingAmount": _s(amount),
+                **{k: v for k, v in record.items() if k not in ("side", "trailingPercent")}}
 
 
 def _s(value: Decimal | None) -> str | None:
@@ -155,6 +167,47 @@ def test_real_day_matches_the_plain_model(demo: list[Trade], side: str, trails: 
     want = [naive(demo, side, D(t), None if a is None else D(a)) for t in trails for a in activations]
     assert got == want
     assert any(r["triggered"] for r in got) and any(not r["triggered"] for r in got)
+
+
+@pytest.mark.parametrize(
+    ("side", "amounts", "activations"),
+    [("SELL", ["0.00000001", "0.000005", "0.00001", "0.0000123", "0.0001", "0.00145"],
+      [None, "0.00145", "0.0015", "0.0016"]),
+     ("BUY", ["0.00000001", "0.000007", "0.00002", "0.00005", "1"], [None, "0.0014", "0.00141", "0.0013"])],
+)
+def test_amounts_on_a_real_day_match_the_plain_model(demo: list[Trade], side: str, amounts: list[str],
+                                                     activations: list[str | None]) -> None:
+    combos = combinations(side, [D(a) for a in amounts], [None if a is None else D(a) for a in activations],  # type: ignore[arg-type]
+                          kind="amount")
+    got = run_backtest(demo, combos).records()
+    want = [naive(demo, side, D(0), None if a is None else D(a), amount=D(x)) for x in amounts for a in activations]
+    assert got == want
+    assert any(r["triggered"] for r in got) and any(not r["triggered"] for r in got)
+    assert all(tuple(r)[:3] == ("side", "trailingPercent", "trailingAmount") for r in got)
+
+
+def test_amount_worked_example_by_hand(sell_trades: list[Trade]) -> None:
+    # worked_sell: activated at 105.5 (trade 103); the high is 112; 112 - 2.24 = 109.76 is reached by
+    # trade 107 exactly (inclusive), like the 2 % stop of DESIGN §4's example. An amount of 12 would
+    # put the stop at 100: never reached.
+    combos = combinations("SELL", [D("2.24"), D("12")], [D("105")], kind="amount")
+    got = run_backtest(sell_trades, combos).records()
+    assert [(r["trailingAmount"], r["triggered"], r["triggerTradeId"], r["referencePrice"], r["stopPrice"])
+            for r in got] == [("2.24", True, 107, "112", "109.76"), ("12", False, None, "112", "100")]
+
+
+def test_a_percent_and_an_amount_of_the_same_digits_are_two_combinations() -> None:
+    percent = Combination("SELL", D("1"), None)
+    amount = Combination("SELL", None, None, trailing_amount=D("1"))
+    assert percent.key != amount.key
+    assert (percent.trail_label, amount.trail_label) == ("1%", "1")
+
+
+def test_a_sell_amount_at_or_above_the_price_never_triggers(sell_trades: list[Trade]) -> None:
+    # The stop would be at or below 0: no price reaches it, and the record says where it stands.
+    (record,) = run_backtest(sell_trades, combinations("SELL", [D("112")], [None], kind="amount")).records()
+    assert (record["activated"], record["triggered"], record["referencePrice"], record["stopPrice"]) == (
+        True, False, "112", "0")
 
 
 def test_result_count_and_span(demo: list[Trade]) -> None:

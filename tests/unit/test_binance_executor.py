@@ -9,7 +9,8 @@ from decimal import Decimal
 import pytest
 
 from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET, FakeBinance
-from trailingstop.core.contracts import PlaceOrder, client_order_id
+from trailingstop.core.contracts import Phase, PlaceOrder, TrailingStopStatus, client_order_id
+from trailingstop.core.lifecycle import apply_order_result, order_outcome
 from trailingstop.exchange.binance import BinanceExecutor, BinanceSettings, connect_client
 
 UID = "0b8c7f0e-5f6a-4a8e-9a49-2b1d2b1a9f00"
@@ -79,3 +80,92 @@ async def test_settings_never_show_the_keys() -> None:
     assert "my-key" not in repr(settings) and "my-secret" not in repr(settings)
     assert BinanceSettings.from_env("Testnet", {}).api_url == "https://testnet.binance.vision/api"
     assert BinanceSettings.from_env("Live", {"TRAILINGSTOP_BINANCE_API_URL": "http://x/api"}).api_url == "http://x/api"
+
+
+# --- Limit execution: one LIMIT IOC order at the user's bound (DESIGN §4 "Execution") -------------
+
+LIMIT_UID = "5c1d7f0e-5f6a-4a8e-9a49-2b1d2b1a9f01"
+
+
+def limit_order(price: str, quantity: str = "0.5", side: str = "SELL", symbol: str = "BTCUSDT",
+                trigger: str = "65000", uid: str = LIMIT_UID) -> PlaceOrder:
+    return PlaceOrder(client_order_id=client_order_id(uid), uid=uid, symbol=symbol, side=side,  # type: ignore[arg-type]
+                      quantity=Decimal(quantity), type="LIMIT", price=Decimal(price), time_in_force="IOC",
+                      mode="Testnet", route="testnet-keys", trigger_price=Decimal(trigger), triggered_at=0)
+
+
+async def test_a_limit_order_that_crosses_fills_and_is_placed_once(executor: BinanceExecutor,
+                                                                    fake: FakeBinance) -> None:
+    fake.set_price("BTCUSDT", "65000")
+    first = await executor.execute(limit_order("64675"))
+    again = await executor.execute(limit_order("64675"))  # a redelivery: looked up, not placed again
+    assert (first.status, first.type, first.price, first.executed_qty) == (
+        "FILLED", "LIMIT", Decimal("64675"), Decimal("0.5"))
+    assert again.order_id == first.order_id
+    (placed,) = fake.orders(first.client_order_id)
+    assert (placed.type, placed.time_in_force, placed.price) == ("LIMIT", "IOC", Decimal("64675"))
+    assert fake.order_posts(first.client_order_id) == 1
+    assert order_outcome(first)[0] == Phase.FILLED
+
+
+async def test_a_limit_price_off_the_tick_is_rounded_the_safe_way(executor: BinanceExecutor,
+                                                                  fake: FakeBinance) -> None:
+    # BTCUSDT ticks are 0.01: a SELL's bound 64675.004 goes up to 64675.01, a BUY's down.
+    fake.set_price("BTCUSDT", "65000")
+    sell = await executor.execute(limit_order("64675.004"))
+    buy = await executor.execute(limit_order("65325.009", side="BUY", uid="5c1d7f0e-5f6a-4a8e-9a49-2b1d2b1a9f02"))
+    assert (sell.price, buy.price) == (Decimal("64675.01"), Decimal("65325"))
+    assert (sell.status, buy.status) == ("FILLED", "FILLED")
+
+
+async def test_an_ioc_limit_the_market_does_not_reach_ends_unfilled(executor: BinanceExecutor,
+                                                                     fake: FakeBinance) -> None:
+    fake.set_price("BTCUSDT", "64000")  # below the SELL's bound of 64675: nothing fills
+    result = await executor.execute(limit_order("64675"))
+    assert (result.status, result.executed_qty, result.orig_qty) == ("EXPIRED", Decimal("0"), Decimal("0.5"))
+    phase, reason, message = order_outcome(result)
+    assert (phase, reason) == (Phase.UNFILLED, "Unfilled")
+    assert message == "LIMIT order expired (limit 64675) with nothing filled; no further order"
+    assert fake.order_posts(result.client_order_id) == 1
+    assert len(fake.orders(result.client_order_id)) == 1
+
+
+async def test_a_thin_book_fills_part_and_the_rest_expires(executor: BinanceExecutor, fake: FakeBinance) -> None:
+    fake.set_price("BTCUSDT", "65000")
+    fake.set_book("BTCUSDT", bids=[["64990", "0.2"], ["64800", "0.1"], ["64600", "5"]])
+    result = await executor.execute(limit_order("64675"))
+    # 0.2 at 64990 + 0.1 at 64800 = 0.3 (quote 19478); 64600 is below the bound: the 0.2 left expires.
+    assert (result.status, result.executed_qty, result.cummulative_quote_qty) == (
+        "EXPIRED", Decimal("0.3"), Decimal("19478"))
+    assert result.avg_price == Decimal("19478") / Decimal("0.3")
+    phase, reason, message = order_outcome(result)
+    assert (phase, reason) == (Phase.PARTIALLY_FILLED, "PartiallyFilled")
+    assert "0.2 remaining; no further order" in message
+    status = apply_order_result(TrailingStopStatus(phase=Phase.TRIGGERED), result, "2026-01-01T00:00:00Z")
+    assert status.phase == Phase.PARTIALLY_FILLED
+    assert status.order is not None
+    assert (status.order.executed_qty, status.order.remaining_qty, status.order.orig_qty) == (
+        Decimal("0.3"), Decimal("0.2"), Decimal("0.5"))
+    assert fake.order_posts(result.client_order_id) == 1  # no second order for the rest
+
+
+async def test_a_limit_outside_percent_price_by_side_is_rejected_with_binances_code(
+    executor: BinanceExecutor, fake: FakeBinance
+) -> None:
+    fake.set_price("BTCUSDT", "65000")  # a SELL may not be priced below 0.2 x 65000 = 13000
+    result = await executor.execute(limit_order("12999.99"))
+    assert result.status == "REJECTED"
+    assert result.error is not None
+    assert (result.error.code, result.error.message) == (-1013, "Filter failure: PERCENT_PRICE_BY_SIDE")
+    assert order_outcome(result)[0] == Phase.REJECTED
+
+
+async def test_a_limit_above_price_filter_max_is_rejected_with_binances_code(
+    executor: BinanceExecutor, fake: FakeBinance
+) -> None:
+    # XRPETH's maxPrice is 1000 (the fake's; no PERCENT_PRICE_BY_SIDE on it): a BUY bound above it.
+    result = await executor.execute(limit_order("1000.00000001", quantity="1", side="BUY", symbol="XRPETH",
+                                                trigger="1000"))
+    assert result.status == "REJECTED"
+    assert result.error is not None
+    assert (result.error.code, result.error.message) == (-1013, "Filter failure: PRICE_FILTER")

@@ -27,7 +27,7 @@ from trailingstop.tradefiles import demo_trades_path, load_trades
 ROOT = Path(__file__).parents[2]
 DATA = Path(__file__).parent / "data"
 EXAMPLE = ROOT / "examples" / "trailingstop.yaml"
-TABLE_HEADER = ["NAME", "SYMBOL", "SIDE", "TRAIL%", "PHASE", "REFERENCE", "STOP", "LAST", "AGE"]
+TABLE_HEADER = ["NAME", "SYMBOL", "SIDE", "TRAIL%", "TRAILAMOUNT", "PHASE", "REFERENCE", "STOP", "LAST", "AGE"]
 TRANSITION = re.compile(r"^(\S+Z)  (\S+)\s+(\w+ -> \w+)\s+(.*)$")
 
 
@@ -53,8 +53,12 @@ def transitions(out: str) -> list[tuple[str, str, str, str]]:
 
 
 def final_table(out: str) -> list[list[str]]:
+    """The last table of ``out``, cut at the header's column starts (a cell may be empty: a percent
+    stop has no TRAILAMOUNT)."""
     lines = out.rstrip("\n").split("\n\n")[-1].splitlines()
-    return [line.split() for line in lines]
+    starts = [m.start() for m in re.finditer(r"\S+", lines[0])]
+    ends = [*starts[1:], None]
+    return [[line[a:b].strip() for a, b in zip(starts, ends, strict=True)] for line in lines]
 
 
 def write_manifest(tmp_path: Path, name: str = "m.yaml", **spec: Any) -> Path:
@@ -93,10 +97,10 @@ def test_run_the_bundled_example_on_the_bundled_trades(capsys: pytest.CaptureFix
     header, row = final_table(out)
     assert header == TABLE_HEADER
     age = human_duration(want["triggeredAt"] - trades[0].time)
-    assert row == ["xrp-take-profit", "XRPETH", "SELL", "1", "Filled", want["referencePrice"], want["stopPrice"],
+    assert row == ["xrp-take-profit", "XRPETH", "SELL", "1", "", "Filled", want["referencePrice"], want["stopPrice"],
                    want["triggerPrice"], age]
     # By hand: activation on the first trade at 0.00145, high 0.00149267, stop = high * 0.99.
-    assert row[4:] == ["Filled", "0.00149267", "0.0014777433", "0.0014772", "16h"]
+    assert row[5:] == ["Filled", "0.00149267", "0.0014777433", "0.0014772", "16h"]
 
 
 def test_run_the_sell_worked_example(capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,7 +117,7 @@ def test_run_the_sell_worked_example(capsys: pytest.CaptureFixture[str]) -> None
          "simulated fill: SELL 0.5 BTCUSDT at 109.76"),
     ]
     assert final_table(out) == [TABLE_HEADER,
-                                ["worked-sell", "BTCUSDT", "SELL", "2", "Filled", "112", "109.76", "109.76", "6s"]]
+                                ["worked-sell", "BTCUSDT", "SELL", "2", "", "Filled", "112", "109.76", "109.76", "6s"]]
     assert "reference 110" not in out
 
 
@@ -134,7 +138,7 @@ def test_run_the_buy_worked_example_from_json_lines(capsys: pytest.CaptureFixtur
         ("Tracking -> Triggered", "price 91.35 reached stop 91.35 (reference 90, trade 207)"),
         ("Triggered -> Filled", "simulated fill: BUY 0.25 BTCUSDT at 91.35"),
     ]
-    assert final_table(out)[1] == ["worked-buy", "BTCUSDT", "BUY", "1.5", "Filled", "90", "91.35", "91.35", "6s"]
+    assert final_table(out)[1] == ["worked-buy", "BTCUSDT", "BUY", "1.5", "", "Filled", "90", "91.35", "91.35", "6s"]
 
 
 def test_run_a_list_in_two_namespaces(capsys: pytest.CaptureFixture[str]) -> None:
@@ -146,8 +150,8 @@ def test_run_a_list_in_two_namespaces(capsys: pytest.CaptureFixture[str]) -> Non
     assert table[0] == ["NAMESPACE", *TABLE_HEADER]
     # SELL 1 %: 100, 110, 108.9 triggers exactly; BUY 1.5 % from 100: 110 >= 101.5 triggers.
     # AGE is the age at the end of the run (the last trade), like kubectl's, for both.
-    assert table[1] == ["desk-a", "tight", "BTCUSDT", "SELL", "1", "Filled", "110", "108.9", "108.9", "2s"]
-    assert table[2] == ["desk-b", "tight", "BTCUSDT", "BUY", "1.5", "Filled", "100", "101.5", "110", "2s"]
+    assert table[1] == ["desk-a", "tight", "BTCUSDT", "SELL", "1", "", "Filled", "110", "108.9", "108.9", "2s"]
+    assert table[2] == ["desk-b", "tight", "BTCUSDT", "BUY", "1.5", "", "Filled", "100", "101.5", "110", "2s"]
 
 
 
@@ -162,7 +166,7 @@ def test_run_notes_the_mode_of_each_non_simulated_stop(capsys: pytest.CaptureFix
 def test_run_stops_that_never_trigger_end_in_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(capsys, "run", DATA / "paced.yaml", "--trades", DATA / "paced.csv")
     assert code == 0
-    assert final_table(out)[1] == ["paced", "BTCUSDT", "SELL", "50", "Tracking", "102", "51", "102", "0s"]
+    assert final_table(out)[1] == ["paced", "BTCUSDT", "SELL", "50", "", "Tracking", "102", "51", "102", "0s"]
 
 
 @pytest.mark.parametrize("content", ["", "\n\n", "agg_trade_id,price,quantity,first_trade_id,last_trade_id,"
@@ -223,7 +227,7 @@ def test_run_speed_paces_the_replay(capsys: pytest.CaptureFixture[str], monkeypa
     assert code == 0
     assert asked == pytest.approx([0.05, 0.05])  # 200 ms apart at 4x
     assert elapsed >= 0.1
-    assert final_table(out)[1][4] == "Tracking"
+    assert final_table(out)[1][5] == "Tracking"
     asked.clear()
     code, _, _ = cli(capsys, "run", DATA / "paced.yaml", "--trades", DATA / "paced.csv")
     assert code == 0 and asked == []  # default: as fast as possible
@@ -546,6 +550,57 @@ def test_backtest_refuses_invalid_list_values(capsys: pytest.CaptureFixture[str]
     assert err == f"error: {flag}: {message}\n"
 
 
+def test_backtest_trailing_amount_json(capsys: pytest.CaptureFixture[str]) -> None:
+    # High 112: 112 - 2.24 = 109.76 is trade 107's price (inclusive); 112 - 3 = 109 is never reached.
+    records = backtest_json(capsys, "--trades", DATA / "worked_sell.csv", "--side", "SELL",
+                            "--trailing-amount", "2.24, 3", "--activation-price", "105")
+    assert [tuple(r)[:3] for r in records] == [("side", "trailingPercent", "trailingAmount")] * 2
+    assert [(r["trailingPercent"], r["trailingAmount"], r["triggerTradeId"], r["triggerPrice"], r["stopPrice"])
+            for r in records] == [(None, "2.24", 107, "109.76", "109.76"), (None, "3", None, None, "109")]
+
+
+def test_backtest_trailing_amount_table_labels(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "backtest", "--trades", DATA / "worked_sell.csv", "--side", "SELL",
+                       "--trailing-amount", "2.24")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["SIDE", "TRAIL", "AMOUNT"]
+    assert lines[1].split()[:2] == ["SELL", "2.24"]
+    assert "best: SELL trail 2.24, activation none: kept" in out
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("0", 'trailingAmount must be a decimal string > 0 in the quote asset, like "250", got "0"'),
+     ("5,-1", 'trailingAmount must be a decimal string > 0 in the quote asset, like "250", got "-1"'),
+     ("1e3", 'trailingAmount must be a decimal string > 0 in the quote asset, like "250", got "1e3"')],
+)
+def test_backtest_refuses_invalid_amounts(capsys: pytest.CaptureFixture[str], value: str, message: str) -> None:
+    code, out, err = cli(capsys, "backtest", "--trades", DATA / "worked_sell.csv", "--side", "SELL",
+                         "--trailing-amount", value)
+    assert (code, out) == (2, "")
+    assert err == f"error: --trailing-amount: {message}\n"
+
+
+@pytest.mark.parametrize("order", [("--trailing-percent", "1", "--trailing-amount", "5"),
+                                   ("--trailing-amount", "5", "--trailing-percent", "1")])
+def test_backtest_refuses_both_trails(capsys: pytest.CaptureFixture[str], order: tuple[str, ...]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["backtest", "--side", "SELL", *order])
+    assert caught.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and "not allowed with argument" in captured.err
+
+
+def test_backtest_needs_a_trail(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["backtest", "--side", "SELL"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "one of the arguments --trailing-percent --trailing-amount is required" in err
+
+
 def test_backtest_refuses_an_unknown_side(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["backtest", "--side", "HOLD", "--trailing-percent", "1"])
@@ -631,3 +686,65 @@ def test_installed_console_script(tmp_path: Path) -> None:
     assert done.stdout == ""
     assert done.stderr == (f"error: {bad} (document 1) default/s1: spec.trailingPercent must be > 0 and < 100, "
                            'with at most 8 decimals, got "100"\n')
+
+
+# --- issue 14 in `run`: trailingAmount, expiresAt, Limit ------------------------------------------
+
+
+def test_run_an_amount_stop(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = write_manifest(tmp_path, trailingPercent=None, trailingAmount="2.24", activationPrice="105")
+    code, out, err = cli(capsys, "run", path, "--trades", DATA / "worked_sell.csv")
+    assert (code, err) == (0, "")
+    # Activated at 105.5: stop 103.26; the high 112 puts it at 109.76, which trade 107 reaches.
+    assert "activated at 105.5 (trade 103); stop 103.26" in out
+    assert "price 109.76 reached stop 109.76 (reference 112, trade 107)" in out
+    assert final_table(out)[1] == ["s1", "BTCUSDT", "SELL", "", "2.24", "Filled", "112", "109.76", "109.76", "6s"]
+
+
+def steps_line(out: str, change: str) -> int:
+    return next(i for i, line in enumerate(out.splitlines()) if change in line)
+
+
+def test_run_expires_a_stop_at_the_first_trade_at_its_deadline(capsys: pytest.CaptureFixture[str],
+                                                               tmp_path: Path) -> None:
+    path = write_manifest(tmp_path, trailingPercent="5", expiresAt="2023-11-14T23:13:25+01:00")
+    code, out, err = cli(capsys, "run", path, "--trades", DATA / "worked_sell.csv")
+    assert (code, err) == (0, "")
+    steps = transitions(out)
+    assert steps[-1][2] == "Tracking -> Expired"
+    assert out.splitlines()[steps_line(out, "Tracking -> Expired")].endswith(
+        "expired at 2023-11-14T22:13:25.000Z (trade 105 came at or after it); no order was placed")
+    assert "Triggered" not in out
+    assert final_table(out)[1][5] == "Expired"
+
+
+def test_run_a_limit_stop_is_filled_in_simulation(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = write_manifest(tmp_path, trailingPercent="2", execution={"type": "Limit", "maxSlippagePercent": "0.5"})
+    code, out, _ = cli(capsys, "run", path, "--trades", DATA / "worked_sell.csv")
+    assert code == 0
+    assert transitions(out)[-1][2:] == ("Triggered -> Filled", "simulated fill: SELL 1 BTCUSDT at 109.76")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"trailingAmount": "5"},
+         "spec: exactly one of trailingPercent and trailingAmount must be set (got both)"),
+        ({"trailingPercent": None},
+         "spec: exactly one of trailingPercent and trailingAmount must be set (got neither)"),
+        ({"trailingPercent": None, "trailingAmount": "105", "activationPrice": "105"},
+         "spec: a SELL's activationPrice must be above its trailingAmount: at the activation price its stop "
+         "(activationPrice - trailingAmount) would be at or below 0, where no order can ever be placed "
+         "(activationPrice 105, trailingAmount 105)"),
+        ({"execution": {"type": "Limit"}},
+         "spec.execution: maxSlippagePercent is required with type Limit, and only with Limit"),
+        ({"expiresAt": "tomorrow"},
+         'spec.expiresAt must be an RFC 3339 time like "2026-12-31T23:59:59Z", got "tomorrow"'),
+    ],
+)
+def test_run_refuses_bad_new_fields_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                spec: dict[str, Any], message: str) -> None:
+    path = write_manifest(tmp_path, **spec)
+    code, out, err = cli(capsys, "run", path, "--trades", DATA / "worked_sell.csv")
+    assert (code, out) == (2, "")
+    assert err == f"error: {path} (document 1) default/s1: {message}\n"

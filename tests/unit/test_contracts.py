@@ -30,6 +30,7 @@ from trailingstop.core.contracts import (
     TrailingStopSpec,
     TrailingStopStatus,
     client_order_id,
+    deadline_ms,
     describe_errors,
     executor_route,
     ms_to_rfc3339,
@@ -402,10 +403,183 @@ def test_spec_rejection_has_the_exact_message(change: dict[str, Any], expected: 
     assert errors_of(TrailingStopSpec, {**BASE_SPEC, **change}, "spec") == [expected]
 
 
-@pytest.mark.parametrize("field", ["symbol", "side", "quantity", "trailingPercent"])
+@pytest.mark.parametrize("field", ["symbol", "side", "quantity"])
 def test_required_spec_fields(field: str) -> None:
     data = {k: v for k, v in BASE_SPEC.items() if k != field}
     assert errors_of(TrailingStopSpec, data, "spec") == [f"spec.{field} is required"]
+
+
+# --- trailingAmount, execution, expiresAt (issue 14) ----------------------------------------------------
+
+AMOUNT_SPEC = {"symbol": "BTCUSDT", "side": "SELL", "quantity": "0.001", "trailingAmount": "250"}
+
+NEW_FIELD_REJECTIONS = [
+    ({"trailingPercent": None, "trailingAmount": None},
+     "spec: exactly one of trailingPercent and trailingAmount must be set (got neither)"),
+    ({"trailingAmount": "250"}, "spec: exactly one of trailingPercent and trailingAmount must be set (got both)"),
+    ({"trailingPercent": None, "trailingAmount": "0"},
+     'spec.trailingAmount must be a decimal string > 0 in the quote asset, like "250", got "0"'),
+    ({"trailingPercent": None, "trailingAmount": "-5"},
+     'spec.trailingAmount must be a decimal string > 0 in the quote asset, like "250", got "-5"'),
+    ({"trailingPercent": None, "trailingAmount": 5},
+     'spec.trailingAmount must be a decimal string > 0 in the quote asset, like "250", '
+     "got the int 5: write it as a quoted string"),
+    ({"trailingPercent": None, "trailingAmount": "1" * 21},
+     'spec.trailingAmount must be a decimal string > 0 in the quote asset, like "250", got "' + "1" * 21 + '"'),
+    ({"trailingPercent": None, "trailingAmount": "250", "activationPrice": "250"},
+     "spec: a SELL's activationPrice must be above its trailingAmount: at the activation price its stop "
+     "(activationPrice - trailingAmount) would be at or below 0, where no order can ever be placed "
+     "(activationPrice 250, trailingAmount 250)"),
+    ({"trailingPercent": None, "trailingAmount": "250.00000000000000000001", "activationPrice": "250.00"},
+     "spec: a SELL's activationPrice must be above its trailingAmount: at the activation price its stop "
+     "(activationPrice - trailingAmount) would be at or below 0, where no order can ever be placed "
+     "(activationPrice 250, trailingAmount 250.00000000000000000001)"),
+    ({"execution": {"type": "Limit"}},
+     "spec.execution: maxSlippagePercent is required with type Limit, and only with Limit"),
+    ({"execution": {"type": "Market", "maxSlippagePercent": "1"}},
+     "spec.execution: maxSlippagePercent is required with type Limit, and only with Limit"),
+    ({"execution": {"type": "Stop"}}, "spec.execution.type must be one of 'Market' or 'Limit', got 'Stop'"),
+    ({"execution": {"type": "Limit", "maxSlippagePercent": "100"}},
+     'spec.execution.maxSlippagePercent must be >= 0 and < 100, with at most 8 decimals, got "100"'),
+    ({"execution": {"type": "Limit", "maxSlippagePercent": "0.123456789"}},
+     'spec.execution.maxSlippagePercent must be >= 0 and < 100, with at most 8 decimals, got "0.123456789"'),
+    ({"execution": {"type": "Limit", "maxSlippagePercent": 0.5}},
+     'spec.execution.maxSlippagePercent must be >= 0 and < 100, with at most 8 decimals, '
+     "got the float 0.5: write it as a quoted string"),
+    ({"execution": {"type": "Limit", "maxSlippage": "1"}},
+     "spec.execution.maxSlippage is not a field of this object (check its spelling)"),
+    ({"expiresAt": "2026-12-31"}, 'spec.expiresAt must be an RFC 3339 time like "2026-12-31T23:59:59Z", '
+                                  'got "2026-12-31"'),
+    ({"expiresAt": "2026-12-31T23:59:59"},
+     'spec.expiresAt must be an RFC 3339 time like "2026-12-31T23:59:59Z", got "2026-12-31T23:59:59"'),
+    ({"expiresAt": "2026-13-01T00:00:00Z"},
+     'spec.expiresAt must be an RFC 3339 time like "2026-12-31T23:59:59Z", got "2026-13-01T00:00:00Z"'),
+    ({"expiresAt": "2026-02-30T00:00:00Z"},
+     'spec.expiresAt must be an RFC 3339 time like "2026-12-31T23:59:59Z" (day is out of range for month), '
+     'got "2026-02-30T00:00:00Z"'),
+    ({"expiresAt": 1767225600000},
+     "spec.expiresAt: Input should be a valid string"),
+]
+
+
+@pytest.mark.parametrize(("change", "expected"), NEW_FIELD_REJECTIONS, ids=lambda x: str(x)[:60])
+def test_new_field_rejection_has_the_exact_message(change: dict[str, Any], expected: str) -> None:
+    data = {k: v for k, v in {**BASE_SPEC, **change}.items() if v is not None}
+    assert errors_of(TrailingStopSpec, data, "spec") == [expected]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"trailingAmount": "0.00000000000000000001"}, {"trailingAmount": "99999999999999999999.99999999999999999999"},
+     {"trailingAmount": "250", "activationPrice": "250.00000000000000000001"},
+     {"side": "BUY", "trailingAmount": "250", "activationPrice": "1"},  # a BUY's stop is R + a: always > 0
+     {"execution": {"type": "Limit", "maxSlippagePercent": "0"}},
+     {"execution": {"type": "Limit", "maxSlippagePercent": "99.99999999"}},
+     {"execution": {"type": "Market"}},
+     {"expiresAt": "2026-12-31T23:59:59Z"}, {"expiresAt": "2026-12-31T23:59:59.123456789+05:30"},
+     {"expiresAt": "1970-01-01T00:00:00-00:00"}],
+)
+def test_new_fields_accepted(change: dict[str, Any]) -> None:
+    spec = TrailingStopSpec.model_validate({**AMOUNT_SPEC, **change})
+    assert TrailingStopSpec.model_validate(spec.wire()) == spec
+
+
+def test_the_trail_reads_as_percent_or_amount() -> None:
+    assert TrailingStopSpec.model_validate(BASE_SPEC).trail_text == "1.5%"
+    assert TrailingStopSpec.model_validate(AMOUNT_SPEC).trail_text == "250"
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("1970-01-01T00:00:00Z", 0), ("1970-01-01T00:00:00.001Z", 1), ("1970-01-01T00:00:00.0001Z", 1),
+     ("1970-01-01T00:00:00.000000001Z", 1), ("1970-01-01T00:00:00.999Z", 999),
+     ("1970-01-01T00:00:00.9991Z", 1000), ("1970-01-01T01:00:00+01:00", 0), ("1970-01-01T00:00:00-00:30", 1_800_000),
+     ("2026-12-31T23:59:59Z", 1_798_761_599_000), ("1969-12-31T23:59:59.9995Z", 0)],
+)
+def test_a_deadline_is_rounded_up_to_the_millisecond(text: str, ms: int) -> None:
+    # A trade at t (whole ms) comes before the deadline D exactly when t < ceil(D).
+    assert deadline_ms(text) == ms
+
+
+def test_a_stop_definition_carries_the_new_fields_and_is_version_2() -> None:
+    spec = TrailingStopSpec.model_validate({
+        **AMOUNT_SPEC, "execution": {"type": "Limit", "maxSlippagePercent": "0.5"},
+        "expiresAt": "2026-12-31T23:59:59.0001Z"})
+    stop = StopDefinition.from_spec(spec, uid=UID, namespace="trading", name="s")
+    assert (stop.trailing_amount, stop.trailing_percent, stop.limit_slippage, stop.expires_at) == (
+        D("250"), None, D("0.5"), 1_798_761_599_001)
+    wire = json.loads(StopCommand.upsert(stop).to_json())
+    assert wire["v"] == 2
+    assert (wire["stop"]["trailingAmount"], wire["stop"]["execution"], wire["stop"]["expiresAt"]) == (
+        "250", {"type": "Limit", "maxSlippagePercent": "0.5"}, 1_798_761_599_001)
+    assert StopCommand.from_json(json.dumps(wire)).stop == stop
+
+
+def test_a_stop_without_new_features_is_still_version_1_and_reads_as_before() -> None:
+    stop = StopDefinition.from_spec(TrailingStopSpec.model_validate(BASE_SPEC), uid=UID, namespace="t", name="s")
+    wire = json.loads(StopCommand.upsert(stop).to_json())
+    assert wire["v"] == 1
+    assert set(wire["stop"]) == {"uid", "namespace", "name", "generation", "symbol", "side", "quantity",
+                                 "trailingPercent", "mode", "route"}
+
+
+@pytest.mark.parametrize("change", [
+    {"trailingAmount": "1"}, {"execution": {"type": "Limit", "maxSlippagePercent": "1"}},
+    {"expiresAt": 5}, {"state": {"expired": True}},
+])
+def test_each_new_feature_makes_a_definition_version_2(change: dict[str, Any]) -> None:
+    base = {"uid": UID, "symbol": "BTCUSDT", "side": "BUY", "quantity": "1", "trailingPercent": "1"}
+    if "trailingAmount" in change:
+        base.pop("trailingPercent")
+    stop = StopDefinition.model_validate({**base, **change})
+    assert StopCommand.upsert(stop).wire_version == 2
+
+
+def test_a_version_1_reader_of_a_version_2_message_refuses_it() -> None:
+    """What an orchestrator of the first version does with a stop it could not honour: its
+    ``v: Literal[1]`` refuses the message, which goes to the dead letters (instead of placing a
+    MARKET order for a Limit stop). Shown with the first version's rule itself."""
+    from typing import Literal
+
+    from pydantic import TypeAdapter
+    v1 = TypeAdapter(Literal[1])
+    order = PlaceOrder(client_order_id="ts-a", uid=UID, symbol="BTCUSDT", side="SELL", quantity=D("1"),
+                       type="LIMIT", price=D("99.5"), time_in_force="IOC", mode="Simulate", route="simulate",
+                       trigger_price=D("100"), triggered_at=1)
+    with pytest.raises(ValidationError):
+        v1.validate_python(json.loads(order.to_json())["v"])
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [({"type": "LIMIT"}, "a LIMIT order needs its price and timeInForce IOC; a MARKET order has neither"),
+     ({"type": "LIMIT", "price": "1"}, "a LIMIT order needs its price and timeInForce IOC; a MARKET order has neither"),
+     ({"price": "1", "timeInForce": "IOC"},
+      "a LIMIT order needs its price and timeInForce IOC; a MARKET order has neither"),
+     ({"type": "LIMIT", "price": "1", "timeInForce": "GTC"}, "timeInForce must be one of 'IOC', got 'GTC'"),
+     ({"type": "STOP_LOSS"}, "type must be one of 'MARKET' or 'LIMIT', got 'STOP_LOSS'")],
+)
+def test_place_order_type_rules(fields: dict[str, Any], expected: str) -> None:
+    assert message_errors(PlaceOrder, {**MESSAGES[8][1], **fields}) == [expected]
+
+
+def test_a_limit_order_and_its_result_are_version_2() -> None:
+    wire = {**MESSAGES[8][1], "type": "LIMIT", "price": "64000.5", "timeInForce": "IOC"}
+    order = PlaceOrder.from_json(json.dumps(wire))
+    assert json.loads(order.to_json()) == {**wire, "v": 2}
+    result = OrderResult.for_order(order, status="EXPIRED", executed_qty=D("0.0004"), orig_qty=D("0.001"), at=5)
+    out = json.loads(result.to_json())
+    assert (out["v"], out["type"], out["price"], out["origQty"], out["executedQty"]) == (
+        2, "LIMIT", "64000.5", "0.001", "0.0004")
+
+
+def test_a_negative_stop_level_is_carried_exactly() -> None:
+    event = StopEvent(type="activated", symbol="BTCUSDT", uid=UID, price=D("50"), reference_price=D("50"),
+                      stop_price=D("-50.00000000000000000001"), at=1)
+    out = json.loads(event.to_json())
+    assert (out["v"], out["stopPrice"]) == (2, "-50.00000000000000000001")
+    assert StopEvent.from_json(event.to_json()).model_dump(exclude={"v"}) == event.model_dump(exclude={"v"})
+    assert TrailingStopStatus(stop_price=D("-1")).wire()["stopPrice"] == "-1"
 
 
 def test_every_problem_is_reported_not_just_the_first() -> None:
@@ -473,12 +647,14 @@ def test_trailing_newline_is_refused_like_the_crd_does(change: dict[str, Any]) -
 # --- bus message validation ---------------------------------------------------------------------
 
 
-def test_message_version_other_than_1_is_refused() -> None:
+def test_message_version_other_than_1_or_2_is_refused() -> None:
     wire = dict(MESSAGES[0][1])
-    assert message_errors(PriceTick, {**wire, "v": 2}) == ["v must be one of 1, got 2"]
-    assert message_errors(PriceTick, {**wire, "v": 0}) == ["v must be one of 1, got 0"]
-    event = {"v": 2, "type": "sync", "symbol": "BTCUSDT", "at": 1}
-    assert message_errors(StopEvent, event) == ["v must be one of 1, got 2"]
+    assert message_errors(PriceTick, {**wire, "v": 3}) == ["v must be one of 1 or 2, got 3"]
+    assert message_errors(PriceTick, {**wire, "v": 0}) == ["v must be one of 1 or 2, got 0"]
+    event = {"v": 3, "type": "sync", "symbol": "BTCUSDT", "at": 1}
+    assert message_errors(StopEvent, event) == ["v must be one of 1 or 2, got 3"]
+    # Version 2 is read; a message is written with the version its content needs.
+    assert json.loads(PriceTick.from_json(json.dumps({**wire, "v": 2})).to_json())["v"] == 1
 
 
 def test_messages_carry_v_1_even_when_built_in_python() -> None:
@@ -506,9 +682,6 @@ def test_place_order_client_order_id_pattern(bad: str) -> None:
     ]
 
 
-def test_place_order_is_market_only() -> None:
-    wire = {**MESSAGES[8][1], "type": "LIMIT"}
-    assert message_errors(PlaceOrder, wire) == ["type must be one of 'MARKET', got 'LIMIT'"]
 
 
 def test_stop_command_needs_a_stop_unless_synced() -> None:

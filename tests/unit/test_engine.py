@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trailingstop.core.engine import Engine, StopAlreadyTriggered, StopState, stop_level
+from trailingstop.core.engine import Engine, StopAlreadyTriggered, StopExpired, StopIsFinal, StopState, stop_level
 
 D = Decimal
 # More examples for a deeper search: ENGINE_EXAMPLES=20000 pytest tests/unit/test_engine.py
@@ -193,23 +193,170 @@ def test_stop_level_is_exact() -> None:
     assert stop_level("SELL", D("0.00141342"), D("0.05")) == D("0.00141271329")
 
 
+# --- trailing amounts ---------------------------------------------------------------------------
+
+
+def test_sell_amount_worked_example() -> None:
+    # SELL 5 below the high, activation 105: 105.5 activates (stop 100.5), 110 -> 105, 112 -> 107.
+    engine = Engine("X")
+    engine.upsert("s", "SELL", None, D("105"), trailing_amount=D("5"))
+    assert feed(engine, ["100", "104", "105.5"]) == [("activated", "s", 3)]
+    assert engine.state("s").stop_price == D("100.5")
+    assert feed(engine, ["110", "105.01", "112", "107.000001"]) == []
+    assert (engine.state("s").reference, engine.state("s").stop_price) == (D("112"), D("107"))
+    assert [e.kind for e in engine.on_trade(D("107"), 50)] == ["triggered"]  # inclusive
+    state = engine.state("s")
+    assert (state.trailing_percent, state.trailing_amount, state.trigger_price) == (None, D("5"), D("107"))
+
+
+def test_buy_amount_worked_example() -> None:
+    engine = Engine("X")
+    engine.upsert("b", "BUY", None, D("95"), trailing_amount=D("1.25"))
+    assert feed(engine, ["100", "96", "94.8", "92", "93.24", "90"]) == [("activated", "b", 3)]
+    assert engine.state("b").stop_price == D("91.25")
+    assert [e.kind for e in engine.on_trade(D("91.25"), 20)] == ["triggered"]
+
+
+def test_a_sell_whose_level_is_at_or_below_zero_never_triggers_until_the_reference_passes_the_amount() -> None:
+    engine = Engine("X")
+    engine.upsert("s", "SELL", None, trailing_amount=D("100"))
+    assert feed(engine, ["50"]) == [("activated", "s", 1)]
+    assert engine.state("s").stop_price == D("-50")  # shown as it is; nothing can reach it
+    assert engine.on_trade(D("0.00000001"), 2) == ()
+    assert engine.on_trade(D("0"), 3) == ()  # not even a trade at 0 sells at a stop of 0 or less
+    engine.on_trade(D("100"), 4)
+    assert engine.state("s").stop_price == D("0")
+    assert engine.on_trade(D("0"), 5) == ()
+    engine.on_trade(D("150"), 6)
+    assert [e.kind for e in engine.on_trade(D("50"), 7)] == ["triggered"]
+
+
+def test_a_tracking_stop_can_change_its_kind_of_trail_and_keeps_its_reference() -> None:
+    engine = Engine("X")
+    engine.upsert("s", "SELL", D("10"))
+    feed(engine, ["100", "120"])
+    events = engine.upsert("s", "SELL", None, trailing_amount=D("3"))
+    assert [(e.kind, e.reference, e.stop_price) for e in events] == [("reference", D("120"), D("117"))]
+    assert engine.on_trade(D("117.5"), 10) == ()
+    events = engine.upsert("s", "SELL", D("1"))
+    assert [(e.reference, e.stop_price) for e in events] == [(D("120"), D("118.8"))]
+    assert [e.kind for e in engine.on_trade(D("118.8"), 11)] == ["triggered"]
+
+
+def test_in_one_group_the_kind_with_the_higher_level_fires_first_whatever_the_reference() -> None:
+    # At R = 100, 1 % (99) is above 2 (98); at R = 1000, 2 (998) is above 1 % (990).
+    for top, first, second in (("100", "pct", "amt"), ("1000", "amt", "pct")):
+        engine = Engine("X")
+        engine.upsert("pct", "SELL", D("1"))
+        engine.upsert("amt", "SELL", None, trailing_amount=D("2"))
+        engine.on_trade(D(top), 1)
+        level_first = engine.state(first).stop_price
+        assert level_first is not None
+        assert [e.stop_id for e in engine.on_trade(level_first, 2)] == [first]
+        assert engine.state(second).phase == "tracking"
+
+
+@pytest.mark.parametrize(("percent", "amount"), [(None, None), (D("1"), D("1"))])
+def test_exactly_one_kind_of_trail(percent: Decimal | None, amount: Decimal | None) -> None:
+    with pytest.raises(ValueError, match="exactly one of trailingPercent and trailingAmount"):
+        Engine("X").upsert("s", "SELL", percent, trailing_amount=amount)
+
+
+@pytest.mark.parametrize("amount", ["0", "-1"])
+def test_amount_must_be_positive(amount: str) -> None:
+    with pytest.raises(ValueError, match="trailingAmount must be > 0"):
+        Engine("X").upsert("s", "BUY", None, trailing_amount=D(amount))
+
+
+def test_restore_of_an_amount_stop() -> None:
+    engine = Engine("X")
+    engine.restore(StopState("s", "BUY", None, None, "tracking", reference=D("10"), trailing_amount=D("0.5")))
+    assert engine.state("s").stop_price == D("10.5")
+    assert [e.kind for e in engine.on_trade(D("10.5"), 1)] == ["triggered"]
+
+
+def test_stop_level_of_an_amount_is_exact() -> None:
+    assert stop_level("SELL", D("0.00000003"), None, D("0.00000001")) == D("0.00000002")
+    assert stop_level("BUY", D("12345678901234567890.12345678901234567890"), None,
+                      D("0.00000000000000000001")) == D("12345678901234567890.12345678901234567891")
+
+
+# --- deadlines ------------------------------------------------------------------------------------
+
+
+def test_a_stop_expires_at_the_first_trade_at_or_after_its_deadline_before_that_trade_applies() -> None:
+    engine = Engine("X")
+    engine.upsert("s", "SELL", D("1"), expires_at=1003)
+    engine.on_trade(D("100"), 1, 1001)
+    engine.on_trade(D("99.5"), 2, 1002)
+    # This trade would trigger (99 <= 99), but it happened at the deadline: the stop expired first.
+    events = engine.on_trade(D("99"), 3, 1003)
+    assert [(e.kind, e.stop_id, e.trade_id, e.time, e.reference, e.stop_price) for e in events] == [
+        ("expired", "s", 3, 1003, D("100"), D("99"))]
+    assert engine.state("s").phase == "expired"
+    assert engine.on_trade(D("1"), 4, 1004) == ()
+    with pytest.raises(StopExpired):
+        engine.upsert("s", "SELL", D("1"), expires_at=9999)
+    assert engine.active_count() == 0
+
+
+def test_a_trade_just_before_the_deadline_still_triggers() -> None:
+    engine = Engine("X")
+    engine.upsert("s", "SELL", D("1"), expires_at=1003)
+    engine.on_trade(D("100"), 1, 1001)
+    assert [e.kind for e in engine.on_trade(D("99"), 2, 1002)] == ["triggered"]
+    assert engine.on_trade(D("99"), 3, 1003) == ()
+    assert engine.state("s").phase == "triggered"
+
+
+def test_expire_due_by_the_clock_and_a_moved_deadline() -> None:
+    engine = Engine("X")
+    engine.upsert("a", "BUY", D("1"), D("90"), expires_at=5000)
+    engine.upsert("b", "BUY", D("1"), expires_at=5000)
+    engine.upsert("b", "BUY", D("1"), expires_at=8000)  # extended before it passed
+    engine.upsert("c", "BUY", D("1"))
+    assert engine.expire_due(4999) == []
+    assert [(e.kind, e.stop_id, e.trade_id, e.time) for e in engine.expire_due(5000)] == [("expired", "a", None, 5000)]
+    assert engine.expire_due(7000) == []
+    assert [e.stop_id for e in engine.expire_due(10_000)] == ["b"]
+    assert engine.state("c").phase == "armed"
+    engine.cancel("c")
+    assert engine.expire_due(10**15) == []
+
+
+def test_restore_of_an_expired_stop_keeps_it_final() -> None:
+    engine = Engine("X")
+    engine.restore(StopState("s", "SELL", D("1"), None, "expired", reference=D("10"), expires_at=5))
+    assert engine.on_trade(D("1"), 1, 1) == ()
+    with pytest.raises(StopIsFinal):
+        engine.upsert("s", "SELL", D("2"))
+
+
 # --- equivalence with a naive model -------------------------------------------------------------
 
 
 @dataclass
 class NaiveStop:
-    """DESIGN §4 read literally, one stop at a time, in exact rationals."""
+    """DESIGN §4 read literally, one stop at a time, in exact rationals: a percent (``trail``) or an
+    amount (``amount``) trail; SELL stop = R - amount, BUY stop = R + amount; a deadline ends it
+    at the first trade at or after it, before that trade applies."""
 
     side: str
-    trail: Fraction
+    trail: Fraction | None
     activation: Fraction | None
+    amount: Fraction | None = None
+    expires_at: int | None = None
     active: bool = False
     reference: Fraction | None = None
     triggered: bool = False
+    expired: bool = False
 
-    def on_trade(self, p: Fraction) -> str | None:
-        if self.triggered:
+    def on_trade(self, p: Fraction, time: int | None = None) -> str | None:
+        if self.triggered or self.expired:
             return None
+        if self.expires_at is not None and time is not None and time >= self.expires_at:
+            self.expired = True
+            return "expired"
         if not self.active:
             a = self.activation
             if a is None or (self.side == "SELL" and p >= a) or (self.side == "BUY" and p <= a):
@@ -217,13 +364,13 @@ class NaiveStop:
                 return "activated"
             return None
         assert self.reference is not None
-        d = self.trail / 100
         if self.side == "SELL":
             self.reference = max(self.reference, p)
-            fire = p <= self.reference * (1 - d)
         else:
             self.reference = min(self.reference, p)
-            fire = p >= self.reference * (1 + d)
+        level = self.level()
+        assert level is not None
+        fire = (p <= level and level > 0) if self.side == "SELL" else p >= level
         if fire:
             self.triggered = True
             return "triggered"
@@ -232,13 +379,26 @@ class NaiveStop:
     def level(self) -> Fraction | None:
         if not self.active or self.reference is None:
             return None
+        if self.amount is not None:
+            return self.reference - self.amount if self.side == "SELL" else self.reference + self.amount
+        assert self.trail is not None
         d = self.trail / 100
         return self.reference * (1 - d) if self.side == "SELL" else self.reference * (1 + d)
+
+    @property
+    def phase(self) -> str:
+        if self.expired:
+            return "expired"
+        return "triggered" if self.triggered else "tracking" if self.active else "armed"
 
 
 PRICES = st.sampled_from(["90", "95", "97.5", "98", "99", "99.5", "100", "100.5", "101", "102", "105", "110"])
 TRAILS = st.sampled_from(["0.5", "1", "1.5", "2", "2.5", "5", "9.5", "10"])
+AMOUNTS = st.sampled_from(["0.5", "1", "2", "2.5", "5", "10", "97.5", "100", "120"])
+# ("percent", x) or ("amount", x): a mix of both kinds in one engine.
+KIND_TRAILS = st.one_of(st.tuples(st.just("percent"), TRAILS), st.tuples(st.just("amount"), AMOUNTS))
 ACTIVATIONS = st.one_of(st.none(), PRICES)
+DEADLINES = st.one_of(st.none(), st.integers(min_value=1, max_value=80))
 STOP_IDS = st.sampled_from([f"s{i}" for i in range(8)])
 SIDES = st.sampled_from(["SELL", "BUY"])
 
@@ -247,8 +407,9 @@ OPERATIONS = st.lists(
         st.tuples(st.just("trade"), PRICES),
         st.tuples(st.just("trade"), PRICES),
         st.tuples(st.just("trade"), PRICES),
-        st.tuples(st.just("upsert"), STOP_IDS, SIDES, TRAILS, ACTIVATIONS),
+        st.tuples(st.just("upsert"), STOP_IDS, SIDES, KIND_TRAILS, ACTIVATIONS, DEADLINES),
         st.tuples(st.just("cancel"), STOP_IDS),
+        st.tuples(st.just("clock"), st.integers(min_value=0, max_value=3)),
     ),
     max_size=80,
 )
@@ -258,9 +419,22 @@ def _fraction(text: str | None) -> Fraction | None:
     return None if text is None else Fraction(text)
 
 
+def _trail_args(kind_trail: tuple[str, str]) -> tuple[Decimal | None, Decimal | None]:
+    kind, value = kind_trail
+    return (D(value), None) if kind == "percent" else (None, D(value))
+
+
+def _naive(side: str, kind_trail: tuple[str, str], activation: str | None, deadline: int | None) -> NaiveStop:
+    kind, value = kind_trail
+    percent, amount = (Fraction(value), None) if kind == "percent" else (None, Fraction(value))
+    return NaiveStop(side, percent, _fraction(activation), amount, deadline)
+
+
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(OPERATIONS)
 def test_engine_equals_naive_model(operations: list[tuple]) -> None:
+    """Percent and amount stops mixed, with deadlines: trades carry time = id; ``clock`` moves
+    the orchestrator's clock forward (expire_due) without a trade."""
     engine = Engine("X")
     naive: dict[str, NaiveStop] = {}
     trade_id = 0
@@ -272,32 +446,43 @@ def test_engine_equals_naive_model(operations: list[tuple]) -> None:
             want = sorted(
                 (kind, stop_id)
                 for stop_id, stop in naive.items()
-                if (kind := stop.on_trade(Fraction(price))) is not None
+                if (kind := stop.on_trade(Fraction(price), trade_id)) is not None
             )
             assert got == want, f"trade {trade_id} at {price}"
+        elif op[0] == "clock":
+            now = trade_id + op[1]
+            got = sorted(e.stop_id for e in engine.expire_due(now))
+            want = []
+            for stop_id, stop in naive.items():
+                if stop.phase in ("armed", "tracking") and stop.expires_at is not None and stop.expires_at <= now:
+                    stop.expired = True
+                    want.append(stop_id)
+            assert got == sorted(want)
         elif op[0] == "upsert":
-            _, stop_id, side, trail, activation = op
+            _, stop_id, side, kind_trail, activation, deadline = op
+            percent, amount = _trail_args(kind_trail)
             existing = naive.get(stop_id)
             if existing is not None and existing.side != side:
                 with pytest.raises(ValueError):
-                    engine.upsert(stop_id, side, D(trail), _decimal(activation))
+                    engine.upsert(stop_id, side, percent, _decimal(activation), trailing_amount=amount)
                 continue
-            if existing is not None and existing.triggered:
-                with pytest.raises(StopAlreadyTriggered):
-                    engine.upsert(stop_id, side, D(trail), _decimal(activation))
+            if existing is not None and (existing.triggered or existing.expired):
+                with pytest.raises(StopAlreadyTriggered if existing.triggered else StopExpired):
+                    engine.upsert(stop_id, side, percent, _decimal(activation), trailing_amount=amount)
                 continue
-            engine.upsert(stop_id, side, D(trail), _decimal(activation))
+            engine.upsert(stop_id, side, percent, _decimal(activation), trailing_amount=amount, expires_at=deadline)
+            fresh = _naive(side, kind_trail, activation, deadline)
             if existing is None:
-                naive[stop_id] = NaiveStop(side, Fraction(trail), _fraction(activation))
+                naive[stop_id] = fresh
             else:
-                existing.trail, existing.activation = Fraction(trail), _fraction(activation)
+                existing.trail, existing.amount = fresh.trail, fresh.amount
+                existing.activation, existing.expires_at = fresh.activation, fresh.expires_at
         else:
             assert engine.cancel(op[1]) is (naive.pop(op[1], None) is not None)
         for stop_id, stop in naive.items():
             state = engine.state(stop_id)
-            want_phase = "triggered" if stop.triggered else "tracking" if stop.active else "armed"
-            assert state.phase == want_phase
-            if want_phase == "tracking":
+            assert state.phase == stop.phase
+            if stop.phase == "tracking":
                 assert Fraction(state.reference) == stop.reference
                 assert Fraction(state.stop_price) == stop.level()
 
@@ -308,16 +493,18 @@ def _decimal(text: str | None) -> Decimal | None:
 
 @settings(max_examples=EXAMPLES // 2, deadline=None)
 @given(
-    st.lists(st.tuples(SIDES, TRAILS, ACTIVATIONS), min_size=1, max_size=30),
+    st.lists(st.tuples(SIDES, KIND_TRAILS, ACTIVATIONS), min_size=1, max_size=30),
     st.lists(PRICES, max_size=120),
 )
 def test_many_stops_equal_many_naive_stops(stops: list[tuple], prices: list[str]) -> None:
-    """All stops placed up front, then a long stream: the shape of a backtest."""
+    """All stops placed up front, then a long stream: the shape of a backtest (percents and
+    amounts mixed)."""
     engine = Engine("X")
     naive = {}
-    for index, (side, trail, activation) in enumerate(stops):
-        engine.upsert(f"s{index}", side, D(trail), _decimal(activation))
-        naive[f"s{index}"] = NaiveStop(side, Fraction(trail), _fraction(activation))
+    for index, (side, kind_trail, activation) in enumerate(stops):
+        percent, amount = _trail_args(kind_trail)
+        engine.upsert(f"s{index}", side, percent, _decimal(activation), trailing_amount=amount)
+        naive[f"s{index}"] = _naive(side, kind_trail, activation, None)
     for trade_id, price in enumerate(prices, start=1):
         got = sorted((e.kind, e.stop_id, e.reference, e.stop_price) for e in engine.on_trade(D(price), trade_id))
         want = []

@@ -24,6 +24,9 @@ from trailingstop.core.contracts import (
 from trailingstop.core.lifecycle import (
     FINAL,
     FIRED,
+    FROZEN,
+    ORDER_OUTCOMES,
+    READY,
     TRANSITIONS,
     IllegalTransition,
     Phase,
@@ -274,11 +277,20 @@ def test_rejected_order() -> None:
         ("REJECTED", {"error": OrderError(code=-1013, message="Filter failure: LOT_SIZE")},
          ("Rejected", "ExchangeRejected", "Binance -1013: Filter failure: LOT_SIZE")),
         ("REJECTED", {}, ("Rejected", "ExchangeRejected", "rejected")),
-        ("EXPIRED", {"executed_qty": "0"}, ("Failed", "Expired", "order expired with nothing filled")),
+        ("EXPIRED", {"executed_qty": "0"},
+         ("Unfilled", "Unfilled", "MARKET order expired with nothing filled; no further order")),
         ("EXPIRED", {"executed_qty": "0.2"},
-         ("Filled", "PartiallyFilled", "order expired after filling SELL 0.2 BTCUSDT")),
-        ("EXPIRED_IN_MATCH", {}, ("Failed", "ExpiredInMatch", "order expired_in_match with nothing filled")),
-        ("CANCELED", {"executed_qty": "0"}, ("Failed", "Canceled", "order canceled with nothing filled")),
+         ("PartiallyFilled", "PartiallyFilled",
+          "MARKET order expired after filling SELL 0.2 BTCUSDT at -; no further order")),
+        ("EXPIRED", {"type": "LIMIT", "price": "99.5", "orig_qty": "0.5", "executed_qty": "0.2", "avg_price": "99.7"},
+         ("PartiallyFilled", "PartiallyFilled",
+          "LIMIT order expired (limit 99.5) after filling SELL 0.2 BTCUSDT at 99.7; 0.3 remaining; no further order")),
+        ("EXPIRED", {"type": "LIMIT", "price": "99.5", "orig_qty": "0.5", "executed_qty": "0"},
+         ("Unfilled", "Unfilled", "LIMIT order expired (limit 99.5) with nothing filled; no further order")),
+        ("EXPIRED_IN_MATCH", {},
+         ("Unfilled", "ExpiredInMatch", "MARKET order expired_in_match with nothing filled; no further order")),
+        ("CANCELED", {"executed_qty": "0"},
+         ("Unfilled", "Canceled", "MARKET order canceled with nothing filled; no further order")),
         ("NEW", {}, ("Triggered", "OrderOpen", "order new")),
         ("PARTIALLY_FILLED", {"executed_qty": "0.1"}, ("Triggered", "OrderOpen", "order partially_filled")),
         ("PENDING_CANCEL", {}, ("Triggered", "OrderOpen", "order pending_cancel")),
@@ -377,7 +389,10 @@ def test_a_result_carrying_its_trigger_completes_the_status_without_the_triggere
 def test_the_table_has_every_phase_and_final_phases_go_nowhere() -> None:
     assert set(TRANSITIONS) == set(Phase)
     assert all(TRANSITIONS[phase] == frozenset() for phase in FINAL)
-    assert {Phase.TRIGGERED, *FINAL} == FIRED
+    assert {Phase.TRIGGERED, *ORDER_OUTCOMES} == FIRED
+    assert {*ORDER_OUTCOMES, Phase.EXPIRED} == FINAL
+    assert FROZEN == FIRED | FINAL
+    assert TRANSITIONS[Phase.TRIGGERED] == ORDER_OUTCOMES  # a fired stop never expires
     # Every phase is reachable from Pending, and every live phase can still end.
     reachable, frontier = {Phase.PENDING}, [Phase.PENDING]
     while frontier:
@@ -388,10 +403,10 @@ def test_the_table_has_every_phase_and_final_phases_go_nowhere() -> None:
     assert all(TRANSITIONS[phase] for phase in set(Phase) - FINAL)
 
 
-def test_the_crd_freezes_the_spec_of_exactly_the_fired_phases() -> None:
+def test_the_crd_freezes_the_spec_of_exactly_the_fired_and_ended_phases() -> None:
     rule = FROZEN_AFTER_TRIGGER["rule"]
     listed = set(re.findall(r"'(\w+)'", rule))
-    assert listed == {str(phase) for phase in FIRED}
+    assert listed == {str(phase) for phase in FROZEN}
 
 
 @pytest.mark.parametrize("before,after", [
@@ -413,10 +428,17 @@ def test_a_misspelled_field_or_a_bad_value_raises() -> None:
         lifecycle._evolve(TrailingStopStatus(), last_price=1.5)  # a float, never
 
 
+EXPIRED = event("expired", 8, reference_price="112", stop_price="109.76",
+                message="expired at 2023-11-14T22:13:28.000Z (trade 8 came at or after it); no order was placed")
 STEPS = [ARMED, ACTIVATED, REFERENCE, PRICE_5, REFERENCE_6, TRIGGERED, SIMULATED,
          event("invalid", message="quantity below minQty"),
          result("REJECTED", error=OrderError(code=-2010, message="Account has insufficient balance")),
-         result("NEW", order_id=99), result("EXPIRED", order_id=99, executed_qty="0")]
+         result("NEW", order_id=99), result("EXPIRED", order_id=99, executed_qty="0"),
+         EXPIRED, event("expired", message="expired at 2023-11-14T22:13:28.000Z (no trade reached the stop by then)"),
+         result("EXPIRED", order_id=99, type="LIMIT", price="109", orig_qty="0.5", executed_qty="0.2",
+                avg_price="109.5"),
+         result("FILLED", order_id=99, type="LIMIT", price="109", orig_qty="0.5", executed_qty="0.5",
+                avg_price="109.5")]
 
 
 @settings(max_examples=300, deadline=None)
@@ -453,8 +475,8 @@ def test_ready_follows_the_phase_so_kubectl_wait_means_something() -> None:
     rejected = run(ARMED, ACTIVATED, TRIGGERED, result("REJECTED", error=OrderError(code=-2010, message="no money")))
     assert ready(rejected) == ("False", "Rejected")
     assert "Binance -2010: no money" in next(c for c in rejected.conditions if c.type == "Ready").message
-    failed = run(ARMED, ACTIVATED, TRIGGERED, result("EXPIRED", order_id=99, executed_qty="0"))
-    assert ready(failed) == ("False", "Failed")
+    unfilled = run(ARMED, ACTIVATED, TRIGGERED, result("EXPIRED", order_id=99, executed_qty="0"))
+    assert ready(unfilled) == ("False", "Unfilled")
     assert ready(run(ARMED, event("invalid", message="quantity below minQty"))) == ("False", "InvalidOrder")
 
 
@@ -469,3 +491,62 @@ def test_workers_that_cannot_start_make_a_watched_stop_not_ready() -> None:
     assert [(c.status, c.reason) for c in recovered.conditions if c.type == "Ready"] == [("True", "Armed")]
     filled = run(ARMED, ACTIVATED, TRIGGERED, SIMULATED)
     assert workers_ready(filled, False, "ImagePullBackOff", "retired", "t3") == filled  # fired: no longer its business
+
+
+# --- issue 14: expiry, partial and no fills -----------------------------------------------------------
+
+
+def test_a_stop_expires_with_an_event_and_stays_expired() -> None:
+    expired = run(ARMED, ACTIVATED, REFERENCE, EXPIRED)
+    assert expired.phase == "Expired"
+    assert expired.message == "expired at 2023-11-14T22:13:28.000Z (trade 8 came at or after it); no order was placed"
+    assert conditions(expired)["Ready"][:2] == ("False", "Expired")
+    assert (expired.reference_price, expired.stop_price, expired.order) == (D("112"), D("109.76"), None)
+    for late in (TRIGGERED, REFERENCE_6, ARMED, EXPIRED, event("invalid", message="x")):
+        assert run(late, status=expired) == expired
+    # An order that somehow exists for it does not move it either (the operator logs it).
+    assert run(SIMULATED, status=expired) == expired
+    state = saved_state(expired)
+    assert state.expired and not state.triggered
+
+
+def test_a_stop_that_fired_never_expires() -> None:
+    triggered = run(ARMED, ACTIVATED, TRIGGERED)
+    assert run(EXPIRED, status=triggered) == triggered
+    assert run(EXPIRED, status=run(SIMULATED, status=triggered)).phase == "Filled"
+
+
+def test_a_pending_or_invalid_stop_can_expire() -> None:
+    assert run(EXPIRED).phase == "Expired"
+    assert run(event("invalid", message="x"), EXPIRED).phase == "Expired"
+
+
+def test_a_partial_limit_fill_carries_executed_remaining_and_average() -> None:
+    partial = run(ARMED, ACTIVATED, TRIGGERED, result(
+        "EXPIRED", order_id=5, type="LIMIT", price="109", orig_qty="0.5", executed_qty="0.2", avg_price="109.5",
+        cummulative_quote_qty="21.9"))
+    assert partial.phase == "PartiallyFilled"
+    order = partial.order
+    assert order is not None
+    assert (order.type, order.price, order.orig_qty, order.executed_qty, order.remaining_qty, order.avg_price) == (
+        "LIMIT", D("109"), D("0.5"), D("0.2"), D("0.3"), D("109.5"))
+    assert conditions(partial)["Filled"][:2] == ("False", "PartiallyFilled")
+    assert TrailingStopStatus.model_validate(partial.wire()) == partial
+
+
+def test_no_fill_ends_unfilled_and_an_open_order_shows_no_remaining_yet() -> None:
+    unfilled = run(ARMED, ACTIVATED, TRIGGERED, result(
+        "EXPIRED", order_id=5, type="LIMIT", price="109", orig_qty="0.5", executed_qty="0"))
+    assert unfilled.phase == "Unfilled"
+    assert unfilled.order is not None and unfilled.order.remaining_qty == D("0.5")
+    open_order = run(ARMED, ACTIVATED, TRIGGERED, result("NEW", order_id=5, type="LIMIT", price="109",
+                                                          orig_qty="0.5", executed_qty="0"))
+    assert open_order.phase == "Triggered"
+    assert open_order.order is not None and open_order.order.remaining_qty is None
+
+
+def test_every_phase_says_whether_the_stop_is_ready() -> None:
+    assert set(READY) == set(Phase)
+    # a stop that ended without doing what it was asked is not Ready; one that did is
+    assert {phase for phase, (ready, _, _) in READY.items() if not ready and phase in FINAL} == {
+        Phase.REJECTED, Phase.FAILED, Phase.PARTIALLY_FILLED, Phase.UNFILLED, Phase.EXPIRED}

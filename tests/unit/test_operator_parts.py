@@ -386,3 +386,16 @@ async def test_the_phase_gauge_counts_every_phase_and_zeroes_the_empty_ones() ->
     writer.count_phases()
     counts = {phase: telemetry.OPERATOR_STOPS.labels(phase=phase)._value.get() for phase in Phase}
     assert counts == {**dict.fromkeys(Phase, 0.0), Phase.TRACKING: 1.0}
+
+
+def test_every_phase_a_stop_moves_to_after_pending_posts_an_event() -> None:
+    # Each phase reached by a move of the lifecycle table (but Armed, the first step) is told to
+    # kubectl describe; failures as warnings, the user's own end time as a normal event.
+    from trailingstop.core.lifecycle import TRANSITIONS
+    from trailingstop.operator.reconcile import TRANSITION_EVENTS
+
+    reached = {target for targets in TRANSITIONS.values() for target in targets} - {Phase.ARMED}
+    assert reached <= set(TRANSITION_EVENTS)
+    assert TRANSITION_EVENTS[Phase.EXPIRED] == ("Expired", False)
+    assert TRANSITION_EVENTS[Phase.PARTIALLY_FILLED] == ("PartiallyFilled", True)
+    assert TRANSITION_EVENTS[Phase.UNFILLED] == ("Unfilled", True)

@@ -359,3 +359,151 @@ def test_events_are_stop_events_with_routing_keys() -> None:
     orch = orchestrator()
     (armed,) = orch.apply(StopCommand.upsert(stop())).events
     assert isinstance(armed, StopEvent) and armed.routing_key == "XRPETH.armed"
+
+
+# --- issue 14: trailing amounts, Limit execution, expiry ------------------------------------------
+
+BTCUSDT_INFO = {
+    "symbol": "BTCUSDT",
+    "status": "TRADING",
+    "filters": [
+        {"filterType": "PRICE_FILTER", "minPrice": "0.01", "maxPrice": "1000000", "tickSize": "0.01"},
+        {"filterType": "LOT_SIZE", "minQty": "0.00001", "maxQty": "9000", "stepSize": "0.00001"},
+        {"filterType": "NOTIONAL", "minNotional": "5", "applyMinToMarket": True, "maxNotional": "9000000",
+         "applyMaxToMarket": False, "avgPriceMins": 5},
+        {"filterType": "PERCENT_PRICE_BY_SIDE", "bidMultiplierUp": "5", "bidMultiplierDown": "0.2",
+         "askMultiplierUp": "5", "askMultiplierDown": "0.2", "avgPriceMins": 5},
+    ],
+}
+
+
+def btc_book(clock: int = CLOCK, grace: int = 0) -> StopBook:
+    return StopBook("BTCUSDT", filters=SymbolFilters.from_exchange_info(BTCUSDT_INFO), clock=lambda: clock,
+                    expiry_grace_ms=grace)
+
+
+def btc_stop(**fields: Any) -> StopDefinition:
+    return stop(**{"symbol": "BTCUSDT", "quantity": "0.5", **fields})
+
+
+def btc_feed(orch: StopBook, prices: list[str], first_id: int = 1) -> list[tuple[int, Outcome]]:
+    return [(i, orch.on_tick(tick(i, p, "BTCUSDT"))) for i, p in enumerate(prices, start=first_id)]
+
+
+def test_an_amount_stop_triggers_at_reference_minus_amount_and_places_one_market_order() -> None:
+    orch = orchestrator()
+    orch.apply(StopCommand.upsert(stop(trailing_percent=None, trailing_amount="2.24")))
+    results = feed(orch, ["100", "104", "105.5", "110", "108.5", "112", "109.76"])
+    assert kinds(results) == [(3, "activated"), (7, "triggered")]
+    assert results[2][1].events[0].stop_price == D("103.26")  # 105.5 - 2.24
+    (order,) = results[6][1].orders
+    assert (order.type, order.trigger_price, order.stop_price, order.wire()["v"]) == ("MARKET", D("109.76"),
+                                                                                     D("109.76"), 1)
+
+
+def test_a_limit_stop_places_one_ioc_limit_at_the_bound_rounded_up_for_a_sell() -> None:
+    orch = btc_book()
+    execution = {"type": "Limit", "maxSlippagePercent": "0.333"}
+    orch.apply(StopCommand.upsert(btc_stop(trailing_percent="1", activation_price=None, execution=execution)))
+    results = btc_feed(orch, ["65000", "64350"])
+    (order,) = results[1][1].orders
+    # 64350 x (1 - 0.00333) = 64135.7145: up to the tick, 64135.72 (never below the user's bound).
+    assert (order.type, order.time_in_force, order.price, order.quantity) == ("LIMIT", "IOC", D("64135.72"),
+                                                                             D("0.5"))
+    assert order.wire()["v"] == 2
+
+
+def test_a_buy_limit_rounds_its_bound_down() -> None:
+    orch = btc_book()
+    execution = {"type": "Limit", "maxSlippagePercent": "0.333"}
+    orch.apply(StopCommand.upsert(btc_stop(side="BUY", trailing_percent="1", activation_price=None,
+                                           execution=execution)))
+    results = btc_feed(orch, ["65000", "65650"])
+    (order,) = results[1][1].orders
+    # 65650 x 1.00333 = 65868.6145: down to 65868.61 (never above the user's bound).
+    assert (order.side, order.price) == ("BUY", D("65868.61"))
+
+
+def test_a_slippage_percent_price_by_side_always_refuses_is_invalid_at_creation() -> None:
+    orch = btc_book()
+    out = orch.apply(StopCommand.upsert(btc_stop(execution={"type": "Limit", "maxSlippagePercent": "85"})))
+    (event,) = out.events
+    assert event.type == "invalid"
+    assert event.message is not None and "PERCENT_PRICE_BY_SIDE" in event.message
+
+
+def test_a_limit_notional_too_small_at_the_activation_price_is_invalid_at_creation() -> None:
+    orch = btc_book()
+    out = orch.apply(StopCommand.upsert(btc_stop(quantity="0.0001", activation_price="40000",
+                                                 execution={"type": "Limit", "maxSlippagePercent": "1"})))
+    (event,) = out.events
+    assert event.type == "invalid"
+    assert event.message == ("BTCUSDT would refuse this order: order value 3.96 (quantity 0.0001 x price 39600) "
+                             "is below minNotional 5")
+
+
+def early_book() -> StopBook:
+    """A book whose clock is at the trades' times (trade i is at 1_700_000_000_000 + i)."""
+    return StopBook("XRPETH", clock=lambda: 1_700_000_000_000)
+
+
+def test_a_stop_expires_on_the_first_trade_at_its_deadline_with_no_order() -> None:
+    orch = early_book()
+    deadline = 1_700_000_000_005  # trade i is at 1_700_000_000_000 + i
+    orch.apply(StopCommand.upsert(stop(activation_price=None, expires_at=deadline)))
+    results = feed(orch, ["100", "110", "108", "109", "100", "90"])
+    assert kinds(results) == [(1, "activated"), (5, "expired")]
+    assert [o for _, out in results for o in out.orders] == []
+    expired = results[4][1].events[0]
+    assert (expired.trade_id, expired.reference_price, expired.stop_price, expired.wire()["v"]) == (
+        5, D("110"), D("107.8"), 2)
+    assert expired.message == ("expired at 2023-11-14T22:13:20.005Z (trade 5 came at or after it); "
+                               "no order was placed")
+
+
+def test_a_trade_before_the_deadline_still_triggers_however_late_it_is_processed() -> None:
+    # Exchange time decides: trade 5 (at deadline - 1 ms) reaches the stop, whatever the wall clock.
+    orch = StopBook("XRPETH", clock=lambda: 1_700_000_000_006 + 1000, expiry_grace_ms=2000)
+    orch.apply(StopCommand.upsert(stop(activation_price=None, expires_at=1_700_000_000_006)))
+    results = feed(orch, ["100", "110", "108", "109", "100"])
+    assert kinds(results) == [(1, "activated"), (5, "triggered")]
+
+
+def test_a_quiet_market_expires_by_the_clock_after_the_grace() -> None:
+    now = [CLOCK]
+    orch = StopBook("XRPETH", clock=lambda: now[0], expiry_grace_ms=2000)
+    orch.apply(StopCommand.upsert(stop(activation_price=None, expires_at=CLOCK + 1000)))
+    feed(orch, ["100"])
+    now[0] = CLOCK + 2999
+    assert not orch.expire_by_clock()
+    now[0] = CLOCK + 3000
+    (event,) = orch.expire_by_clock().events
+    assert (event.type, event.trade_id, event.uid) == ("expired", None, UID)
+    assert event.message == ("expired at 2027-01-15T08:00:01.000Z (no trade reached the stop by then); "
+                             "no order was placed")
+    assert not orch.expire_by_clock()  # once
+    assert not any(out.orders for _, out in feed(orch, ["50"], first_id=2))
+
+
+def test_a_stop_created_after_its_deadline_expires_at_once() -> None:
+    orch = orchestrator()
+    out = orch.apply(StopCommand.upsert(stop(expires_at=CLOCK - 1)))
+    assert [e.type for e in out.events] == ["armed", "expired"]
+
+
+def test_moving_the_deadline_later_before_it_passes_keeps_the_stop() -> None:
+    orch = early_book()
+    orch.apply(StopCommand.upsert(stop(activation_price=None, expires_at=1_700_000_000_003)))
+    feed(orch, ["100", "110"])
+    orch.apply(StopCommand.upsert(stop(activation_price=None, expires_at=1_700_000_000_100)))
+    results = feed(orch, ["109", "108", "107"], first_id=3)
+    assert kinds(results) == [(5, "triggered")]
+
+
+def test_a_restored_expired_stop_never_fires() -> None:
+    orch = orchestrator()
+    saved = TRACKING.model_copy(update={"expired": True})
+    first = orch.apply(StopCommand.upsert(stop(state=saved, expires_at=1_700_000_000_004)))
+    results = feed(orch, ["100", "50"], first_id=5)
+    assert all_events(first, results) == []
+    assert not any(out.orders for _, out in results)

@@ -4,8 +4,12 @@ Rules that hold everywhere:
 
 * Prices and quantities are :class:`~decimal.Decimal` in Python and decimal *strings* on the wire
   and in the resource. A float is refused: it has already lost the exchange's digits.
-* Every bus message carries ``"v": 1``; times on the bus are epoch milliseconds, times in the
-  resource status are RFC 3339 strings (what ``kubectl`` shows).
+* Every bus message carries its wire version, ``"v": 1`` or ``"v": 2``: a message that uses a
+  feature version 1 lacks (a trailingAmount, Limit execution, an expiresAt, a LIMIT order, the
+  ``expired`` event) says 2, so that a component of the first version refuses it (dead letter)
+  instead of silently running it as a percent or MARKET stop; every other message still says 1,
+  and both are read (DESIGN §5). Times on the bus are epoch milliseconds, times in the resource
+  status are RFC 3339 strings (what ``kubectl`` shows).
 * Validation errors read like ``trailingPercent must be > 0 and < 100, got "0"``; use
   :func:`describe_errors` to turn a :class:`pydantic.ValidationError` into such lines.
 
@@ -19,7 +23,7 @@ import hashlib
 import re
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -31,17 +35,22 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
+    model_serializer,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from trailingstop.core.decimals import (
+    EXACT,
     NONZERO_DIGIT,
     PRICE_PATTERN,
     QUANTITY_PATTERN,
+    SLIPPAGE_PERCENT_PATTERN,
+    TRAILING_AMOUNT_PATTERN,
     TRAILING_PERCENT_PATTERN,
     WIRE_FRACTION_DIGITS,
     WIRE_INTEGER_DIGITS,
@@ -53,16 +62,27 @@ from trailingstop.core.echo import cut, quoted, short_repr
 from trailingstop.core.trade import Trade
 
 # Re-exported from trailingstop.core.decimals: the CRD generator and callers import them from here.
-__all__ = ["NONZERO_DIGIT", "PRICE_PATTERN", "QUANTITY_PATTERN", "TRAILING_PERCENT_PATTERN", "to_wire"]
+__all__ = [
+    "NONZERO_DIGIT",
+    "PRICE_PATTERN",
+    "QUANTITY_PATTERN",
+    "SLIPPAGE_PERCENT_PATTERN",
+    "TRAILING_AMOUNT_PATTERN",
+    "TRAILING_PERCENT_PATTERN",
+    "to_wire",
+]
 
 API_GROUP = "trailingstop.dev"
 API_VERSION = "v1"
 KIND = "TrailingStop"
 PLURAL = "trailingstops"
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # what a message using this version's features says; version 1 is still read
+WIRE_VERSIONS = (1, 2)
 
 Side = Literal["SELL", "BUY"]
 Mode = Literal["Simulate", "Testnet", "Live"]
+ExecutionType = Literal["Market", "Limit"]
+OrderType = Literal["MARKET", "LIMIT"]
 
 
 class Phase(StrEnum):
@@ -78,13 +98,26 @@ class Phase(StrEnum):
     TRIGGERED = "Triggered"
     FILLED = "Filled"
     REJECTED = "Rejected"
+    # Written by earlier versions for an order that ended with nothing filled; Unfilled says it now.
     FAILED = "Failed"
+    # The order ended (expired, e.g. a LIMIT IOC's unfilled rest, or canceled) with part of the
+    # quantity filled, or none of it. Final: no second order is ever placed behind the user's back.
+    PARTIALLY_FILLED = "PartiallyFilled"
+    UNFILLED = "Unfilled"
+    # spec.expiresAt passed before the stop triggered: no order. Final.
+    EXPIRED = "Expired"
 
 
 # --- field rules shared with the CRD schema (contract) ---------------------------------------
 # The decimal patterns (PRICE_PATTERN, QUANTITY_PATTERN, TRAILING_PERCENT_PATTERN, NONZERO_DIGIT)
 # live in trailingstop.core.decimals with the digit limits they set; trade files are held to them too.
 SYMBOL_PATTERN = r"^[A-Z0-9]{2,20}$"
+# RFC 3339 as Kubernetes writes times (upper-case T and Z), at most nanoseconds, any offset.
+TIME_PATTERN = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+TIME_MAX_CHARS = 35
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_NAME_MAX = 253
 
@@ -92,6 +125,13 @@ MESSAGES = {
     "symbol": "symbol must be 2-20 upper-case letters or digits, like BTCUSDT",
     "quantity": "quantity must be a decimal string > 0, like \"0.001\"",
     "trailingPercent": "trailingPercent must be > 0 and < 100, with at most 8 decimals",
+    "trailingAmount": "trailingAmount must be a decimal string > 0 in the quote asset, like \"250\"",
+    "trail": "exactly one of trailingPercent and trailingAmount must be set",
+    "sellAmount": "a SELL's activationPrice must be above its trailingAmount: at the activation price its stop "
+    "(activationPrice - trailingAmount) would be at or below 0, where no order can ever be placed",
+    "maxSlippagePercent": "maxSlippagePercent must be >= 0 and < 100, with at most 8 decimals",
+    "slippageWithLimit": "maxSlippagePercent is required with type Limit, and only with Limit",
+    "expiresAt": "expiresAt must be an RFC 3339 time like \"2026-12-31T23:59:59Z\"",
     "activationPrice": "activationPrice must be a decimal string > 0, like \"65000\"",
     "credentialsSecretRef": "credentialsSecretRef is required unless mode is Simulate",
     "secretName": "name must be a Secret name: lower-case letters, digits, '-' and '.', at most 253",
@@ -167,7 +207,30 @@ TrailingPercent = Annotated[
 ActivationPrice = Annotated[
     Decimal, _decimal_checker(PRICE_PATTERN, MESSAGES["activationPrice"], positive=True), _wire_decimal()
 ]
+TrailingAmount = Annotated[
+    Decimal,
+    _decimal_checker(TRAILING_AMOUNT_PATTERN, MESSAGES["trailingAmount"], positive=True),
+    _wire_decimal(),
+]
+SlippagePercent = Annotated[
+    Decimal,
+    _decimal_checker(SLIPPAGE_PERCENT_PATTERN, MESSAGES["maxSlippagePercent"], positive=False),
+    _wire_decimal(),
+]
 WireDecimal = Annotated[Decimal, BeforeValidator(_check_wire_decimal), _wire_decimal()]
+
+
+def _check_signed_wire_decimal(value: Any) -> Decimal:
+    """A :data:`WireDecimal` that may be negative: a SELL's stop level ``R - trailingAmount`` while
+    the reference is at or below the amount (shown as it is; nothing can trigger it, DESIGN §4)."""
+    if isinstance(value, str) and value.startswith("-"):
+        return _check_wire_decimal(value[1:]).copy_negate()
+    if isinstance(value, Decimal) and value.is_signed():
+        return _check_wire_decimal(value.copy_negate()).copy_negate()
+    return _check_wire_decimal(value)
+
+
+SignedWireDecimal = Annotated[Decimal, BeforeValidator(_check_signed_wire_decimal), _wire_decimal()]
 
 
 _NONZERO = re.compile(NONZERO_DIGIT)
@@ -182,6 +245,47 @@ def _check_symbol(value: str) -> str:
 
 
 Symbol = Annotated[str, AfterValidator(_check_symbol)]
+
+
+# --- times -----------------------------------------------------------------------------------
+
+_TIME = re.compile(
+    r"^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?(Z|([+-])([0-9]{2}):([0-9]{2}))$"
+)
+_TIME_RULE = re.compile(TIME_PATTERN)  # the CRD's: month, day, hour, minute, second and offset in range
+
+
+def deadline_ms(text: str) -> int:
+    """An RFC 3339 time as epoch milliseconds, rounded *up* to the next whole millisecond.
+
+    Trade times are whole milliseconds, and a trade at ``t`` comes before the deadline ``D``
+    exactly when ``t < ceil(D)``; so the deadline is exact whatever its sub-millisecond digits.
+    Raises ValueError (with :data:`MESSAGES`' wording) for anything but RFC 3339.
+    """
+    match = _TIME.fullmatch(text) if len(text) <= TIME_MAX_CHARS and _TIME_RULE.fullmatch(text) else None
+    if match is None:
+        raise ValueError(MESSAGES["expiresAt"])
+    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
+    fraction, zone, sign, zone_hours, zone_minutes = match.group(7, 8, 9, 10, 11)
+    try:
+        offset = timedelta(0) if zone == "Z" else timedelta(hours=int(zone_hours), minutes=int(zone_minutes))
+        moment = datetime(year, month, day, hour, minute, second,
+                          tzinfo=timezone(-offset if sign == "-" else offset))
+    except ValueError as exc:  # month 13, 25:00, an offset of 24 hours or more, ...
+        raise ValueError(f"{MESSAGES['expiresAt']} ({exc})") from None
+    nanoseconds = (moment - _EPOCH) // timedelta(seconds=1) * 1_000_000_000 + int((fraction or "").ljust(9, "0"))
+    return -(-nanoseconds // 1_000_000)
+
+
+def _check_time(value: str) -> str:
+    try:
+        deadline_ms(value)
+    except ValueError as exc:
+        raise PydanticCustomError("time", f"{exc}, got {quoted(value)}") from None
+    return value
+
+
+Rfc3339 = Annotated[str, AfterValidator(_check_time)]
 
 
 # --- base models -----------------------------------------------------------------------------
@@ -200,24 +304,40 @@ class _CamelModel(BaseModel):
 
 
 class Message(_CamelModel):
-    """A bus message. Unknown fields are ignored so that a newer sender can add optional fields."""
+    """A bus message. Unknown fields are ignored so that a newer sender can add optional fields.
+
+    ``v`` on the wire is :attr:`wire_version`: 2 when the message uses a feature of version 2,
+    else 1, whatever ``v`` it was read with (DESIGN §5).
+    """
 
     model_config = ConfigDict(extra="ignore")
-    v: Literal[1] = 1
+    v: Literal[1, 2] = 1
+
+    @property
+    def wire_version(self) -> int:
+        """1, unless the message needs version 2 to be understood (subclasses say when)."""
+        return 1
+
+    @model_serializer(mode="wrap")
+    def _versioned(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            data["v"] = self.wire_version
+        return data
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()
 
     @classmethod
     def from_json(cls, body: bytes | str) -> Any:
-        """Parse a message from the bus; it must say ``"v": 1`` (a missing version is refused)."""
+        """Parse a message from the bus; it must say ``"v": 1`` or ``2`` (a missing version is refused)."""
         return cls.model_validate_json(body, context=_WIRE)
 
     @model_validator(mode="before")
     @classmethod
     def _version_on_the_wire(cls, data: Any, info: ValidationInfo) -> Any:
         if info.context is _WIRE and isinstance(data, dict) and "v" not in data:
-            raise PydanticCustomError("version", 'a bus message must carry "v": 1')
+            raise PydanticCustomError("version", 'a bus message must carry "v": 1 or 2')
         return data
 
 
@@ -234,14 +354,57 @@ class SecretRef(_CamelModel):
     name: Annotated[str, AfterValidator(_check_secret_name)]
 
 
+class Execution(_CamelModel):
+    """``spec.execution``: how the order is placed at the trigger.
+
+    ``Market`` (the default): one MARKET order. ``Limit``: one LIMIT order, timeInForce IOC, at the
+    trigger price minus ``maxSlippagePercent`` (SELL) or plus it (BUY), rounded to the symbol's
+    tick size in the direction that never passes that bound (DESIGN §4 "Execution").
+    """
+
+    type: ExecutionType = "Market"
+    max_slippage_percent: SlippagePercent | None = None
+
+    @model_validator(mode="after")
+    def _slippage_with_limit(self) -> Execution:
+        if (self.type == "Limit") != (self.max_slippage_percent is not None):
+            raise PydanticCustomError("execution", MESSAGES["slippageWithLimit"])
+        return self
+
+    @property
+    def is_limit(self) -> bool:
+        return self.type == "Limit"
+
+
+def check_trail(
+    side: str, trailing_percent: Decimal | None, trailing_amount: Decimal | None, activation_price: Decimal | None
+) -> None:
+    """The rules between fields of a trail, shared by the spec and the bus's StopDefinition: exactly
+    one kind of trail; a SELL amount below its activation price (else its stop would start <= 0)."""
+    if (trailing_percent is None) == (trailing_amount is None):
+        got = "neither" if trailing_percent is None else "both"
+        raise PydanticCustomError("trail", f"{MESSAGES['trail']} (got {got})")
+    if trailing_amount is None or activation_price is None or side != "SELL":
+        return
+    if EXACT.compare(activation_price, trailing_amount) <= 0:
+        raise PydanticCustomError(
+            "trail",
+            f"{MESSAGES['sellAmount']} (activationPrice {to_wire(activation_price)}, "
+            f"trailingAmount {to_wire(trailing_amount)})",
+        )
+
+
 class TrailingStopSpec(_CamelModel):
     """``spec`` of a TrailingStop. Field rules mirror the CRD schema and its CEL rules."""
 
     symbol: Symbol
     side: Side
     quantity: Quantity
-    trailing_percent: TrailingPercent
+    trailing_percent: TrailingPercent | None = None
+    trailing_amount: TrailingAmount | None = None
     activation_price: ActivationPrice | None = None
+    execution: Execution | None = None
+    expires_at: Rfc3339 | None = None
     mode: Mode = "Simulate"
     credentials_secret_ref: SecretRef | None = None
 
@@ -252,6 +415,20 @@ class TrailingStopSpec(_CamelModel):
                 "credentials", f"{MESSAGES['credentialsSecretRef']} (mode is {self.mode})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _one_trail(self) -> TrailingStopSpec:
+        check_trail(self.side, self.trailing_percent, self.trailing_amount, self.activation_price)
+        return self
+
+    @property
+    def expires_at_ms(self) -> int | None:
+        return None if self.expires_at is None else deadline_ms(self.expires_at)
+
+    @property
+    def trail_text(self) -> str:
+        """The trail as people read it: ``1.5%`` or ``250`` (quote units)."""
+        return trail_text(self.trailing_percent, self.trailing_amount)
 
     @property
     def route(self) -> str:
@@ -272,7 +449,11 @@ class OrderStatus(_CamelModel):
     client_order_id: str
     order_id: int | None = None
     status: str
+    type: OrderType | None = None
+    price: WireDecimal | None = None  # a LIMIT order's price
+    orig_qty: WireDecimal | None = None  # the quantity ordered
     executed_qty: WireDecimal | None = None
+    remaining_qty: WireDecimal | None = None  # ordered minus executed, once the order has ended
     avg_price: WireDecimal | None = None
     cummulative_quote_qty: WireDecimal | None = None
     error: OrderError | None = None
@@ -300,7 +481,7 @@ class TrailingStopStatus(_CamelModel):
     activated_price: WireDecimal | None = None
     activated_trade_id: int | None = None
     reference_price: WireDecimal | None = None
-    stop_price: WireDecimal | None = None
+    stop_price: SignedWireDecimal | None = None
     last_price: WireDecimal | None = None
     last_price_at: str | None = None
     last_trade_id: int | None = None
@@ -349,6 +530,9 @@ class SavedState(_CamelModel):
     activated_trade_id: int | None = None
     reference_price: WireDecimal | None = None
     triggered: bool = False
+    # Expired (version 2): final, without an order; a restarted orchestrator must not revive it.
+    # None, not False, when it has not expired: a version-1 state reads as it did.
+    expired: bool | None = None
     triggered_at: int | None = None
     trigger_price: WireDecimal | None = None
     trigger_trade_id: int | None = None
@@ -358,7 +542,7 @@ class SavedState(_CamelModel):
     def _consistent(self) -> SavedState:
         # A triggered stop may lack activation details (its events can arrive out of order); it is
         # final either way. A stop that is tracking needs its reference to go on tracking.
-        if self.activated and not self.triggered and self.reference_price is None:
+        if self.activated and not (self.triggered or self.expired) and self.reference_price is None:
             raise PydanticCustomError("saved_state", "an activated stop needs its referencePrice")
         return self
 
@@ -374,17 +558,40 @@ class StopRef(_CamelModel):
 
 
 class StopDefinition(StopRef):
-    """What an orchestrator needs to run a stop: the spec, identity, route and saved state."""
+    """What an orchestrator needs to run a stop: the spec, identity, route and saved state.
+
+    ``trailingAmount``, ``execution`` and ``expiresAt`` (epoch ms, rounded up: :func:`deadline_ms`)
+    are version 2; a definition without them means what version 1 meant.
+    """
 
     generation: int = 1
     symbol: Symbol
     side: Side
     quantity: Quantity
-    trailing_percent: TrailingPercent
+    trailing_percent: TrailingPercent | None = None
+    trailing_amount: TrailingAmount | None = None
     activation_price: ActivationPrice | None = None
+    execution: Execution | None = None
+    expires_at: int | None = None
     mode: Mode = "Simulate"
     route: str = "simulate"
     state: SavedState | None = None
+
+    @model_validator(mode="after")
+    def _one_trail(self) -> StopDefinition:
+        check_trail(self.side, self.trailing_percent, self.trailing_amount, self.activation_price)
+        return self
+
+    @property
+    def needs_v2(self) -> bool:
+        limit = self.execution is not None and self.execution.is_limit
+        expired = self.state is not None and bool(self.state.expired)
+        return self.trailing_amount is not None or limit or self.expires_at is not None or expired
+
+    @property
+    def limit_slippage(self) -> Decimal | None:
+        """maxSlippagePercent of a Limit stop; None for a Market one."""
+        return self.execution.max_slippage_percent if self.execution is not None else None
 
     @classmethod
     def from_spec(
@@ -406,7 +613,10 @@ class StopDefinition(StopRef):
             side=spec.side,
             quantity=spec.quantity,
             trailing_percent=spec.trailing_percent,
+            trailing_amount=spec.trailing_amount,
             activation_price=spec.activation_price,
+            execution=spec.execution,
+            expires_at=spec.expires_at_ms,
             mode=spec.mode,
             route=spec.route,
             state=state,
@@ -432,6 +642,10 @@ class StopCommand(Message):
             raise PydanticCustomError("command", "stop.symbol must equal the command's symbol")
         return self
 
+    @property
+    def wire_version(self) -> int:
+        return 2 if self.stop is not None and self.stop.needs_v2 else 1
+
     @classmethod
     def upsert(cls, stop: StopDefinition) -> StopCommand:
         return cls(op="upsert", symbol=stop.symbol, stop=stop)
@@ -441,14 +655,15 @@ class StopCommand(Message):
         return cls(op="cancel", symbol=stop.symbol, stop=stop)
 
 
-StopEventType = Literal["armed", "activated", "reference", "price", "triggered", "invalid", "sync"]
+StopEventType = Literal["armed", "activated", "reference", "price", "triggered", "invalid", "expired", "sync"]
 
 
 class StopEvent(Message):
     """Orchestrator -> operator (``stop.events``, routing key ``<symbol>.<type>``).
 
     Per stop: ``armed``, ``activated``, ``reference`` (coalesced), ``triggered``, ``invalid`` (the
-    reason in ``message``). Per symbol (no uid): ``price``, the last trade, at most once per
+    reason in ``message``), ``expired`` (version 2: spec.expiresAt passed before a trigger; the
+    trade that told, if a trade did). Per symbol (no uid): ``price``, the last trade, at most once per
     flush interval, and ``sync``, the request of a starting orchestrator, which the operator
     answers with an upsert of every stop of the symbol followed by ``synced``.
     """
@@ -461,11 +676,15 @@ class StopEvent(Message):
     generation: int | None = None
     price: WireDecimal | None = None
     reference_price: WireDecimal | None = None
-    stop_price: WireDecimal | None = None
+    stop_price: SignedWireDecimal | None = None
     trade_id: int | None = None
     trade_time: int | None = None
     at: int
     message: str | None = None
+
+    @property
+    def wire_version(self) -> int:
+        return 2 if self.type == "expired" or (self.stop_price is not None and self.stop_price < 0) else 1
 
     @property
     def routing_key(self) -> str:
@@ -473,7 +692,11 @@ class StopEvent(Message):
 
 
 class PlaceOrder(Message):
-    """Orchestrator -> executor (``order.commands``, routing key = executor route)."""
+    """Orchestrator -> executor (``order.commands``, routing key = executor route).
+
+    ``type`` LIMIT (version 2) carries its ``price`` (the user's bound, already on the tick size
+    when the orchestrator knew the symbol's filters) and ``timeInForce`` IOC.
+    """
 
     client_order_id: Annotated[str, Field(pattern=CLIENT_ORDER_ID_PATTERN)]
     uid: str
@@ -482,7 +705,9 @@ class PlaceOrder(Message):
     symbol: Symbol
     side: Side
     quantity: Quantity
-    type: Literal["MARKET"] = "MARKET"
+    type: OrderType = "MARKET"
+    price: WireDecimal | None = None
+    time_in_force: Literal["IOC"] | None = None
     mode: Mode
     route: str
     trigger_price: WireDecimal
@@ -492,6 +717,17 @@ class PlaceOrder(Message):
     # orchestrator died before its ``triggered`` event went out (added; absent from older senders).
     reference_price: WireDecimal | None = None
     stop_price: WireDecimal | None = None
+
+    @model_validator(mode="after")
+    def _limit_has_price(self) -> PlaceOrder:
+        if (self.type == "LIMIT") != (self.price is not None and self.time_in_force == "IOC"):
+            raise PydanticCustomError("command", "a LIMIT order needs its price and timeInForce IOC; a MARKET "
+                                                 "order has neither")
+        return self
+
+    @property
+    def wire_version(self) -> int:
+        return 2 if self.type == "LIMIT" else 1
 
 
 OrderResultStatus = Literal[
@@ -519,6 +755,11 @@ class OrderResult(Message):
     status: OrderResultStatus
     mode: Mode = "Simulate"
     order_id: int | None = None
+    # The order as placed (added; absent from older senders): its type, a LIMIT's price, the
+    # quantity ordered.
+    type: OrderType | None = None
+    price: WireDecimal | None = None
+    orig_qty: WireDecimal | None = None
     executed_qty: WireDecimal | None = None
     avg_price: WireDecimal | None = None
     cummulative_quote_qty: WireDecimal | None = None
@@ -535,9 +776,16 @@ class OrderResult(Message):
     def filled(self) -> bool:
         return self.status in ("FILLED", "SIMULATED")
 
+    @property
+    def wire_version(self) -> int:
+        return 2 if self.type == "LIMIT" else 1
+
     @classmethod
     def for_order(cls, order: PlaceOrder, **outcome: Any) -> OrderResult:
-        """The result of ``order``: its identity, plus ``outcome`` (status, fills, error, at)."""
+        """The result of ``order``: its identity, plus ``outcome`` (status, fills, error, at; the
+        price and quantity placed when they differ from the command's)."""
+        outcome.setdefault("price", order.price)
+        outcome.setdefault("orig_qty", order.quantity)
         return cls(
             client_order_id=order.client_order_id,
             uid=order.uid,
@@ -546,6 +794,7 @@ class OrderResult(Message):
             symbol=order.symbol,
             side=order.side,
             mode=order.mode,
+            type=order.type,
             trigger_price=order.trigger_price,
             triggered_at=order.triggered_at,
             trigger_trade_id=order.trigger_trade_id,
@@ -574,6 +823,13 @@ def ms_to_rfc3339(ms: int) -> str:
 def rfc3339_to_ms(text: str) -> int:
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def trail_text(trailing_percent: Decimal | None, trailing_amount: Decimal | None) -> str:
+    """A trail as people read it: ``1.5%`` for a percent, the bare amount (quote units) otherwise."""
+    if trailing_percent is not None:
+        return f"{to_wire(trailing_percent)}%"
+    return "-" if trailing_amount is None else to_wire(trailing_amount)
 
 
 def client_order_id(uid: str) -> str:
@@ -621,7 +877,7 @@ def describe_errors(error: ValidationError, prefix: str = "") -> list[str]:
 def _describe_one(location: str, item: Any) -> str:
     kind, message = item["type"], item["msg"]
     field = location.rsplit(".", 1)[-1] if location else ""
-    if kind in ("decimal_value", "decimal_string", "symbol", "secret_name"):
+    if kind in ("decimal_value", "decimal_string", "symbol", "secret_name", "time"):
         # Our own messages already start with the field name; anchor them at the full path.
         if field and message.startswith(field):
             return f"{location.removesuffix(field)}{message}"
@@ -633,7 +889,7 @@ def _describe_one(location: str, item: Any) -> str:
     if kind == "literal_error":
         expected = item.get("ctx", {}).get("expected", "")
         return f"{location} must be one of {expected}, got {short_repr(item['input'])}"
-    if kind in ("credentials", "saved_state", "command", "version"):
+    if kind in ("credentials", "saved_state", "command", "version", "trail", "execution"):
         return f"{location + ': ' if location else ''}{message}"
     if location:
         return f"{location}: {message}"

@@ -3,7 +3,8 @@
 Money is never rounded silently here (DESIGN §3, "Digits"). What the system accepts is bounded:
 
 * prices and quantities: at most 20 integer digits and 20 decimals (the CRD patterns);
-* trailingPercent: at most 2 integer digits and 8 decimals.
+* trailingPercent and maxSlippagePercent: at most 2 integer digits and 8 decimals;
+* trailingAmount: a price's digits.
 
 Everything computed from those fits :data:`EXACT` with room to spare: a stop level is a price
 times ``1 ± p/100`` (at most 21 + 30 digits), an order value a quantity times a price (at most
@@ -33,7 +34,15 @@ EXACT = decimal.Context(
 QUANTITY_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?$"
 PRICE_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?$"
 TRAILING_PERCENT_PATTERN = r"^[0-9]{1,2}(\.[0-9]{1,8})?$"
+# trailingAmount is a price distance (quote units): a price's digits. maxSlippagePercent is a
+# percent like trailingPercent, but 0 is allowed (a limit at the trigger price itself).
+TRAILING_AMOUNT_PATTERN = PRICE_PATTERN
+SLIPPAGE_PERCENT_PATTERN = TRAILING_PERCENT_PATTERN
 NONZERO_DIGIT = "[1-9]"
+# Digits of a price and of a percent (DESIGN §3 "Digits"): the widths a decimal string is padded to
+# when two of them are compared as strings (the CRD's CEL rules compare money that way, exactly).
+PRICE_INTEGER_DIGITS = 20
+PRICE_FRACTION_DIGITS = 20
 
 # Values on the bus and in a status: a computed order value is the largest (quantity x price).
 WIRE_INTEGER_DIGITS = 40

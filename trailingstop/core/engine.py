@@ -1,23 +1,33 @@
 """The trailing-stop engine: many stops on one symbol, exact DESIGN §4 semantics, no I/O.
 
-Feed it trades with :meth:`Engine.on_trade`; it returns what happened (activations and triggers).
-Reference changes are coalesced: :meth:`Engine.drain_reference_changes` reports each stop whose
-reference moved since the last drain, once.
+Feed it trades with :meth:`Engine.on_trade`; it returns what happened (expiries, activations and
+triggers). Reference changes are coalesced: :meth:`Engine.drain_reference_changes` reports each
+stop whose reference moved since the last drain, once.
+
+A stop trails by a percent (stop level ``R * (1 - d)`` SELL, ``R * (1 + d)`` BUY) or by an amount
+in quote units (``R - a`` SELL, ``R + a`` BUY). A stop with a deadline (``expires_at``, epoch ms)
+expires at the first trade at or after it, before that trade is applied (or when the caller's
+clock says so: :meth:`Engine.expire_due`); expired, like triggered, is final.
 
 Why it is fast
 --------------
 A tick must not cost more because many stops sit idle, so nothing here loops over stops:
 
 * Prices are *oriented* per side: ``x = p`` for SELL and ``x = -p`` for BUY. Then both sides read
-  the same: the reference is the running maximum of ``x``, the stop level is ``R * f`` with
-  ``f = 1 - d`` (SELL) or ``1 + d`` (BUY), a stop triggers when ``x <= R * f``, and a stop with
-  activation price ``A`` activates when ``x >= a`` with ``a`` the oriented ``A``.
+  the same: the reference is the running maximum of ``x``; the stop level is ``R * f`` with
+  ``f = 1 - d`` (SELL) or ``1 + d`` (BUY) for a percent trail, ``R - a`` for an amount (the
+  oriented ``-(R' + a)`` of a BUY is ``R - a`` too); a stop triggers when ``x <= level``; a stop
+  with activation price ``A`` activates when ``x >= a`` with ``a`` the oriented ``A``.
 * Pending stops sit in a heap by ``a``; a tick pops only the ones it activates.
 * Active stops with the same reference form a *group*. A new extreme ``x`` merges every group with
   ``R < x`` into one (smaller into larger, so each stop moves O(log n) times in all); a heap by
   ``R`` finds those groups.
-* Inside a group the smallest trail triggers first. A heap over groups keyed by their best stop
-  level answers "does anything trigger at ``x``?" by looking at its top.
+* Inside a group, the percent stops with the smallest trail and the amount stops with the smallest
+  amount have the highest levels of their kind: two heaps, and the higher of their two tops is the
+  group's best level (which kind is higher depends on ``R``, so they cannot share one heap). A
+  heap over groups keyed by their best stop level answers "does anything trigger at ``x``?" by
+  looking at its top.
+* Deadlines sit in one heap; a tick looks at its top.
 
 Stale heap entries are skipped lazily (version numbers) rather than searched for and removed.
 All arithmetic is :class:`~decimal.Decimal` under :data:`~trailingstop.core.decimals.EXACT`, which traps
@@ -38,11 +48,13 @@ from typing import Literal
 from trailingstop.core.decimals import EXACT, oriented
 
 Side = Literal["SELL", "BUY"]
-EventKind = Literal["armed", "activated", "reference", "triggered"]
-StopPhase = Literal["armed", "tracking", "triggered"]
+EventKind = Literal["armed", "activated", "reference", "triggered", "expired"]
+StopPhase = Literal["armed", "tracking", "triggered", "expired"]
+FINAL_PHASES: frozenset[str] = frozenset({"triggered", "expired"})
 
 _HUNDRED = Decimal(100)
 _ONE = Decimal(1)
+_ZERO = Decimal(0)
 _NO_EVENTS: tuple[EngineEvent, ...] = ()
 
 
@@ -61,11 +73,12 @@ class EngineEvent:
 
 @dataclass(frozen=True, slots=True)
 class StopState:
-    """Where one stop stands; also what is saved to, and restored from, the resource status."""
+    """Where one stop stands; also what is saved to, and restored from, the resource status.
+    Exactly one of ``trailing_percent`` and ``trailing_amount`` is set."""
 
     stop_id: str
     side: Side
-    trailing_percent: Decimal
+    trailing_percent: Decimal | None
     activation_price: Decimal | None
     phase: StopPhase
     reference: Decimal | None = None
@@ -76,10 +89,17 @@ class StopState:
     trigger_price: Decimal | None = None
     trigger_trade_id: int | None = None
     triggered_at: int | None = None
+    trailing_amount: Decimal | None = None
+    expires_at: int | None = None
 
 
-def stop_level(side: Side, reference: Decimal, trailing_percent: Decimal) -> Decimal:
-    """``R * (1 - p/100)`` for SELL, ``R * (1 + p/100)`` for BUY, exactly."""
+def stop_level(
+    side: Side, reference: Decimal, trailing_percent: Decimal | None, trailing_amount: Decimal | None = None
+) -> Decimal:
+    """``R * (1 - p/100)`` / ``R - a`` for SELL, ``R * (1 + p/100)`` / ``R + a`` for BUY, exactly."""
+    if trailing_amount is not None:
+        return EXACT.subtract(reference, trailing_amount) if side == "SELL" else EXACT.add(reference, trailing_amount)
+    assert trailing_percent is not None, "a stop trails by a percent or by an amount"
     return EXACT.multiply(reference, _factor(side, trailing_percent))
 
 
@@ -94,7 +114,9 @@ class _Stop:
         "activated_price",
         "activated_trade_id",
         "activation",
+        "amount",
         "book",
+        "expires_at",
         "factor",
         "final_reference",
         "final_stop_price",
@@ -112,8 +134,10 @@ class _Stop:
     def __init__(self, stop_id: str, side: Side) -> None:
         self.stop_id = stop_id
         self.side: Side = side
-        self.trail = Decimal(0)
+        self.trail = Decimal(0)  # the percent of a percent stop (its heap key)
         self.factor = _ONE
+        self.amount: Decimal | None = None  # the distance of an amount stop (its heap key); None: percent
+        self.expires_at: int | None = None
         self.activation: Decimal | None = None
         self.phase: StopPhase = "armed"
         self.group: _Group | None = None
@@ -128,24 +152,39 @@ class _Stop:
         self.final_reference: Decimal | None = None  # reference and stop level at the trigger
         self.final_stop_price: Decimal | None = None
 
+    def set_trail(self, side: Side, trailing_percent: Decimal | None, trailing_amount: Decimal | None) -> None:
+        _check_trail(trailing_percent, trailing_amount)
+        if trailing_amount is not None:
+            self.amount, self.trail, self.factor = trailing_amount, Decimal(0), _ONE
+        else:
+            assert trailing_percent is not None
+            self.amount, self.trail, self.factor = None, trailing_percent, _factor(side, trailing_percent)
+
+    def level(self, reference: Decimal) -> Decimal:
+        """The oriented stop level at oriented reference ``reference``."""
+        amount = self.amount
+        if amount is None:
+            return EXACT.multiply(reference, self.factor)
+        return EXACT.subtract(reference, amount)
+
 
 class _Group:
     """Active stops of one side sharing the same (oriented) reference ``R``."""
 
-    __slots__ = ("alive", "dirty", "entries", "reference", "size", "version")
+    __slots__ = ("alive", "amounts", "dirty", "percents", "reference", "size", "version")
 
     def __init__(self, reference: Decimal) -> None:
         self.reference = reference
-        # Heap of (trail, seq, stop version, stop): the smallest trail has the highest stop level.
-        self.entries: list[tuple[Decimal, int, int, _Stop]] = []
+        # Heaps of (trail, seq, stop version, stop), one per kind of trail: the smallest percent
+        # and the smallest amount have the highest stop level of their kind.
+        self.percents: list[tuple[Decimal, int, int, _Stop]] = []
+        self.amounts: list[tuple[Decimal, int, int, _Stop]] = []
         self.size = 0
         self.version = 0
         self.alive = True
         self.dirty = False
 
-    def best(self) -> _Stop | None:
-        """The live stop with the highest stop level, dropping stale entries on the way."""
-        entries = self.entries
+    def _top(self, entries: list[tuple[Decimal, int, int, _Stop]]) -> _Stop | None:
         while entries:
             _, _, version, stop = entries[0]
             if stop.version == version and stop.group is self:
@@ -153,10 +192,29 @@ class _Group:
             heapq.heappop(entries)
         return None
 
+    def best(self) -> tuple[_Stop, Decimal] | None:
+        """The live stop with the highest stop level and that level, dropping stale entries."""
+        percent = self._top(self.percents) if self.percents else None
+        amount = self._top(self.amounts) if self.amounts else None
+        if amount is None:
+            return None if percent is None else (percent, EXACT.multiply(self.reference, percent.factor))
+        amount_level = amount.level(self.reference)
+        if percent is None:
+            return amount, amount_level
+        percent_level = EXACT.multiply(self.reference, percent.factor)
+        return (percent, percent_level) if percent_level >= amount_level else (amount, amount_level)
+
+    def add(self, stop: _Stop, seq: int) -> None:
+        if stop.amount is None:
+            heapq.heappush(self.percents, (stop.trail, seq, stop.version, stop))
+        else:
+            heapq.heappush(self.amounts, (stop.amount, seq, stop.version, stop))
+
     def live_stops(self) -> Iterator[_Stop]:
-        for _, _, version, stop in self.entries:
-            if stop.version == version and stop.group is self:
-                yield stop
+        for entries in (self.percents, self.amounts):
+            for _, _, version, stop in entries:
+                if stop.version == version and stop.group is self:
+                    yield stop
 
 
 class _SideBook:
@@ -201,7 +259,7 @@ class _SideBook:
     def _join(self, group: _Group, stop: _Stop) -> None:
         stop.group = group
         group.size += 1
-        heapq.heappush(group.entries, (stop.trail, next(self.seq), stop.version, stop))
+        group.add(stop, next(self.seq))
 
     def leave(self, stop: _Stop) -> None:
         """Forget a stop's place (its heap entries go stale); keeps group sizes right."""
@@ -225,7 +283,7 @@ class _SideBook:
         group.version += 1
         if best is None:
             return
-        level = EXACT.multiply(group.reference, best.factor)
+        level = best[1]
         heapq.heappush(self.triggers, (level.copy_negate(), next(self.seq), group.version, group))
 
     # --- the tick ----------------------------------------------------------------------------
@@ -296,9 +354,11 @@ class _SideBook:
             _, _, version, group = heapq.heappop(triggers)
             if not group.alive or version != group.version:
                 continue
-            while (stop := group.best()) is not None:
-                level = EXACT.multiply(group.reference, stop.factor)
-                if not x <= level:
+            while (best := group.best()) is not None:
+                stop, level = best
+                # A SELL whose level is at or below 0 (an amount at or above the reference) can
+                # never be sold at: it does not trigger, whatever the price (DESIGN §4).
+                if not x <= level or (self.sign > 0 and level <= _ZERO):
                     break
                 self._fire(stop, group, level, price, trade_id, time, out)
             if group.alive:
@@ -348,7 +408,7 @@ class _SideBook:
             stop.activated_trade_id = trade_id
             stop.activated_at = time
             self.track(stop, x)
-            level = oriented(EXACT.multiply(x, stop.factor), self.sign)
+            level = oriented(stop.level(x), self.sign)
             out.append(EngineEvent("activated", stop.stop_id, price, price, level, trade_id, time))
 
 
@@ -361,6 +421,10 @@ class Engine:
         self._sell = _SideBook(1, seq)
         self._buy = _SideBook(-1, seq)
         self._stops: dict[str, _Stop] = {}
+        self._seq = seq
+        # Min-heap of (deadline, seq, stop); an entry is stale once its stop has another deadline,
+        # is final or is gone (checked when it reaches the top).
+        self._deadlines: list[tuple[int, int, _Stop]] = []
         self.last_trade_id: int | None = None
         self.last_price: Decimal | None = None
         self.last_time: int | None = None
@@ -372,16 +436,21 @@ class Engine:
         self,
         stop_id: str,
         side: Side,
-        trailing_percent: Decimal,
+        trailing_percent: Decimal | None,
         activation_price: Decimal | None = None,
+        *,
+        trailing_amount: Decimal | None = None,
+        expires_at: int | None = None,
     ) -> list[EngineEvent]:
-        """Add a stop, or change a live one's trail or activation price, keeping its reference.
+        """Add a stop, or change a live one's trail (percent or amount, either way round),
+        activation price or deadline, keeping its reference.
 
         A new stop is armed: it activates on the next trade that reaches its activation price
         (or on the next trade at all without one). Changing a triggered stop is refused with
-        :class:`StopAlreadyTriggered`; changing the side with :class:`ValueError`.
+        :class:`StopAlreadyTriggered`, an expired one with :class:`StopExpired`; changing the side
+        with :class:`ValueError`.
         """
-        _check_trail(trailing_percent)
+        _check_trail(trailing_percent, trailing_amount)
         stop = self._stops.get(stop_id)
         if stop is None:
             stop = self._stops[stop_id] = _Stop(stop_id, side)
@@ -389,10 +458,12 @@ class Engine:
             raise ValueError(f"stop {stop_id}: side is immutable ({stop.side} -> {side})")
         elif stop.phase == "triggered":
             raise StopAlreadyTriggered(stop_id)
+        elif stop.phase == "expired":
+            raise StopExpired(stop_id)
         book = self._book(side)
-        stop.trail = trailing_percent
-        stop.factor = _factor(side, trailing_percent)
+        stop.set_trail(side, trailing_percent, trailing_amount)
         stop.activation = activation_price
+        self._set_deadline(stop, expires_at)
         if stop.phase == "tracking" and stop.group is not None:
             reference = stop.group.reference
             book.leave(stop)
@@ -403,18 +474,23 @@ class Engine:
         return [EngineEvent("armed", stop_id)]
 
     def restore(self, state: StopState) -> None:
-        """Put back a stop from saved state (after a restart): armed, tracking or triggered."""
-        _check_trail(state.trailing_percent)
+        """Put back a stop from saved state (after a restart): armed, tracking, triggered or expired."""
+        _check_trail(state.trailing_percent, state.trailing_amount)
         if state.stop_id in self._stops:
             self.cancel(state.stop_id)
         stop = self._stops[state.stop_id] = _Stop(state.stop_id, state.side)
-        stop.trail = state.trailing_percent
-        stop.factor = _factor(state.side, state.trailing_percent)
+        stop.set_trail(state.side, state.trailing_percent, state.trailing_amount)
         stop.activation = state.activation_price
         stop.activated_price = state.activated_price
         stop.activated_trade_id = state.activated_trade_id
         stop.activated_at = state.activated_at
         book = self._book(state.side)
+        if state.phase == "expired":
+            stop.phase = "expired"
+            stop.expires_at = state.expires_at
+            stop.final_reference, stop.final_stop_price = state.reference, state.stop_price
+            return
+        self._set_deadline(stop, state.expires_at)
         if state.phase == "triggered":
             stop.phase = "triggered"
             stop.final_reference = state.reference
@@ -456,11 +532,13 @@ class Engine:
         if stop.phase == "tracking" and stop.group is not None and stop.book is not None:
             sign = stop.book.sign
             reference = oriented(stop.group.reference, sign)
-            stop_price = oriented(EXACT.multiply(stop.group.reference, stop.factor), sign)
+            stop_price = oriented(stop.level(stop.group.reference), sign)
         return StopState(
             stop_id=stop.stop_id,
             side=stop.side,
-            trailing_percent=stop.trail,
+            trailing_percent=stop.trail if stop.amount is None else None,
+            trailing_amount=stop.amount,
+            expires_at=stop.expires_at,
             activation_price=stop.activation,
             phase=stop.phase,
             reference=reference,
@@ -474,24 +552,61 @@ class Engine:
         )
 
     def active_count(self) -> int:
-        return sum(1 for stop in self._stops.values() if stop.phase != "triggered")
+        return sum(1 for stop in self._stops.values() if stop.phase not in FINAL_PHASES)
+
+    # --- deadlines ---------------------------------------------------------------------------
+
+    def _set_deadline(self, stop: _Stop, expires_at: int | None) -> None:
+        if expires_at is not None and expires_at != stop.expires_at:
+            heapq.heappush(self._deadlines, (expires_at, next(self._seq), stop))
+        stop.expires_at = expires_at
+
+    def expire_due(self, now: int, trade_id: int | None = None) -> list[EngineEvent]:
+        """Expire every live stop whose deadline is at or before ``now`` (epoch ms).
+
+        :meth:`on_trade` calls it with each trade's time (exchange time decides, DESIGN §4); an
+        orchestrator calls it with its own clock when no trade comes. ``trade_id`` is the trade
+        that told, if one did; the event's time is ``now``."""
+        deadlines = self._deadlines
+        out: list[EngineEvent] = []
+        while deadlines and deadlines[0][0] <= now:
+            deadline, _, stop = heapq.heappop(deadlines)
+            if stop.expires_at != deadline or stop.phase in FINAL_PHASES or self._stops.get(stop.stop_id) is not stop:
+                continue  # stale: another deadline now, final already, or cancelled
+            out.append(self._expire(stop, now, trade_id))
+        return out
+
+    def _expire(self, stop: _Stop, now: int, trade_id: int | None) -> EngineEvent:
+        state = self.state(stop.stop_id)
+        if stop.book is not None:
+            stop.book.leave(stop)
+        stop.version += 1
+        stop.book = None
+        stop.phase = "expired"
+        stop.final_reference, stop.final_stop_price = state.reference, state.stop_price
+        return EngineEvent("expired", stop.stop_id, self.last_price, state.reference, state.stop_price, trade_id, now)
 
     # --- trades ------------------------------------------------------------------------------
 
     def on_trade(
         self, price: Decimal, trade_id: int | None = None, time: int | None = None
     ) -> list[EngineEvent] | tuple[EngineEvent, ...]:
-        """Apply one trade (in trade order). Returns activations and triggers, in that order of
-        occurrence per side. A trade id at or below the last one seen is dropped and counted."""
+        """Apply one trade (in trade order). Returns expiries (stops whose deadline is at or before
+        the trade's time: the trade is not applied to them), then activations and triggers, in
+        that order of occurrence per side. A trade id at or below the last one seen is dropped
+        and counted."""
         if trade_id is not None:
             last = self.last_trade_id
             if last is not None and trade_id <= last:
                 self.duplicates += 1
                 return _NO_EVENTS
             self.last_trade_id = trade_id
+        out: list[EngineEvent] = []
+        deadlines = self._deadlines
+        if deadlines and time is not None and deadlines[0][0] <= time:
+            out.extend(self.expire_due(time, trade_id))
         self.last_price = price
         self.last_time = time
-        out: list[EngineEvent] = []
         sell, buy = self._sell, self._buy
         minus_price = price.copy_negate()  # the BUY side's oriented price, once per tick; exact (not "-")
         if sell.by_reference or sell.pending or sell.immediate:
@@ -535,14 +650,28 @@ class Engine:
         )
 
 
-class StopAlreadyTriggered(Exception):
-    """A triggered stop is final: it cannot be changed and never fires again."""
+class StopIsFinal(Exception):
+    """A triggered or expired stop is final: it cannot be changed and never fires again."""
 
-    def __init__(self, stop_id: str) -> None:
-        super().__init__(f"stop {stop_id} has already triggered; it cannot be changed")
+    def __init__(self, stop_id: str, what: str) -> None:
+        super().__init__(f"stop {stop_id} has {what}; it cannot be changed")
         self.stop_id = stop_id
 
 
-def _check_trail(trailing_percent: Decimal) -> None:
-    if not (0 < trailing_percent < 100):
+class StopAlreadyTriggered(StopIsFinal):
+    def __init__(self, stop_id: str) -> None:
+        super().__init__(stop_id, "already triggered")
+
+
+class StopExpired(StopIsFinal):
+    def __init__(self, stop_id: str) -> None:
+        super().__init__(stop_id, "expired")
+
+
+def _check_trail(trailing_percent: Decimal | None, trailing_amount: Decimal | None) -> None:
+    if (trailing_percent is None) == (trailing_amount is None):
+        raise ValueError("exactly one of trailingPercent and trailingAmount must be set")
+    if trailing_percent is not None and not (0 < trailing_percent < 100):
         raise ValueError(f'trailingPercent must be > 0 and < 100, got "{trailing_percent}"')
+    if trailing_amount is not None and not trailing_amount > 0:
+        raise ValueError(f'trailingAmount must be > 0, got "{trailing_amount}"')

@@ -4,7 +4,7 @@ follows events. Pure: no I/O.
 Everything that asks "which phase comes next?" or "is this stop done?" asks this module:
 
 * :class:`Phase` and :data:`TRANSITIONS`, the table of moves (DESIGN §3). The CRD's rule that
-  freezes a fired stop's spec is generated from :data:`FIRED`.
+  freezes the spec of a stop that fired or ended is generated from :data:`FROZEN`.
 * The status reducer: :func:`apply_stop_event`, :func:`apply_order_result`,
   :func:`triggered_by_order`, and the operator's own steps (:func:`pending`,
   :func:`spec_accepted`, :func:`spec_refused`). Events arrive late or twice (two queues,
@@ -39,11 +39,13 @@ from trailingstop.core.contracts import (
     rfc3339_to_ms,
     to_wire,
 )
+from trailingstop.core.decimals import EXACT
 from trailingstop.core.engine import StopState
 
 __all__ = [
     "FINAL",
     "FIRED",
+    "FROZEN",
     "TRANSITIONS",
     "ConditionType",
     "IllegalTransition",
@@ -53,6 +55,7 @@ __all__ = [
     "can_move",
     "engine_state",
     "is_final",
+    "is_frozen",
     "order_outcome",
     "pending",
     "saved_state",
@@ -63,27 +66,39 @@ __all__ = [
     "triggered_by_order",
 ]
 
-FINAL: frozenset[Phase] = frozenset({Phase.FILLED, Phase.REJECTED, Phase.FAILED})
-# The stop has fired: its order exists (or is on its way), so its spec is frozen.
-FIRED: frozenset[Phase] = frozenset({Phase.TRIGGERED, *FINAL})
+# How an order ended. Failed is what earlier versions wrote for an order that ended with nothing
+# filled; it is read (statuses written then), no longer written: Unfilled says it now.
+ORDER_OUTCOMES: frozenset[Phase] = frozenset(
+    {Phase.FILLED, Phase.PARTIALLY_FILLED, Phase.UNFILLED, Phase.REJECTED, Phase.FAILED}
+)
+FINAL: frozenset[Phase] = frozenset({*ORDER_OUTCOMES, Phase.EXPIRED})
+# The stop has fired: its order exists (or is on its way).
+FIRED: frozenset[Phase] = frozenset({Phase.TRIGGERED, *ORDER_OUTCOMES})
+# The spec can no longer change: the stop fired (a new spec would be a new stop) or ended.
+FROZEN: frozenset[Phase] = frozenset({*FIRED, *FINAL})
 
 # Every move a status may make; staying in a phase is always allowed. Why each edge exists:
-# * Pending -> anything but final: events travel separately and may arrive out of order (a stop
-#   with no activation price is armed and activated by one trade; an order's result can overtake
-#   every event of its stop).
+# * Pending -> anything but an order's outcome: events travel separately and may arrive out of
+#   order (a stop with no activation price is armed and activated by one trade; an order's result
+#   can overtake every event of its stop; a stop created after its expiresAt expires at once).
 # * Tracking -> Invalid: a spec edit (say, a smaller quantity) the exchange would refuse; and
 #   Invalid -> Armed/Tracking: the fixed spec puts the stop back where it was.
 # * -> Triggered from every watched phase: an order exists, whatever the events said so far.
-# * Triggered -> final: the order's outcome. Final phases never move.
+# * -> Expired from every watched phase: spec.expiresAt passed before a trigger (an Invalid stop's
+#   deadline passes too). Never from Triggered: a stop that fired has its order.
+# * Triggered -> an order's outcome. Final phases never move.
 TRANSITIONS: Mapping[Phase, frozenset[Phase]] = MappingProxyType({
-    Phase.PENDING: frozenset({Phase.ARMED, Phase.TRACKING, Phase.INVALID, Phase.TRIGGERED}),
-    Phase.ARMED: frozenset({Phase.TRACKING, Phase.INVALID, Phase.TRIGGERED}),
-    Phase.TRACKING: frozenset({Phase.INVALID, Phase.TRIGGERED}),
-    Phase.INVALID: frozenset({Phase.ARMED, Phase.TRACKING, Phase.TRIGGERED}),
-    Phase.TRIGGERED: frozenset(FINAL),
+    Phase.PENDING: frozenset({Phase.ARMED, Phase.TRACKING, Phase.INVALID, Phase.TRIGGERED, Phase.EXPIRED}),
+    Phase.ARMED: frozenset({Phase.TRACKING, Phase.INVALID, Phase.TRIGGERED, Phase.EXPIRED}),
+    Phase.TRACKING: frozenset({Phase.INVALID, Phase.TRIGGERED, Phase.EXPIRED}),
+    Phase.INVALID: frozenset({Phase.ARMED, Phase.TRACKING, Phase.TRIGGERED, Phase.EXPIRED}),
+    Phase.TRIGGERED: ORDER_OUTCOMES,
     Phase.FILLED: frozenset(),
+    Phase.PARTIALLY_FILLED: frozenset(),
+    Phase.UNFILLED: frozenset(),
     Phase.REJECTED: frozenset(),
     Phase.FAILED: frozenset(),
+    Phase.EXPIRED: frozenset(),
 })
 
 
@@ -109,6 +124,9 @@ READY: Mapping[Phase, tuple[bool, str, str]] = MappingProxyType({
     Phase.FILLED: (True, "Filled", "the order filled"),
     Phase.REJECTED: (False, "Rejected", "the exchange rejected the order"),
     Phase.FAILED: (False, "Failed", "the order failed"),
+    Phase.PARTIALLY_FILLED: (False, "PartiallyFilled", "the limit order filled in part; the rest expired"),
+    Phase.UNFILLED: (False, "Unfilled", "the limit order found no price within the slippage bound"),
+    Phase.EXPIRED: (False, "Expired", "expired before it triggered; no order was placed"),
 })
 
 
@@ -126,6 +144,11 @@ def is_final(phase: Phase | str) -> bool:
 
 def has_fired(phase: Phase | str) -> bool:
     return phase in FIRED
+
+
+def is_frozen(phase: Phase | str) -> bool:
+    """The spec of a stop in this phase can no longer change (DESIGN §3)."""
+    return phase in FROZEN
 
 
 # --- conditions ---------------------------------------------------------------------------------
@@ -179,7 +202,8 @@ def spec_accepted(status: TrailingStopStatus, generation: int, now: str) -> Trai
 
 
 def spec_refused(status: TrailingStopStatus, generation: int, now: str) -> TrailingStopStatus:
-    """A fired stop's order exists: a new spec would be a new stop. Say so, change nothing else."""
+    """A fired stop's order exists, an ended stop is done: a new spec would be a new stop. Say so,
+    change nothing else."""
     conditions = set_condition(status.conditions, ConditionType.SPEC_ACCEPTED, "False", "SpecChangeRefused",
                                f"the stop is {status.phase}; create a new TrailingStop instead", now, generation)
     return _evolve(status, conditions=conditions)
@@ -238,6 +262,8 @@ def _price(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingSt
 
 
 def _triggered(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
+    if is_final(status.phase) and not has_fired(status.phase):
+        return status  # expired: final, and no order of it may show (DESIGN §4, expiry)
     order_first = has_fired(status.phase)  # its result was applied already
     if order_first and status.triggered_at:
         return status  # a duplicate
@@ -264,6 +290,16 @@ def _invalid(status: TrailingStopStatus, event: StopEvent, now: str) -> Trailing
     return _evolve(status, now=now, **_moved(status, Phase.INVALID, event.generation, event.message))
 
 
+def _expired(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
+    if status.phase == Phase.EXPIRED or not can_move(status.phase, Phase.EXPIRED):
+        return status  # a duplicate, or the stop fired first
+    message = event.message or READY[Phase.EXPIRED][2]
+    levels: dict[str, Any] = {}
+    if event.reference_price is not None:
+        levels = {"reference_price": event.reference_price, "stop_price": event.stop_price}
+    return _evolve(status, now=now, **_moved(status, Phase.EXPIRED, event.generation, message), **levels)
+
+
 def _stop_price_reached(conditions: Sequence[Condition], event: StopEvent, now: str) -> list[Condition]:
     return set_condition(
         conditions, ConditionType.TRIGGERED, "True", "StopPriceReached",
@@ -280,6 +316,7 @@ _HANDLERS = {
     "price": _price,
     "triggered": _triggered,
     "invalid": _invalid,
+    "expired": _expired,
 }
 
 
@@ -294,7 +331,11 @@ def apply_order_result(status: TrailingStopStatus, result: OrderResult, now: str
         client_order_id=result.client_order_id,
         order_id=result.order_id,
         status=result.status,
+        type=result.type,
+        price=result.price,
+        orig_qty=result.orig_qty,
         executed_qty=result.executed_qty,
+        remaining_qty=_remaining(result) if phase != Phase.TRIGGERED else None,
         avg_price=result.avg_price,
         cummulative_quote_qty=result.cummulative_quote_qty,
         error=result.error,
@@ -327,7 +368,7 @@ def triggered_by_order(status: TrailingStopStatus, result: OrderResult, now: str
 
     Compute it, and then the outcome (:func:`apply_order_result`), each from the status current at
     that moment: events for the same stop may be applied in between."""
-    if has_fired(status.phase) or order_outcome(result)[0] == Phase.TRIGGERED:
+    if has_fired(status.phase) or is_final(status.phase) or order_outcome(result)[0] == Phase.TRIGGERED:
         return None
     trigger = trigger_of(result)
     if trigger is not None:
@@ -357,7 +398,11 @@ def trigger_of(result: OrderResult) -> StopEvent | None:
 
 
 def order_outcome(result: OrderResult) -> tuple[Phase, str, str]:
-    """(phase, condition reason, message) for an order result."""
+    """(phase, condition reason, message) for an order result.
+
+    An order that ended (EXPIRED: a LIMIT IOC's rest, a MARKET order the book could not fill;
+    CANCELED) is PartiallyFilled or Unfilled, never Filled: the quantity not sold or bought is
+    the user's to handle, and no second order is placed (DESIGN §4 "Execution")."""
     executed = "-" if result.executed_qty is None else to_wire(result.executed_qty)
     quantity = f"{result.side} {executed} {result.symbol}"
     if result.status in ("FILLED", "SIMULATED"):
@@ -368,11 +413,25 @@ def order_outcome(result: OrderResult) -> tuple[Phase, str, str]:
         detail = f"Binance {result.error.code}: {result.error.message}" if result.error else "rejected"
         return Phase.REJECTED, "ExchangeRejected", detail
     if result.status in ("EXPIRED", "EXPIRED_IN_MATCH", "CANCELED"):
+        ended = f"{result.type or 'MARKET'} order {result.status.lower()}"
+        limit = f" (limit {to_wire(result.price)})" if result.price is not None else ""
         if result.executed_qty and result.executed_qty > 0:
-            return Phase.FILLED, "PartiallyFilled", f"order {result.status.lower()} after filling {quantity}"
-        nothing = f"order {result.status.lower()} with nothing filled"
-        return Phase.FAILED, result.status.title().replace("_", ""), nothing
+            price = "-" if result.avg_price is None else to_wire(result.avg_price)
+            rest = _remaining(result)
+            remaining = "" if rest is None else f"; {to_wire(rest)} remaining"
+            return (Phase.PARTIALLY_FILLED, "PartiallyFilled",
+                    f"{ended}{limit} after filling {quantity} at {price}{remaining}; no further order")
+        return (Phase.UNFILLED, "Unfilled" if result.status == "EXPIRED" else result.status.title().replace("_", ""),
+                f"{ended}{limit} with nothing filled; no further order")
     return Phase.TRIGGERED, "OrderOpen", f"order {result.status.lower()}"
+
+
+def _remaining(result: OrderResult) -> Decimal | None:
+    """Ordered minus executed, exactly (None when the result does not say what was ordered)."""
+    if result.orig_qty is None:
+        return None
+    executed = result.executed_qty if result.executed_qty is not None else Decimal(0)
+    return EXACT.subtract(result.orig_qty, executed)
 
 
 def _order_placed(conditions: Sequence[Condition], result: OrderResult, now: str,
@@ -397,6 +456,7 @@ def saved_state(status: TrailingStopStatus) -> SavedState:
         activated_trade_id=status.activated_trade_id,
         reference_price=status.reference_price,
         triggered=status.triggered_at is not None or status.order is not None or has_fired(status.phase),
+        expired=True if status.phase == Phase.EXPIRED else None,
         triggered_at=_ms(status.triggered_at),
         trigger_price=status.trigger_price,
         trigger_trade_id=status.trigger_trade_id,
@@ -413,8 +473,10 @@ def engine_state(stop: StopDefinition) -> StopState:
         stop_id=stop.uid,
         side=stop.side,
         trailing_percent=stop.trailing_percent,
+        trailing_amount=stop.trailing_amount,
+        expires_at=stop.expires_at,
         activation_price=stop.activation_price,
-        phase="triggered" if saved.triggered else "tracking",
+        phase="triggered" if saved.triggered else "expired" if saved.expired else "tracking",
         reference=saved.reference_price,
         activated_price=saved.activated_price,
         activated_trade_id=saved.activated_trade_id,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from trailingstop.core.contracts import (
+    OrderType,
     PlaceOrder,
     PriceTick,
     StopCommand,
@@ -21,10 +22,12 @@ from trailingstop.core.contracts import (
     StopEvent,
     StopEventType,
     client_order_id,
+    ms_to_rfc3339,
     now_ms,
 )
-from trailingstop.core.engine import Engine, EngineEvent, StopAlreadyTriggered, StopState
-from trailingstop.core.filters import SymbolFilters
+from trailingstop.core.engine import Engine, EngineEvent, StopIsFinal, StopState
+from trailingstop.core.filters import SymbolFilters, limit_price
+from trailingstop.core.lifecycle import engine_state
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +49,26 @@ NOTHING = Outcome()
 
 
 class StopBook:
-    """All stops of one symbol: commands and ticks in, events and orders out."""
+    """All stops of one symbol: commands and ticks in, events and orders out.
+
+    ``clock`` is what "now" means for expiries no trade tells of (the orchestrator's wall clock,
+    ``run``'s data clock); a deadline counts as passed by the clock ``expiry_grace_ms`` after it,
+    so trades made before it that are still on their way can arrive first (DESIGN §4).
+    """
 
     def __init__(
         self,
         symbol: str,
         filters: SymbolFilters | None = None,
         clock: Callable[[], int] = now_ms,
+        expiry_grace_ms: int = 0,
     ) -> None:
         self.symbol = symbol
         self.filters = filters
         self.engine = Engine(symbol)
         self.stops: dict[str, StopDefinition] = {}
         self._clock = clock
+        self.expiry_grace_ms = expiry_grace_ms
         self._flushed_trade_id: int | None = None
         self._last_tick: PriceTick | None = None
         # Restored stops waiting for the engine to reach their saved lastTradeId: (id, uid).
@@ -77,7 +87,12 @@ class StopBook:
         if command.op == "cancel":
             self._forget(command.stop.uid)
             return Outcome()
-        return self._upsert(command.stop)
+        outcome = self._upsert(command.stop)
+        # A stop whose deadline the clock has passed expires now, before any trade (a gap refill
+        # after a restart, say) can reach it: what an orchestrator decided by its clock holds.
+        late = self.expire_by_clock()
+        outcome.events.extend(late.events)
+        return outcome
 
     def _upsert(self, stop: StopDefinition) -> Outcome:
         problem = self._problem(stop, stop.activation_price or self.engine.last_price)
@@ -105,22 +120,28 @@ class StopBook:
     def _change(self, stop: StopDefinition) -> Outcome:
         """A spec change of a stop the engine runs: its reference is kept."""
         try:
-            happened = self.engine.upsert(stop.uid, stop.side, stop.trailing_percent, stop.activation_price)
-        except StopAlreadyTriggered:
-            log.info("stop %s/%s has triggered; its spec change is ignored", stop.namespace, stop.name)
+            happened = self._engine_upsert(stop)
+        except StopIsFinal as final:
+            log.info("stop %s/%s: %s; its spec change is ignored", stop.namespace, stop.name, final)
             return Outcome()
         return self._outcome(happened)
+
+    def _engine_upsert(self, stop: StopDefinition) -> list[EngineEvent]:
+        return self.engine.upsert(
+            stop.uid, stop.side, stop.trailing_percent, stop.activation_price,
+            trailing_amount=stop.trailing_amount, expires_at=stop.expires_at,
+        )
 
     def _join(self, stop: StopDefinition) -> Outcome:
         """Hand a stop to the engine: from its saved state if it has one, else armed afresh."""
         saved = stop.state
-        if saved is not None and (saved.activated or saved.triggered):
-            self.engine.restore(_restored_state(stop))
+        if saved is not None and (saved.activated or saved.triggered or saved.expired):
+            self.engine.restore(engine_state(stop))
             state = self.engine.state(stop.uid)
-            if state.phase == "triggered":
+            if state.phase in ("triggered", "expired"):
                 return Outcome()
             return Outcome(events=[self._state_event("reference", stop, state)])
-        return self._outcome(self.engine.upsert(stop.uid, stop.side, stop.trailing_percent, stop.activation_price))
+        return self._outcome(self._engine_upsert(stop))
 
     def _forget(self, uid: str) -> None:
         self.engine.cancel(uid)
@@ -133,13 +154,19 @@ class StopBook:
             self.engine.last_trade_id = min(trade_id for trade_id, uid in self._parked if uid in self._parked_ids)
 
     def _problem(self, stop: StopDefinition, price: Decimal | None) -> str | None:
+        """Why the exchange would refuse the stop's order, as far as can be told with ``price``
+        (the activation price, the last price, or the activating trade's)."""
         if stop.symbol != self.symbol:
             return f"stop for {stop.symbol} was sent to the {self.symbol} orchestrator"
         if self.filters is None:
             return None
-        problem = self.filters.quantity_problem(stop.quantity)
-        if problem is None and price is not None:
-            problem = self.filters.notional_problem(stop.quantity, price)
+        slippage = stop.limit_slippage
+        if slippage is not None:
+            problem = self.filters.limit_problem(stop.side, stop.quantity, price, slippage)
+        else:
+            problem = self.filters.quantity_problem(stop.quantity)
+            if problem is None and price is not None:
+                problem = self.filters.notional_problem(stop.quantity, price)
         if problem is None:
             return None
         return f"{self.symbol} would refuse this order: {problem}"
@@ -174,6 +201,26 @@ class StopBook:
     @property
     def duplicates(self) -> int:
         return self.engine.duplicates
+
+    def expire_by_clock(self) -> Outcome:
+        """:meth:`expire_due` at the clock's now, less the grace."""
+        return self.expire_due(self._clock() - self.expiry_grace_ms)
+
+    def expire_due(self, now: int) -> Outcome:
+        """Stops whose spec.expiresAt is at or before ``now`` (this process's clock) expire: the
+        orchestrator's answer to a quiet market, where no trade comes to tell (DESIGN §4)."""
+        joined: list[StopEvent] = []
+        for uid in [uid for uid in self._parked_ids if _due(self.stops[uid].expires_at, now)]:
+            # Parked (restored, waiting for the trades to reach its saved lastTradeId): it joins
+            # now and expires, so that no trade, however late, can trigger it any more.
+            self._parked_ids.discard(uid)
+            joined.extend(self._join(self.stops[uid]).events)
+        happened = self.engine.expire_due(now)
+        if not happened and not joined:
+            return NOTHING
+        outcome = self._outcome(happened)
+        outcome.events[:0] = joined
+        return outcome
 
     def flush(self) -> list[StopEvent]:
         """Coalesced updates since the last flush: references that moved, and the last price."""
@@ -214,16 +261,34 @@ class StopBook:
                 self.stops.pop(stop.uid, None)
                 outcome.events.append(self._event("invalid", stop, message=problem))
                 continue
+            if change.kind == "expired":
+                outcome.events.append(self._expired(stop, change))
+                continue
             outcome.events.append(self._from_engine(change.kind, stop, change))
             if change.kind == "triggered":
                 outcome.orders.append(self._order(stop, change))
         return outcome
 
+    def _expired(self, stop: StopDefinition, change: EngineEvent) -> StopEvent:
+        assert stop.expires_at is not None
+        by_trade = change.trade_id is not None
+        how = f"trade {change.trade_id} came at or after it" if by_trade else "no trade reached the stop by then"
+        message = f"expired at {ms_to_rfc3339(stop.expires_at)} ({how}); no order was placed"
+        return self._event("expired", stop, reference_price=change.reference, stop_price=change.stop_price,
+                           trade_id=change.trade_id, trade_time=change.time if by_trade else None,
+                           message=message)
+
     def _order(self, stop: StopDefinition, change: EngineEvent) -> PlaceOrder:
+        """The one order of a triggered stop: MARKET, or LIMIT IOC at the user's worst price."""
+        assert change.price is not None
+        slippage = stop.limit_slippage
+        order_type: OrderType = "MARKET" if slippage is None else "LIMIT"
         quantity = stop.quantity
         if self.filters is not None:
-            quantity = self.filters.floor_quantity(quantity)
-        assert change.price is not None
+            quantity = self.filters.floor_quantity(quantity, order_type)
+        price = None
+        if slippage is not None:
+            price = limit_price(stop.side, change.price, slippage, self.filters.price if self.filters else None)
         return PlaceOrder(
             client_order_id=client_order_id(stop.uid),
             uid=stop.uid,
@@ -232,6 +297,9 @@ class StopBook:
             symbol=stop.symbol,
             side=stop.side,
             quantity=quantity,
+            type=order_type,
+            price=price,
+            time_in_force="IOC" if price is not None else None,
             mode=stop.mode,
             route=stop.route,
             trigger_price=change.price,
@@ -276,20 +344,6 @@ class StopBook:
         )
 
 
-def _restored_state(stop: StopDefinition) -> StopState:
-    saved = stop.state
-    assert saved is not None
-    return StopState(
-        stop_id=stop.uid,
-        side=stop.side,
-        trailing_percent=stop.trailing_percent,
-        activation_price=stop.activation_price,
-        phase="triggered" if saved.triggered else "tracking",
-        reference=saved.reference_price,
-        activated_price=saved.activated_price,
-        activated_trade_id=saved.activated_trade_id,
-        activated_at=saved.activated_at,
-        trigger_price=saved.trigger_price,
-        trigger_trade_id=saved.trigger_trade_id,
-        triggered_at=saved.triggered_at,
-    )
+
+def _due(deadline: int | None, now: int) -> bool:
+    return deadline is not None and deadline <= now

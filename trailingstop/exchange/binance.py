@@ -375,7 +375,8 @@ class RateLimited(Exception):
 
 
 class BinanceExecutor:
-    """Places one MARKET order per clientOrderId, whatever happens (DESIGN §6).
+    """Places one order (MARKET, or LIMIT IOC for a Limit stop) per clientOrderId, whatever happens
+    (DESIGN §6).
 
     Binance accepts a reused clientOrderId once the earlier order has filled, so a resend after a
     crash or a lost answer could place a second order. Hence: look the id up first; place only if
@@ -433,16 +434,25 @@ class BinanceExecutor:
         return self._result(order, found)
 
     async def _place(self, order: PlaceOrder) -> OrderResult:
-        quantity = await self._quantity(order)
+        filters = await self._symbol_filters(order.symbol)
+        quantity = filters.floor_quantity(order.quantity, order.type) if filters is not None else order.quantity
+        params: dict[str, Any] = {}
+        if order.type == "LIMIT":
+            assert order.price is not None  # PlaceOrder's own rule
+            # Already on the tick when the orchestrator knew the filters; if not, rounded here the
+            # same safe way (a SELL's bound up, a BUY's down: never worse than the user's limit).
+            price = filters.price.round_safe(order.side, order.price) if filters and filters.price else order.price
+            params = {"price": format(price, "f"), "timeInForce": "IOC"}
         try:
             placed = await self._call(
                 "create_order",
                 symbol=order.symbol,
                 side=order.side,
-                type="MARKET",
+                type=order.type,
                 quantity=format(quantity, "f"),
                 newClientOrderId=order.client_order_id,
                 newOrderRespType="FULL",
+                **params,
             )
         except BinanceAPIException as exc:
             if exc.code == DUPLICATE_ORDER and "Duplicate" in (exc.message or ""):
@@ -456,13 +466,13 @@ class BinanceExecutor:
             raise error from exc
         return self._result(order, placed)
 
-    async def _quantity(self, order: PlaceOrder) -> Decimal:
-        filters = self._filters.get(order.symbol)
+    async def _symbol_filters(self, symbol: str) -> SymbolFilters | None:
+        filters = self._filters.get(symbol)
         if filters is None:
-            info = await self._call("get_symbol_info", symbol=order.symbol)
+            info = await self._call("get_symbol_info", symbol=symbol)
             if info is not None:
-                filters = self._filters[order.symbol] = SymbolFilters.from_exchange_info(info)
-        return filters.floor_quantity(order.quantity) if filters is not None else order.quantity
+                filters = self._filters[symbol] = SymbolFilters.from_exchange_info(info)
+        return filters
 
     async def _call(self, call: str, **params: Any) -> Any:
         started = time.monotonic()
@@ -493,8 +503,14 @@ class BinanceExecutor:
     def _result(self, order: PlaceOrder, payload: Mapping[str, Any]) -> OrderResult:
         executed = Decimal(payload.get("executedQty", "0"))
         quote = Decimal(payload.get("cummulativeQuoteQty", "0"))
+        placed: dict[str, Any] = {}  # the order as Binance has it (its quantity floored, its price on the tick)
+        if "origQty" in payload:
+            placed["orig_qty"] = Decimal(payload["origQty"])
+        if order.type == "LIMIT" and "price" in payload:
+            placed["price"] = Decimal(payload["price"])
         return OrderResult.for_order(
             order,
+            **placed,
             status=payload.get("status", "NEW"),
             order_id=payload.get("orderId"),
             executed_qty=executed,

@@ -1,4 +1,7 @@
-"""The simulated exchange: fills a MARKET order at the trigger price and says so.
+"""The simulated exchange: fills an order at the trigger price and says so.
+
+A LIMIT order (a Limit stop's) fills there too: the trigger price is never worse than its bound
+(a SELL's bound is below the trigger, a BUY's above), and a simulation has no book to run out of.
 
 Used by the executor's Simulate route and by ``trailingstop run``. It keeps Binance's one rule that
 matters for exactly-once: one clientOrderId, one order. Placing the same clientOrderId again
@@ -32,7 +35,7 @@ class SimulatedExchange:
         quantity = order.quantity
         filters = self._filters.get(order.symbol)
         if filters is not None:
-            quantity = filters.floor_quantity(quantity)
+            quantity = filters.floor_quantity(quantity, order.type)
         price = order.trigger_price
         result = OrderResult.for_order(
             order,

@@ -23,11 +23,16 @@ from trailingstop.core.contracts import (
     QUANTITY_PATTERN,
     SECRET_NAME_MAX,
     SECRET_NAME_PATTERN,
+    SLIPPAGE_PERCENT_PATTERN,
     SYMBOL_PATTERN,
+    TIME_MAX_CHARS,
+    TIME_PATTERN,
+    TRAILING_AMOUNT_PATTERN,
     TRAILING_PERCENT_PATTERN,
     Phase,
 )
-from trailingstop.core.lifecycle import FIRED
+from trailingstop.core.decimals import PRICE_FRACTION_DIGITS, PRICE_INTEGER_DIGITS
+from trailingstop.core.lifecycle import FROZEN
 from trailingstop.table import PRINTER_COLUMNS
 
 CRD_NAME = f"{PLURAL}.{API_GROUP}"
@@ -62,23 +67,84 @@ def _immutable(schema: dict[str, Any], field: str) -> dict[str, Any]:
     return schema
 
 
-# A fired stop has placed its order: a new spec would be a new stop. The API server refuses the
-# change (the operator also refuses it with a condition, should a change get through). The phases
-# are the lifecycle's FIRED, in the order the enum lists them.
-_FIRED_LIST = ", ".join(f"'{phase}'" for phase in Phase if phase in FIRED)
+# A fired stop has placed its order, an expired one has ended: a new spec would be a new stop. The
+# API server refuses the change (the operator also refuses it with a condition, should a change get
+# through). The phases are the lifecycle's FROZEN, in the order the enum lists them. Until then every
+# spec change is allowed: a stop not yet triggered may move its expiresAt, later or sooner.
+_FROZEN_LIST = ", ".join(f"'{phase}'" for phase in Phase if phase in FROZEN)
 FROZEN_AFTER_TRIGGER = {
     "rule": "!has(oldSelf.status) || !has(oldSelf.status.phase) || "
-    f"!(oldSelf.status.phase in [{_FIRED_LIST}]) || self.spec == oldSelf.spec",
-    "message": "spec cannot change once the stop has triggered: create a new TrailingStop instead",
+    f"!(oldSelf.status.phase in [{_FROZEN_LIST}]) || self.spec == oldSelf.spec",
+    "message": "spec cannot change once the stop has triggered or expired: create a new TrailingStop instead",
 }
+
+
+def _cel_padded(field: str) -> str:
+    """CEL for the decimal string ``self.<field>`` written with exactly 20 + 20 digits (integer part
+    padded with zeros on the left, fraction on the right), so that two such strings compare as
+    strings exactly as their numbers compare. CEL's numbers are doubles, which would round a
+    40-digit price; strings do not (DESIGN §3 "Digits")."""
+    parts = f"self.{field}.split('.')"
+    integer = f"{parts}[0]"
+    fraction = f"({parts}.size() > 1 ? {parts}[1] : '')"
+    zeros_left, zeros_right = "'" + "0" * PRICE_INTEGER_DIGITS + "'", "'" + "0" * PRICE_FRACTION_DIGITS + "'"
+    return (f"{zeros_left}.substring(size({integer})) + {integer} + "
+            f"{fraction} + {zeros_right}.substring(size({fraction}))")
+
+
+# A SELL's stop starts at activationPrice - trailingAmount (or above, as the reference only rises):
+# at or below 0 no order could ever be placed, so such a spec is refused. Exact: the comparison is of
+# padded decimal strings; values that fail their own pattern are left to that field's rule.
+
+
+def _sell_amount_rule() -> dict[str, str]:
+    pattern = _cel_escape(PRICE_PATTERN)
+    applies = "has(self.trailingAmount) && has(self.activationPrice) && self.side == 'SELL'"
+    well_formed = f"self.trailingAmount.matches('{pattern}') && self.activationPrice.matches('{pattern}')"
+    above = f"{_cel_padded('activationPrice')} > {_cel_padded('trailingAmount')}"
+    return {"rule": f"!({applies}) || !({well_formed}) || {above}", "message": MESSAGES["sellAmount"]}
+
+
+def _time_rule(description: str) -> dict[str, Any]:
+    """An RFC 3339 string checked by the same pattern as ``run`` (not ``format: date-time``, which
+    accepts other layouts and makes CEL see a timestamp); CEL's ``timestamp()`` then refuses a day
+    the month does not have (the pattern already bounds every field)."""
+    schema = _matching(description, TIME_PATTERN, MESSAGES["expiresAt"], TIME_MAX_CHARS)
+    rule = schema["x-kubernetes-validations"][0]
+    rule["rule"] += " && timestamp(self) >= timestamp('0001-01-01T00:00:00Z')"
+    return schema
+
+
+def _execution_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "How the order is placed at the trigger. Market (the default): one MARKET order. "
+        "Limit: one LIMIT order, timeInForce IOC, at the trigger price minus maxSlippagePercent (SELL) or "
+        "plus it (BUY), rounded to the tick size in the direction that never passes that bound; what it "
+        "cannot fill at once is not sold or bought (phase PartiallyFilled or Unfilled), and no second "
+        "order is placed.",
+        "properties": {
+            "type": _string("Market or Limit.", enum=["Market", "Limit"], default="Market"),
+            "maxSlippagePercent": _matching(
+                "Limit only: how far below (SELL) or above (BUY) the trigger price the order may fill, "
+                "in percent, 0 <= x < 100 with at most 8 decimals (\"0.5\" = 0.5 %).",
+                SLIPPAGE_PERCENT_PATTERN, MESSAGES["maxSlippagePercent"], 11,
+            ),
+        },
+        "x-kubernetes-validations": [
+            {"rule": "(self.type == 'Limit') == has(self.maxSlippagePercent)",
+             "message": MESSAGES["slippageWithLimit"]},
+        ],
+    }
 
 
 def spec_schema() -> dict[str, Any]:
     return {
         "type": "object",
-        "description": "What to protect and how: the stop follows the price and places a MARKET order "
-        "when the price moves trailingPercent against the best price since activation.",
-        "required": ["symbol", "side", "quantity", "trailingPercent"],
+        "description": "What to protect and how: the stop follows the price and places one order (MARKET, "
+        "or LIMIT with a slippage bound) when the price moves trailingPercent or trailingAmount against the "
+        "best price since activation.",
+        "required": ["symbol", "side", "quantity"],
         "properties": {
             "symbol": _immutable(
                 _matching("Binance Spot symbol, e.g. BTCUSDT. Immutable.", SYMBOL_PATTERN, MESSAGES["symbol"], 20),
@@ -99,13 +165,26 @@ def spec_schema() -> dict[str, Any]:
             ),
             "trailingPercent": _positive_decimal(
                 "Trailing distance in percent, a decimal string, 0 < x < 100 with at most 8 decimals "
-                "(\"1.5\" = 1.5 %).",
+                "(\"1.5\" = 1.5 %). Exactly one of trailingPercent and trailingAmount.",
                 TRAILING_PERCENT_PATTERN, MESSAGES["trailingPercent"], 11,
+            ),
+            "trailingAmount": _positive_decimal(
+                "Trailing distance in the quote asset, a decimal string > 0 (\"250\" = 250 USDT on BTCUSDT): "
+                "SELL stop = reference - amount, BUY stop = reference + amount. A SELL's activationPrice must "
+                "be above it. Exactly one of trailingPercent and trailingAmount.",
+                TRAILING_AMOUNT_PATTERN, MESSAGES["trailingAmount"], 41,
             ),
             "activationPrice": _positive_decimal(
                 "Optional. Trailing starts only once a trade reaches this price (SELL: >=, BUY: <=). "
                 "Without it the stop activates on the first trade.",
                 PRICE_PATTERN, MESSAGES["activationPrice"], 41,
+            ),
+            "execution": _execution_schema(),
+            "expiresAt": _time_rule(
+                "Optional RFC 3339 time (\"2026-12-31T23:59:59Z\"). A stop that has not triggered by then "
+                "ends in phase Expired with no order. Judged on the exchange's trade times: a trade before "
+                "it may still trigger the stop; the first trade at or after it expires the stop. It may be "
+                "changed until the stop triggers or expires.",
             ),
             "mode": _string(
                 "Simulate (default): fills are simulated at the trigger price. Testnet: orders go to the "
@@ -130,7 +209,9 @@ def spec_schema() -> dict[str, Any]:
             {
                 "rule": "self.mode == 'Simulate' || has(self.credentialsSecretRef)",
                 "message": MESSAGES["credentialsSecretRef"],
-            }
+            },
+            {"rule": "has(self.trailingPercent) != has(self.trailingAmount)", "message": MESSAGES["trail"]},
+            _sell_amount_rule(),
         ],
     }
 
@@ -154,8 +235,10 @@ def status_schema() -> dict[str, Any]:
         "properties": {
             "phase": _string(
                 "Pending (not yet seen by an orchestrator), Armed (waiting for activation), Tracking, "
-                "Triggered (order sent), Filled, Rejected (by the exchange), Failed, or Invalid (the "
-                "exchange would refuse the order; fix the spec).",
+                "Triggered (order sent), Filled, PartiallyFilled or Unfilled (the order ended with part or "
+                "none of the quantity filled; no second order), Rejected (by the exchange), Expired "
+                "(expiresAt passed before a trigger; no order), Invalid (the exchange would refuse the "
+                "order; fix the spec), or Failed (written by earlier versions for an unfilled order).",
                 enum=[str(phase) for phase in Phase],
             ),
             "observedGeneration": _integer("The spec generation this status reflects."),
@@ -164,7 +247,10 @@ def status_schema() -> dict[str, Any]:
             "activatedPrice": _decimal("Price of the trade that activated the stop"),
             "activatedTradeId": _integer("Binance aggregate trade id that activated the stop."),
             "referencePrice": _decimal("Highest (SELL) or lowest (BUY) price since activation"),
-            "stopPrice": _decimal("The stop level: reference * (1 - p/100) for SELL, * (1 + p/100) for BUY"),
+            "stopPrice": _decimal(
+                "The stop level: reference * (1 - p/100) or reference - amount for SELL, reference * (1 + p/100) "
+                "or reference + amount for BUY; a SELL's may be 0 or below while the reference is at or below "
+                "its trailingAmount, and then nothing triggers it"),
             "lastPrice": _decimal("Last trade price seen"),
             "lastPriceAt": _time("Time of the last trade seen."),
             "lastTradeId": _integer("Aggregate trade id of the last trade reflected in this status."),
@@ -179,7 +265,11 @@ def status_schema() -> dict[str, Any]:
                     "orderId": _integer("Binance order id."),
                     "status": _string("PENDING until the exchange answers; then Binance's order status, "
                                       "or SIMULATED."),
+                    "type": _string("MARKET or LIMIT.", enum=["MARKET", "LIMIT"]),
+                    "price": _decimal("A LIMIT order's price"),
+                    "origQty": _decimal("Quantity ordered"),
                     "executedQty": _decimal("Filled quantity"),
+                    "remainingQty": _decimal("Quantity ordered and not filled, once the order has ended"),
                     "avgPrice": _decimal("Average fill price"),
                     "cummulativeQuoteQty": _decimal("Quote asset spent or received"),
                     "error": {

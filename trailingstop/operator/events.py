@@ -97,7 +97,7 @@ class StatusWriter:
         for stored in self.store.all():
             counts[stored.status.phase] += 1
         for phase, count in counts.items():
-            telemetry.OPERATOR_STOPS.labels(phase=phase).set(count)
+            telemetry.OPERATOR_STOPS.labels(phase=str(phase)).set(count)
 
     async def run(self) -> None:
         while True:

@@ -28,7 +28,7 @@ from trailingstop.core.contracts import (
     now_ms,
     to_wire,
 )
-from trailingstop.core.lifecycle import has_fired, is_final, pending, spec_accepted, spec_refused, workers_ready
+from trailingstop.core.lifecycle import is_final, is_frozen, pending, spec_accepted, spec_refused, workers_ready
 from trailingstop.operator import builders, pods
 from trailingstop.operator.builders import Owner
 from trailingstop.operator.coalesce import Coalescer
@@ -53,6 +53,10 @@ TRANSITION_EVENTS: dict[Phase, tuple[str, bool]] = {
     Phase.REJECTED: ("Rejected", True),
     Phase.FAILED: ("Failed", True),
     Phase.INVALID: ("Invalid", True),
+    # The order ended with part or none of the quantity filled: the rest is the user's to handle.
+    Phase.PARTIALLY_FILLED: ("PartiallyFilled", True),
+    Phase.UNFILLED: ("Unfilled", True),
+    Phase.EXPIRED: ("Expired", False),  # what the user asked for: an end time, no order
 }
 
 
@@ -117,8 +121,9 @@ class Reconciler:
         previous_route = known.spec.route if known is not None else None
         record = self.store.put(record_from_body(body), body.get("status"))
         now = ms_to_rfc3339(now_ms())
-        if has_fired(record.status.phase):
-            # The stop fired: its order exists. A new spec would be a new stop; say so, change nothing.
+        if is_frozen(record.status.phase):
+            # The stop fired (its order exists) or ended (expired): a new spec would be a new stop;
+            # say so, change nothing.
             await self.writer.submit(record, spec_refused(record.status, record.generation, now))
             log.warning("spec change of %s refused: already %s", record.key, record.status.phase,
                         extra=stop_fields(record.namespace, record.name, record.uid, record.spec.symbol))

@@ -39,6 +39,10 @@ from trailingstop.workers.service import serve
 log = logging.getLogger(__name__)
 
 FLUSH_CONCURRENCY = 200  # confirmed publishes in flight while flushing coalesced events
+# spec.expiresAt is judged on the exchange's trade times; when no trade tells (a quiet market), this
+# process's clock expires the stop this long after the deadline, so that trades made before it and
+# still on their way (the stream's latency, a tick queue being drained) are applied first (DESIGN §4).
+EXPIRY_GRACE_MS = 2000
 
 
 class OrchestratorWorker:
@@ -76,7 +80,15 @@ class OrchestratorWorker:
         await self.bus.consume(ticks, PriceTick, self.on_tick, prefetch=1000, ack_every=200)
         while True:
             await asyncio.sleep(self.settings.flush_interval)
+            await self.expire_by_clock()
             await self.flush()
+
+    async def expire_by_clock(self) -> None:
+        """Expire the stops whose deadline passed (plus the grace) with no trade to say so."""
+        outcome = self.orchestrator.expire_by_clock()
+        if outcome:
+            await self._publish(outcome, {})
+            self._count_active()
 
     async def on_command(self, command: StopCommand, headers: dict[str, Any]) -> None:
         if command.op == "synced":
@@ -174,7 +186,7 @@ async def main(args: argparse.Namespace, settings: Settings) -> int:
 
     async def body(bus: Bus, health: HealthServer) -> None:
         rest, filters = await _rest_client(symbol, settings)
-        worker = OrchestratorWorker(bus, StopBook(symbol, filters), settings, rest)
+        worker = OrchestratorWorker(bus, StopBook(symbol, filters, expiry_grace_ms=EXPIRY_GRACE_MS), settings, rest)
         health.add_check("orchestrator", worker.health)
         try:
             await worker.run()
