@@ -29,8 +29,10 @@ PRINTER_COLUMNS: tuple[Column, ...] = (
     Column("Phase", ".status.phase", description="Pending, Armed, Tracking, Triggered, Filled, ..."),
     Column("Reference", ".status.referencePrice", description="High (SELL) or low (BUY) since activation"),
     Column("Stop", ".status.stopPrice", description="Price at which the stop triggers"),
-    Column("Last", ".status.lastPrice", description="Last trade price seen"),
+    Column("Last", ".status.lastPrice", description="Last price seen: the last trade, or the best bid/ask"),
     Column("Age", ".metadata.creationTimestamp", type="date"),
+    Column("Source", ".spec.priceSource", description="LastTrade, or BestBidAsk (a SELL follows the best bid, "
+           "a BUY the best ask)", priority=1),
     Column("Activation", ".spec.activationPrice", description="Activation price", priority=1),
     Column("Mode", ".spec.mode", description="Simulate, Testnet or Live", priority=1),
     Column("Order", ".status.order.status", description="Status of the order placed at the trigger", priority=1),

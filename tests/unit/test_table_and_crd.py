@@ -77,6 +77,9 @@ def test_stop_row_columns() -> None:
     wide = stop_row(_manifest(), FILLED, 0, wide=True)
     assert list(wide)[-3:] == ["ACTIVATION", "MODE", "ORDER"]
     assert (wide["ACTIVATION"], wide["MODE"], wide["ORDER"]) == ("0.00145", "Simulate", "SIMULATED")
+    assert list(wide)[-4] == "SOURCE" and wide["SOURCE"] == "LastTrade"
+    book = stop_row(_manifest(priceSource="BestBidAsk"), FILLED, 0, wide=True)
+    assert book["SOURCE"] == "BestBidAsk"
 
 
 def test_empty_cells_for_a_pending_stop() -> None:
@@ -103,7 +106,7 @@ def test_render_table_pads_like_kubectl() -> None:
 def test_printer_columns_are_the_design_columns() -> None:
     names = [c.name.upper() for c in PRINTER_COLUMNS if not c.priority]
     assert names == ["SYMBOL", "SIDE", "TRAIL%", "PHASE", "REFERENCE", "STOP", "LAST", "AGE"]
-    assert [c.name.upper() for c in PRINTER_COLUMNS if c.priority] == ["ACTIVATION", "MODE", "ORDER"]
+    assert [c.name.upper() for c in PRINTER_COLUMNS if c.priority] == ["SOURCE", "ACTIVATION", "MODE", "ORDER"]
 
 
 # --- the CRD --------------------------------------------------------------------------------------
@@ -164,7 +167,9 @@ def test_spec_schema_mirrors_the_contract() -> None:
         assert props[field]["type"] == "string"
         [rule] = props[field]["x-kubernetes-validations"]
         assert rule["rule"].endswith(" && self.matches('[1-9]')") and rule["message"] == MESSAGES[field]
-    for field in ("symbol", "side"):
+    assert props["priceSource"]["enum"] == ["LastTrade", "BestBidAsk"]
+    assert props["priceSource"]["default"] == "LastTrade"
+    for field in ("symbol", "side", "priceSource"):
         assert {"rule": "self == oldSelf",
                 "message": f"{field} is immutable: delete the TrailingStop and create a new one"} in (
             props[field]["x-kubernetes-validations"])
@@ -184,6 +189,12 @@ def test_status_schema_mirrors_the_contract() -> None:
     assert condition["x-kubernetes-list-type"] == "map" and condition["x-kubernetes-list-map-keys"] == ["type"]
     for name in ("activatedPrice", "referencePrice", "stopPrice", "lastPrice", "triggerPrice"):
         assert status["properties"][name]["type"] == "string"  # decimals are strings
+    assert status["properties"]["priceSource"]["enum"] == ["LastTrade", "BestBid", "BestAsk"]
+    gap = status["properties"]["lastGap"]
+    assert set(gap["properties"]) == {"from", "to", "seconds", "fromUpdateId", "toUpdateId"}
+    assert gap["properties"]["seconds"]["type"] == "string"
+    for name in ("activatedUpdateId", "lastUpdateId", "triggerUpdateId", "gapCount"):
+        assert status["properties"][name]["type"] == "integer"
 
 
 def _without_descriptions(value: Any) -> Any:

@@ -50,6 +50,7 @@ from trailingstop.core.decimals import (
     to_wire,
 )
 from trailingstop.core.echo import cut, quoted, short_repr
+from trailingstop.core.quote import Quote
 from trailingstop.core.trade import Trade
 
 # Re-exported from trailingstop.core.decimals: the CRD generator and callers import them from here.
@@ -63,6 +64,11 @@ WIRE_VERSION = 1
 
 Side = Literal["SELL", "BUY"]
 Mode = Literal["Simulate", "Testnet", "Live"]
+# Which price drives a stop (spec.priceSource): the symbol's trades, or the top of its order book
+# (a SELL follows the best bid, a BUY the best ask: the price it would actually trade at).
+PriceSource = Literal["LastTrade", "BestBidAsk"]
+# The price series one stop follows, as status.priceSource and the bus say it.
+FollowedPrice = Literal["LastTrade", "BestBid", "BestAsk"]
 
 
 class Phase(StrEnum):
@@ -242,6 +248,7 @@ class TrailingStopSpec(_CamelModel):
     quantity: Quantity
     trailing_percent: TrailingPercent
     activation_price: ActivationPrice | None = None
+    price_source: PriceSource = "LastTrade"
     mode: Mode = "Simulate"
     credentials_secret_ref: SecretRef | None = None
 
@@ -257,6 +264,18 @@ class TrailingStopSpec(_CamelModel):
     def route(self) -> str:
         """The executor route: one executor per credentials Secret and mode."""
         return executor_route(self.mode, self.credentials_secret_ref.name if self.credentials_secret_ref else None)
+
+    @property
+    def followed_price(self) -> FollowedPrice:
+        return followed_price(self.price_source, self.side)
+
+
+def followed_price(price_source: PriceSource, side: Side) -> FollowedPrice:
+    """The series a stop follows: the last trade, or the side of the book it would trade against
+    (a SELL sells to the best bid, a BUY buys from the best ask)."""
+    if price_source == "LastTrade":
+        return "LastTrade"
+    return "BestBid" if side == "SELL" else "BestAsk"
 
 
 class OrderError(_CamelModel):
@@ -277,6 +296,19 @@ class OrderStatus(_CamelModel):
     cummulative_quote_qty: WireDecimal | None = None
     error: OrderError | None = None
     updated_at: str | None = None
+
+
+class PriceGap(_CamelModel):
+    """``status.lastGap``: a stretch of the book with no quote (a lost stream). The book has no
+    history to fetch, so the stop went on from the first fresh quote; this says what it missed."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    from_: str = Field(alias="from")  # RFC 3339: the last quote before the gap
+    to: str  # RFC 3339: the first fresh quote
+    seconds: WireDecimal
+    from_update_id: int | None = None
+    to_update_id: int
 
 
 class Condition(_CamelModel):
@@ -309,6 +341,14 @@ class TrailingStopStatus(_CamelModel):
     trigger_trade_id: int | None = None
     order: OrderStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)
+    # BestBidAsk stops (added): the series followed and the book's updateIds, the counterparts
+    # of the trade ids above (which stay unset for them: the two id sequences never mix).
+    price_source: FollowedPrice | None = None
+    activated_update_id: int | None = None
+    last_update_id: int | None = None
+    trigger_update_id: int | None = None
+    last_gap: PriceGap | None = None
+    gap_count: int | None = None
 
 
 # --- bus messages (DESIGN §5) ----------------------------------------------------------------
@@ -338,6 +378,54 @@ class PriceTick(Message):
         )
 
 
+class BookTick(Message):
+    """The top of a symbol's order book (Binance's bookTicker), as seen by marketdata. Routing
+    key: ``<SYMBOL>.book``, so a consumer of ``<SYMBOL>`` (trades) never receives one.
+
+    ``updateId`` rises with every change of the book. The book has no history to fetch, so the
+    stream's continuity is stated instead: ``previousUpdateId`` is the quote marketdata published
+    just before this one on an unbroken stream, and null on the first after a (re)connect. A
+    consumer whose last quote is not ``previousUpdateId`` missed some: a gap. The quote has no
+    exchange time: ``receivedAt`` is its time.
+    """
+
+    symbol: Symbol
+    update_id: int
+    bid_price: WireDecimal
+    bid_qty: WireDecimal
+    ask_price: WireDecimal
+    ask_qty: WireDecimal
+    received_at: int
+    source: str
+    previous_update_id: int | None = None
+
+    @property
+    def routing_key(self) -> str:
+        return book_routing_key(self.symbol)
+
+    @classmethod
+    def from_quote(cls, symbol: str, quote: Quote, source: str) -> BookTick:
+        return cls(
+            symbol=symbol,
+            update_id=quote.update_id,
+            bid_price=quote.bid,
+            bid_qty=quote.bid_qty,
+            ask_price=quote.ask,
+            ask_qty=quote.ask_qty,
+            received_at=quote.time,
+            source=source,
+            previous_update_id=quote.previous_update_id,
+        )
+
+    def price(self, followed: FollowedPrice) -> Decimal:
+        """The best bid (``BestBid``) or best ask (``BestAsk``)."""
+        return self.bid_price if followed == "BestBid" else self.ask_price
+
+
+def book_routing_key(symbol: str) -> str:
+    return f"{symbol}.book"
+
+
 class SavedState(_CamelModel):
     """A stop's progress, saved in the CR status and handed back to a restarting orchestrator."""
 
@@ -353,6 +441,11 @@ class SavedState(_CamelModel):
     trigger_price: WireDecimal | None = None
     trigger_trade_id: int | None = None
     last_trade_id: int | None = None
+    # A BestBidAsk stop's place in the book (added): where to resume, and since when.
+    activated_update_id: int | None = None
+    trigger_update_id: int | None = None
+    last_update_id: int | None = None
+    last_price_at: int | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> SavedState:
@@ -382,9 +475,14 @@ class StopDefinition(StopRef):
     quantity: Quantity
     trailing_percent: TrailingPercent
     activation_price: ActivationPrice | None = None
+    price_source: PriceSource | None = None  # none (an operator before book stops): LastTrade
     mode: Mode = "Simulate"
     route: str = "simulate"
     state: SavedState | None = None
+
+    @property
+    def followed_price(self) -> FollowedPrice:
+        return followed_price(self.price_source or "LastTrade", self.side)
 
     @classmethod
     def from_spec(
@@ -407,6 +505,7 @@ class StopDefinition(StopRef):
             quantity=spec.quantity,
             trailing_percent=spec.trailing_percent,
             activation_price=spec.activation_price,
+            price_source=spec.price_source,
             mode=spec.mode,
             route=spec.route,
             state=state,
@@ -441,7 +540,7 @@ class StopCommand(Message):
         return cls(op="cancel", symbol=stop.symbol, stop=stop)
 
 
-StopEventType = Literal["armed", "activated", "reference", "price", "triggered", "invalid", "sync"]
+StopEventType = Literal["armed", "activated", "reference", "price", "triggered", "invalid", "sync", "gap"]
 
 
 class StopEvent(Message):
@@ -451,6 +550,13 @@ class StopEvent(Message):
     reason in ``message``). Per symbol (no uid): ``price``, the last trade, at most once per
     flush interval, and ``sync``, the request of a starting orchestrator, which the operator
     answers with an upsert of every stop of the symbol followed by ``synced``.
+
+    BestBidAsk stops (added): ``priceSource`` names the series the prices are of (none: the last
+    trade) and ``updateId`` the book update they are as of (instead of ``tradeId``). A per-symbol
+    ``price`` of ``BestBid`` is for the symbol's BestBidAsk SELL stops, ``BestAsk`` for its BUY
+    stops. ``gap`` (per symbol for the stops of its series, or per stop for one restored after a
+    gap) says quotes were lost from ``gapFrom`` (ms, update ``gapFromUpdateId``) to
+    ``tradeTime`` (the first fresh quote, ``updateId``).
     """
 
     type: StopEventType
@@ -466,10 +572,18 @@ class StopEvent(Message):
     trade_time: int | None = None
     at: int
     message: str | None = None
+    price_source: FollowedPrice | None = None
+    update_id: int | None = None
+    gap_from: int | None = None
+    gap_from_update_id: int | None = None
 
     @property
     def routing_key(self) -> str:
         return f"{self.symbol}.{self.type}"
+
+    @property
+    def followed(self) -> FollowedPrice:
+        return self.price_source or "LastTrade"
 
 
 class PlaceOrder(Message):
@@ -492,6 +606,9 @@ class PlaceOrder(Message):
     # orchestrator died before its ``triggered`` event went out (added; absent from older senders).
     reference_price: WireDecimal | None = None
     stop_price: WireDecimal | None = None
+    # A BestBidAsk stop's trigger (added): the book update and the side of the book it followed.
+    trigger_update_id: int | None = None
+    price_source: FollowedPrice | None = None
 
 
 OrderResultStatus = Literal[
@@ -530,6 +647,8 @@ class OrderResult(Message):
     trigger_trade_id: int | None = None
     reference_price: WireDecimal | None = None
     stop_price: WireDecimal | None = None
+    trigger_update_id: int | None = None
+    price_source: FollowedPrice | None = None
 
     @property
     def filled(self) -> bool:
@@ -551,6 +670,8 @@ class OrderResult(Message):
             trigger_trade_id=order.trigger_trade_id,
             reference_price=order.reference_price,
             stop_price=order.stop_price,
+            trigger_update_id=order.trigger_update_id,
+            price_source=order.price_source,
             **outcome,
         )
 

@@ -30,6 +30,7 @@ from trailingstop.core.contracts import (
     OrderResult,
     OrderStatus,
     Phase,
+    PriceGap,
     SavedState,
     StopDefinition,
     StopEvent,
@@ -39,6 +40,7 @@ from trailingstop.core.contracts import (
     rfc3339_to_ms,
     to_wire,
 )
+from trailingstop.core.decimals import EXACT
 from trailingstop.core.engine import StopState
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "is_final",
     "order_outcome",
     "pending",
+    "resume_after",
     "saved_state",
     "set_condition",
     "spec_accepted",
@@ -174,7 +177,7 @@ def _armed(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingSt
         return status
     conditions = set_condition(status.conditions, ConditionType.READY, "True", "Armed",
                                "the orchestrator is watching this stop", now, event.generation)
-    return _evolve(status, **_moved(status, Phase.ARMED, event.generation), conditions=conditions)
+    return _evolve(status, **_moved(status, Phase.ARMED, event.generation), conditions=conditions, **_source(event))
 
 
 def _activated(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
@@ -189,11 +192,12 @@ def _activated(status: TrailingStopStatus, event: StopEvent, now: str) -> Traili
         **_moved(status, Phase.TRACKING, event.generation),
         activated_at=_time(event.trade_time, now),
         activated_price=event.price,
-        activated_trade_id=event.trade_id,
+        **_position(event, "activated"),
         reference_price=event.reference_price,
         stop_price=event.stop_price,
         conditions=conditions,
         **_last_price(status, event, now),
+        **_source(event),
     )
 
 
@@ -206,13 +210,34 @@ def _reference(status: TrailingStopStatus, event: StopEvent, now: str) -> Traili
         stop_price=event.stop_price,
         observed_generation=_generation(status, event),
         **_last_price(status, event, now),
+        **_source(event),
     )
 
 
 def _price(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
-    if has_fired(status.phase) or _older(status, event) or event.price is None:
+    if has_fired(status.phase) or _older(status, event) or event.price is None or _other_series(status, event):
         return status
     return _evolve(status, **_last_price(status, event, now))
+
+
+def _gap(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
+    """Quotes were lost (a dropped stream, a restart): the stop went on from the first fresh quote;
+    the gap is kept in the status, counted, and (by the operator) announced in an Event."""
+    if has_fired(status.phase) or _other_series(status, event) or event.update_id is None:
+        return status
+    if event.gap_from is None or event.trade_time is None:
+        return status
+    last = status.last_gap
+    if last is not None and event.update_id <= last.to_update_id:
+        return status  # the same gap again (a redelivery), or an older one
+    gap = PriceGap.model_validate({
+        "from": ms_to_rfc3339(event.gap_from),
+        "to": ms_to_rfc3339(event.trade_time),
+        "seconds": EXACT.scaleb(Decimal(max(0, event.trade_time - event.gap_from)), -3),
+        "fromUpdateId": event.gap_from_update_id,
+        "toUpdateId": event.update_id,
+    })
+    return _evolve(status, last_gap=gap, gap_count=(status.gap_count or 0) + 1, **_source(event))
 
 
 def _triggered(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
@@ -222,10 +247,11 @@ def _triggered(status: TrailingStopStatus, event: StopEvent, now: str) -> Traili
     trigger: dict[str, Any] = {
         "triggered_at": _time(event.trade_time, now),
         "trigger_price": event.price,
-        "trigger_trade_id": event.trade_id,
+        **_position(event, "trigger"),
         "reference_price": event.reference_price,
         "stop_price": event.stop_price,
         **_last_price(status, event, now),
+        **_source(event),
         "conditions": _stop_price_reached(status.conditions, event, now),
     }
     if order_first:  # keep the outcome's phase and order; fill in the trigger
@@ -241,7 +267,8 @@ def _invalid(status: TrailingStopStatus, event: StopEvent, now: str) -> Trailing
         return status
     conditions = set_condition(status.conditions, ConditionType.READY, "False", "InvalidOrder", event.message or "",
                                now, event.generation)
-    return _evolve(status, **_moved(status, Phase.INVALID, event.generation, event.message), conditions=conditions)
+    return _evolve(status, **_moved(status, Phase.INVALID, event.generation, event.message), conditions=conditions,
+                   **_source(event))
 
 
 def _stop_price_reached(conditions: Sequence[Condition], event: StopEvent, now: str) -> list[Condition]:
@@ -260,6 +287,7 @@ _HANDLERS = {
     "price": _price,
     "triggered": _triggered,
     "invalid": _invalid,
+    "gap": _gap,
 }
 
 
@@ -319,7 +347,7 @@ def triggered_by_order(status: TrailingStopStatus, result: OrderResult, now: str
 
 def trigger_of(result: OrderResult) -> StopEvent | None:
     """The ``triggered`` event an order result stands for (None if it carries no trigger)."""
-    if result.trigger_trade_id is None or result.trigger_price is None:
+    if result.trigger_price is None or (result.trigger_trade_id is None and result.trigger_update_id is None):
         return None
     return StopEvent(
         type="triggered",
@@ -333,6 +361,8 @@ def trigger_of(result: OrderResult) -> StopEvent | None:
         trade_id=result.trigger_trade_id,
         trade_time=result.triggered_at,
         at=result.at,
+        update_id=result.trigger_update_id,
+        price_source=result.price_source,
     )
 
 
@@ -381,6 +411,10 @@ def saved_state(status: TrailingStopStatus) -> SavedState:
         trigger_price=status.trigger_price,
         trigger_trade_id=status.trigger_trade_id,
         last_trade_id=status.last_trade_id,
+        activated_update_id=status.activated_update_id,
+        trigger_update_id=status.trigger_update_id,
+        last_update_id=status.last_update_id,
+        last_price_at=_ms(status.last_price_at),
     )
 
 
@@ -389,6 +423,8 @@ def engine_state(stop: StopDefinition) -> StopState:
     saved = stop.state
     if saved is None:
         raise ValueError(f"stop {stop.uid} has no saved state to restore")
+    # The engine knows one id per series: trade ids, or for a book stop the book's updateIds.
+    book = stop.followed_price != "LastTrade"
     return StopState(
         stop_id=stop.uid,
         side=stop.side,
@@ -397,12 +433,20 @@ def engine_state(stop: StopDefinition) -> StopState:
         phase="triggered" if saved.triggered else "tracking",
         reference=saved.reference_price,
         activated_price=saved.activated_price,
-        activated_trade_id=saved.activated_trade_id,
+        activated_trade_id=saved.activated_update_id if book else saved.activated_trade_id,
         activated_at=saved.activated_at,
         trigger_price=saved.trigger_price,
-        trigger_trade_id=saved.trigger_trade_id,
+        trigger_trade_id=saved.trigger_update_id if book else saved.trigger_trade_id,
         triggered_at=saved.triggered_at,
     )
+
+
+def resume_after(stop: StopDefinition) -> int | None:
+    """The id in its series after which a restored stop rejoins the engine (None: at once)."""
+    saved = stop.state
+    if saved is None or saved.triggered:
+        return None
+    return saved.last_trade_id if stop.followed_price == "LastTrade" else saved.last_update_id
 
 
 # --- building statuses ---------------------------------------------------------------------------------
@@ -432,8 +476,29 @@ def _generation_or(status: TrailingStopStatus, generation: int | None) -> int | 
 
 
 def _older(status: TrailingStopStatus, event: StopEvent) -> bool:
+    """Whether the event is as of a point before the status, in the event's own series."""
+    if event.update_id is not None:
+        return status.last_update_id is not None and event.update_id < status.last_update_id
     last = status.last_trade_id
     return last is not None and event.trade_id is not None and event.trade_id < last
+
+
+def _other_series(status: TrailingStopStatus, event: StopEvent) -> bool:
+    """A per-symbol event about another price than the one this stop follows."""
+    return status.price_source is not None and status.price_source != event.followed
+
+
+def _position(event: StopEvent, kind: str) -> dict[str, Any]:
+    """``<kind>_trade_id``, or for a book event ``<kind>_update_id``: where in its series it happened."""
+    if event.update_id is not None:
+        return {f"{kind}_update_id": event.update_id}
+    return {f"{kind}_trade_id": event.trade_id}
+
+
+def _source(event: StopEvent) -> dict[str, Any]:
+    """The series a per-stop event's prices are of: the one the stop follows (none said: the last
+    trade, which is all an orchestrator before book stops knew)."""
+    return {"price_source": event.followed} if event.uid is not None else {}
 
 
 def _generation(status: TrailingStopStatus, event: StopEvent) -> int | None:
@@ -443,7 +508,7 @@ def _generation(status: TrailingStopStatus, event: StopEvent) -> int | None:
 def _last_price(status: TrailingStopStatus, event: StopEvent, now: str) -> dict[str, Any]:
     if event.price is None or _older(status, event):
         return {}
-    return {"last_price": event.price, "last_price_at": _time(event.trade_time, now), "last_trade_id": event.trade_id}
+    return {"last_price": event.price, "last_price_at": _time(event.trade_time, now), **_position(event, "last")}
 
 
 def _plain(number: Decimal | None) -> str:

@@ -8,6 +8,7 @@ with the same words.
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import yaml
@@ -25,7 +26,9 @@ from trailingstop.core.contracts import (
     SECRET_NAME_PATTERN,
     SYMBOL_PATTERN,
     TRAILING_PERCENT_PATTERN,
+    FollowedPrice,
     Phase,
+    PriceSource,
 )
 from trailingstop.core.lifecycle import FIRED
 from trailingstop.table import PRINTER_COLUMNS
@@ -107,6 +110,18 @@ def spec_schema() -> dict[str, Any]:
                 "Without it the stop activates on the first trade.",
                 PRICE_PATTERN, MESSAGES["activationPrice"], 41,
             ),
+            "priceSource": _immutable(
+                _string(
+                    "The price that drives the stop. LastTrade (default): the symbol's trades. BestBidAsk: the top "
+                    "of the order book (Binance's bookTicker): a SELL tracks and triggers on the best bid, a BUY on "
+                    "the best ask, the prices a MARKET order would meet. The book has no history: after a lost "
+                    "stream the stop goes on from the first fresh quote and status.lastGap says what it missed. "
+                    "Immutable.",
+                    enum=list(typing.get_args(PriceSource)),
+                    default="LastTrade",
+                ),
+                "priceSource",
+            ),
             "mode": _string(
                 "Simulate (default): fills are simulated at the trigger price. Testnet: orders go to the "
                 "Binance Spot Testnet. Live: real orders on Binance.",
@@ -165,8 +180,8 @@ def status_schema() -> dict[str, Any]:
             "activatedTradeId": _integer("Binance aggregate trade id that activated the stop."),
             "referencePrice": _decimal("Highest (SELL) or lowest (BUY) price since activation"),
             "stopPrice": _decimal("The stop level: reference * (1 - p/100) for SELL, * (1 + p/100) for BUY"),
-            "lastPrice": _decimal("Last trade price seen"),
-            "lastPriceAt": _time("Time of the last trade seen."),
+            "lastPrice": _decimal("Last price seen of the series the stop follows (priceSource)"),
+            "lastPriceAt": _time("Time of the last trade (or, for a book stop, quote) seen."),
             "lastTradeId": _integer("Aggregate trade id of the last trade reflected in this status."),
             "triggeredAt": _time("Time of the trade that triggered the stop."),
             "triggerPrice": _decimal("Price of the trade that triggered the stop"),
@@ -193,6 +208,28 @@ def status_schema() -> dict[str, Any]:
                     "updatedAt": _time("When the order status was last updated."),
                 },
             },
+            "priceSource": _string(
+                "The price this stop follows: LastTrade, BestBid (a BestBidAsk SELL) or BestAsk (a BestBidAsk "
+                "BUY). Reference, stop, last, activation and trigger prices are of this series.",
+                enum=list(typing.get_args(FollowedPrice)),
+            ),
+            "activatedUpdateId": _integer("BestBidAsk: the order book updateId of the quote that activated the stop."),
+            "lastUpdateId": _integer("BestBidAsk: the order book updateId of the last quote reflected in this status."),
+            "triggerUpdateId": _integer("BestBidAsk: the order book updateId of the quote that triggered the stop."),
+            "lastGap": {
+                "type": "object",
+                "description": "BestBidAsk: the last stretch with no quote (a lost stream or a restart). The book "
+                "has no history to fetch: the stop went on from the first fresh quote.",
+                "required": ["from", "to", "seconds", "toUpdateId"],
+                "properties": {
+                    "from": _time("The last quote before the gap."),
+                    "to": _time("The first fresh quote after it."),
+                    "seconds": _decimal("How long no quote arrived"),
+                    "fromUpdateId": _integer("updateId of the last quote before the gap."),
+                    "toUpdateId": _integer("updateId of the first fresh quote."),
+                },
+            },
+            "gapCount": _integer("BestBidAsk: how many gaps in the quotes this stop has gone through."),
             "conditions": {
                 "type": "array",
                 "description": "Ready, Activated, Triggered and Filled.",
