@@ -13,6 +13,9 @@ Not part of Binance; never rate-limited, delayed or counted.
                          -> ``{"trades": [aggTrade payloads]}``
 ``POST /_fake/speed``    ``{"speed": 20, "symbols": ["XRPETH"]}`` (symbols optional)
 ``POST /_fake/price``    ``{"symbol": "XRPETH", "price": "0.0015"}`` (null: back to the tape)
+``POST /_fake/book``     ``{"symbol": "XRPETH", "quotes": [{"bid": "1", "ask": "1.1", "bidQty": "2",
+                         "askQty": "3"}], "followTrades": false}``: quotes happen now, in order
+                         (the book then stays put until ``followTrades``) -> ``{"quotes": [...]}``
 ``POST /_fake/balances`` ``{"apiKey": ..., "balances": {"XRP": "100"}}``
 ``POST /_fake/faults``   ``{"fault": <name>, ...arguments}``; names: ``fail_orders``,
                          ``rate_limit``, ``delay``, ``drop_streams``, ``silence_streams``,
@@ -63,6 +66,7 @@ class AdminApi:
             web.post(f"{PREFIX}/advance", self.advance),
             web.post(f"{PREFIX}/speed", self.speed),
             web.post(f"{PREFIX}/price", self.price),
+            web.post(f"{PREFIX}/book", self.book),
             web.post(f"{PREFIX}/balances", self.set_balances),
             web.post(f"{PREFIX}/faults", self.add_fault),
             web.delete(f"{PREFIX}/faults", self.clear_faults),
@@ -109,6 +113,11 @@ class AdminApi:
         body = await request.json()
         self.fake.set_price(body["symbol"], body.get("price"))
         return _json({"ok": True})
+
+    async def book(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        quotes = self.fake.set_quotes(body["symbol"], body.get("quotes", []), bool(body.get("followTrades", False)))
+        return _json({"quotes": quotes})
 
     async def set_balances(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -1,4 +1,5 @@
-"""Binance Spot through python-binance: a gap-free trade feed and exactly-once MARKET orders.
+"""Binance Spot through python-binance: a gap-free trade feed, the top of the book, and exactly-once
+MARKET orders.
 
 Settings come from the environment (the pod gets the keys from a Secret via ``secretKeyRef``):
 
@@ -36,8 +37,10 @@ from binance.exceptions import (
 from binance.ws.constants import WSListenerState
 
 from trailingstop.aio import stop_if_cancelled
+from trailingstop.bookfiles import quote_from_payload
 from trailingstop.core.contracts import OrderError, OrderResult, PlaceOrder, now_ms
 from trailingstop.core.filters import SymbolFilters
+from trailingstop.core.quote import Quote
 from trailingstop.core.trade import Trade
 from trailingstop.settings import (
     LIVE_API_URL,
@@ -256,6 +259,94 @@ class TradeFeed:
                 self.last_trade_id = trade.trade_id
                 self.backfilled += 1
                 yield trade
+
+
+class BookFeed:
+    """One symbol's top of the book (``<symbol>@bookTicker``), with gaps stated, not hidden.
+
+    The book has no history to fetch: what a lost socket missed is lost. Each quote says whether
+    it follows the one before on the same socket (``previous_update_id``; None for the first after
+    a (re)connect, which the orchestrator reports as a gap). Quotes not after the last one are
+    dropped. A socket that stays open but silent is checked like the trade feed's: after
+    ``silence`` seconds without a message REST's bookTicker is asked; if the top moved, the socket
+    is dead and is replaced; if not, the book is just quiet.
+    """
+
+    def __init__(self, client: AsyncClient, symbol: str, stream_url: str, *, silence: float = 30.0,
+                 max_backoff: float = 30.0) -> None:
+        self.client = client
+        self.symbol = symbol
+        self.stream_url = stream_url
+        self.silence = silence
+        self.max_backoff = max_backoff
+        self.connected = False
+        self.last_message_at = time.monotonic()
+        self.connections = 0
+        self.reconnects = 0
+        self.last: Quote | None = None
+
+    async def quotes(self) -> AsyncGenerator[Quote, None]:
+        """The quotes, for ever. Close it (``aclosing``) to close the socket at once."""
+        backoff = 0.5
+        while True:
+            socket = self._socket()
+            try:
+                async with _promptly_closed(socket) as stream, aclosing(self._read(stream)) as reading:
+                    self.connections += 1
+                    if self.connections > 1:
+                        self.reconnects += 1
+                    self.connected = True
+                    backoff = 0.5
+                    async for quote in reading:
+                        yield quote
+            except (TimeoutError, BinanceWebsocketUnableToConnect, ReadLoopClosed, OSError) as exc:
+                log.warning("%s book stream lost (%r); reconnecting", self.symbol, exc, extra={"symbol": self.symbol})
+            finally:
+                self.connected = False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    def _socket(self) -> Any:
+        manager = BinanceSocketManager(self.client, max_queue_size=10_000)
+        manager.STREAM_URL = self.stream_url
+        return manager.symbol_book_ticker_socket(self.symbol)
+
+    async def _read(self, stream: Any) -> AsyncGenerator[Quote, None]:
+        previous: int | None = None  # the quote before, on this socket
+        while True:
+            try:
+                async with asyncio.timeout(self.silence):
+                    message = await stream.recv()
+            except TimeoutError:
+                if await self._top_moved():
+                    log.warning("%s book socket silent while the book moved; replacing it", self.symbol,
+                                extra={"symbol": self.symbol})
+                    return
+                continue
+            self.last_message_at = time.monotonic()
+            if not isinstance(message, dict) or message.get("e") == "error":
+                # python-binance reconnected by itself: what follows does not follow what came before.
+                self.reconnects += 1
+                previous = None
+                log.info("%s book stream reported %s", self.symbol, message, extra={"symbol": self.symbol})
+                continue
+            quote = quote_from_payload(message, now_ms(), previous)
+            if self.last is not None and quote.update_id <= self.last.update_id:
+                continue  # not newer than what was already given
+            previous = quote.update_id
+            self.last = quote
+            yield quote
+
+    async def _top_moved(self) -> bool:
+        """Whether REST's best bid/ask differ from the last quote (False when it cannot tell)."""
+        if self.last is None:
+            return False
+        try:
+            top = await self.client.get_orderbook_tickers(symbol=self.symbol)
+        except (TimeoutError, BinanceAPIException, BinanceRequestException, aiohttp.ClientError) as exc:
+            log.warning("%s bookTicker check failed (%r)", self.symbol, exc, extra={"symbol": self.symbol})
+            return False
+        return (Decimal(top["bidPrice"]), Decimal(top["askPrice"])) != (self.last.bid, self.last.ask)
 
 
 class _OwnCloseIsNoError(logging.Filter):
