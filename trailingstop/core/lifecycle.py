@@ -484,8 +484,9 @@ def _older(status: TrailingStopStatus, event: StopEvent) -> bool:
 
 
 def _other_series(status: TrailingStopStatus, event: StopEvent) -> bool:
-    """A per-symbol event about another price than the one this stop follows."""
-    return status.price_source is not None and status.price_source != event.followed
+    """A per-symbol event about another price than the one this stop follows (a status that does
+    not say yet, before ``armed``, or from before book stops, follows the last trade)."""
+    return (status.price_source or "LastTrade") != event.followed
 
 
 def _position(event: StopEvent, kind: str) -> dict[str, Any]:

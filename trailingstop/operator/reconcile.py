@@ -130,6 +130,8 @@ class Reconciler:
         self.writer.forget(record)
         if not self.store.in_namespace(record.namespace):  # the last one: its broker tenant goes too
             await self._request(("broker", record.namespace, ""))
+        elif _needs_book(record):  # marketdata may stop streaming the book
+            await self._request(("symbol", record.namespace, record.spec.symbol))
 
     async def apply_workloads(self, record: StopRecord) -> None:
         """The namespace's broker Secret, the symbol's workers, the route's executor, each with
@@ -166,7 +168,11 @@ class Reconciler:
         if not users:
             return
         owners, namespace = _owners(users), tenant.namespace
-        await self.kube.apply(builders.marketdata_deployment(self.config, namespace, symbol, owners, tenant.digest))
+        # The book (bookTicker) is streamed only while some stop of the symbol follows it.
+        book = any(_needs_book(r) for r in users)
+        await self.kube.apply(
+            builders.marketdata_deployment(self.config, namespace, symbol, owners, tenant.digest, book=book)
+        )
         await self.kube.apply(builders.orchestrator_deployment(self.config, namespace, symbol, owners, tenant.digest))
 
     async def _apply_route(self, tenant: Tenant, route: str, users: list[StopRecord]) -> None:
@@ -183,6 +189,19 @@ class Reconciler:
         reason, warning = TRANSITION_EVENTS.get(status.phase, ("", False))
         if reason:
             await self.kube.post_event(record, reason, status.message or _describe(status), warning)
+        if record.spec.price_source == "BestBidAsk" and has_fired(status.phase) and not has_fired(before):
+            await self._request(("symbol", record.namespace, record.spec.symbol))  # one book stop fewer
+
+    async def on_gap(self, record: StopRecord, status: TrailingStopStatus) -> None:
+        """A Warning Event: the stop's book quotes had a gap; it went on from the first fresh one."""
+        gap = status.last_gap
+        assert gap is not None
+        await self.kube.post_event(
+            record, "PriceGap",
+            f"no {status.price_source} quote from {gap.from_} to {gap.to} ({_plain(gap.seconds)}s); the book has "
+            f"no history, so the stop went on from the first fresh quote (updateId {gap.to_update_id})",
+            warning=True,
+        )
 
     def _require_broker(self) -> None:
         if not self.home.connected:
@@ -193,6 +212,13 @@ class Reconciler:
         if tenant is None:  # retired by a concurrent delete of the namespace's last other stop
             raise kopf.TemporaryError(f"the broker tenant of {record.namespace} is being set up again", delay=1)
         return tenant.bus
+
+
+def _needs_book(record: StopRecord) -> bool:
+    """A BestBidAsk stop that can still trigger follows the book (an Invalid one too: a fixed
+    spec puts it back where it was)."""
+    return record.spec.price_source == "BestBidAsk" and not has_fired(record.status.phase) and not is_final(
+        record.status.phase)
 
 
 def _owners(records: Iterable[StopRecord]) -> list[Owner]:

@@ -1,0 +1,130 @@
+"""BestBidAsk stops outside the core: book files (what ``record`` writes and ``run`` replays), the
+operator's choice of streaming the book, and the Warning a gap gets (issue 14, item 2)."""
+
+from __future__ import annotations
+
+import gzip
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from trailingstop.bookfiles import quote_line, read_quotes
+from trailingstop.core.contracts import StopEvent, TrailingStopSpec, TrailingStopStatus
+from trailingstop.core.lifecycle import apply_stop_event
+from trailingstop.core.quote import Quote
+from trailingstop.operator import builders
+from trailingstop.operator.builders import Owner
+from trailingstop.operator.config import OperatorConfig
+from trailingstop.operator.events import StatusWriter
+from trailingstop.operator.reconcile import _needs_book
+from trailingstop.operator.stops import StopRecord, StopStore
+from trailingstop.tradefiles import TradeFileError
+
+D = Decimal
+T0 = 1_700_000_000_000
+CONFIG = OperatorConfig(namespaces=("trading",), amqp_url="amqp://u:p@rabbit:5672/", worker_image="img:1")
+
+
+# --- book files -----------------------------------------------------------------------------------
+
+
+def test_a_recorded_line_reads_back_as_the_same_quote(tmp_path: Path) -> None:
+    quotes = [Quote(400_900_003, D("0.00145"), D("12.5"), D("0.00146"), D("3"), T0, None),
+              Quote(400_900_010, D("0.00144"), D("1"), D("0.00145"), D("2"), T0 + 250, 400_900_003),
+              Quote(400_900_020, D("0"), D("0"), D("0.00147"), D("2"), T0 + 900, None)]  # after a reconnect
+    path = tmp_path / "book.jsonl"
+    path.write_text("".join(quote_line("XRPETH", q) for q in quotes))
+    assert list(read_quotes(path, "XRPETH")) == quotes
+    first = path.read_text().splitlines()[0]
+    assert first == ('{"u":400900003,"s":"XRPETH","b":"0.00145","B":"12.5","a":"0.00146","A":"3",'
+                     '"receivedAt":1700000000000,"previousUpdateId":null}')
+
+
+def test_lines_without_previous_follow_the_line_before_and_gz_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "book.jsonl.gz"
+    with gzip.open(path, "wt") as out:
+        out.write('{"u":5,"s":"XRPETH","b":"1","B":"1","a":"2","A":"1","receivedAt":1}\n\n')
+        out.write('{"stream":"xrpeth@bookTicker","data":{"u":9,"s":"XRPETH","b":"1","B":"1","a":"2","A":"1"},'
+                  '"receivedAt":2}\n')
+    assert [(q.update_id, q.previous_update_id) for q in read_quotes(path)] == [(5, None), (9, 5)]
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ('{"u":5,"s":"XRPETH","b":1.5,"B":"1","a":"2","A":"1","receivedAt":1}', "b (best bid price) must be a decimal"),
+    ('{"u":5,"s":"XRPETH","b":"1","B":"1","a":"2","A":"1"}', "missing field 'receivedAt'"),
+    ('{"u":5,"s":"XRPETH","B":"1","a":"2","A":"1","receivedAt":1}', "missing field 'b'"),
+    ('{"u":5,"s":"BTCUSDT","b":"1","B":"1","a":"2","A":"1","receivedAt":1}', "expected XRPETH"),
+    ('{"u":"x","s":"XRPETH","b":"1","B":"1","a":"2","A":"1","receivedAt":1}', "u (order book updateId) must be"),
+    ('[1]', "expected an object"),
+    ('{"u":5,', "invalid JSON"),
+])
+def test_a_bad_line_is_one_error_naming_file_line_and_field(tmp_path: Path, line: str, problem: str) -> None:
+    path = tmp_path / "book.jsonl"
+    path.write_text('{"u":1,"s":"XRPETH","b":"1","B":"1","a":"2","A":"1","receivedAt":1}\n' + line + "\n")
+    with pytest.raises(TradeFileError) as caught:
+        list(read_quotes(path, "XRPETH"))
+    assert str(caught.value).startswith(f"{path}:2: ") and problem in str(caught.value)
+
+
+def test_quotes_out_of_order_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "book.jsonl"
+    path.write_text('{"u":7,"s":"X","b":"1","B":"1","a":"2","A":"1","receivedAt":1}\n'
+                    '{"u":7,"s":"X","b":"1","B":"1","a":"2","A":"1","receivedAt":2}\n')
+    with pytest.raises(TradeFileError, match=r":2: u \(order book updateId\) 7 is not after"):
+        list(read_quotes(path))
+
+
+# --- the operator ----------------------------------------------------------------------------------
+
+
+def record(source: str = "BestBidAsk", phase: str = "Tracking") -> StopRecord:
+    spec = TrailingStopSpec.model_validate(
+        {"symbol": "BTCUSDT", "side": "SELL", "quantity": "1", "trailingPercent": "1", "priceSource": source})
+    return StopRecord("uid-1", "trading", "s", 1, spec, TrailingStopStatus(phase=phase))
+
+
+def test_marketdata_streams_the_book_only_when_told() -> None:
+    owners = [Owner("s", "uid-1")]
+    args = builders.marketdata_deployment(CONFIG, "trading", "BTCUSDT", owners)["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert args == ["worker", "marketdata", "--symbol", "BTCUSDT"]
+    args = builders.marketdata_deployment(CONFIG, "trading", "BTCUSDT", owners, book=True)["spec"]["template"][
+        "spec"]["containers"][0]["args"]
+    assert args == ["worker", "marketdata", "--symbol", "BTCUSDT", "--book"]
+
+
+@pytest.mark.parametrize(("source", "phase", "needs"), [
+    ("BestBidAsk", "Pending", True), ("BestBidAsk", "Tracking", True), ("BestBidAsk", "Triggered", False),
+    ("BestBidAsk", "Filled", False), ("BestBidAsk", "Invalid", True), ("LastTrade", "Tracking", False),
+])
+def test_a_stop_needs_the_book_while_it_can_still_trigger_on_it(source: str, phase: str, needs: bool) -> None:
+    assert _needs_book(record(source, phase)) is needs
+
+
+class Store(StopStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[TrailingStopStatus] = []
+
+    async def write(self, record: StopRecord, status: TrailingStopStatus) -> None:
+        self.written.append(status)
+
+
+async def test_a_gap_is_written_at_once_and_announced_once() -> None:
+    store = Store()
+    writer = StatusWriter(store, interval=3600)
+    announced: list[TrailingStopStatus] = []
+
+    async def on_gap(stop: StopRecord, status: TrailingStopStatus) -> None:
+        announced.append(status)
+
+    writer.on_gap = on_gap
+    stop = store.put(record())
+    stop.status = TrailingStopStatus(phase="Tracking", price_source="BestBid", last_update_id=100)
+    gap = StopEvent(type="gap", symbol="BTCUSDT", price=D("99"), price_source="BestBid", update_id=130,
+                    trade_time=T0 + 4500, gap_from=T0, gap_from_update_id=100, at=0)
+    await writer.submit(stop, apply_stop_event(stop.status, gap, "now"))
+    await writer.submit(stop, apply_stop_event(stop.status, gap, "now"))  # redelivered: nothing new
+    assert len(store.written) == 1 and len(announced) == 1
+    assert announced[0].last_gap is not None and announced[0].last_gap.seconds == D("4.5")
