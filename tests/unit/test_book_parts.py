@@ -128,3 +128,77 @@ async def test_a_gap_is_written_at_once_and_announced_once() -> None:
     await writer.submit(stop, apply_stop_event(stop.status, gap, "now"))  # redelivered: nothing new
     assert len(store.written) == 1 and len(announced) == 1
     assert announced[0].last_gap is not None and announced[0].last_gap.seconds == D("4.5")
+
+
+# --- trailingstop run --book -------------------------------------------------------------------------
+
+BOOK_STOPS = """\
+apiVersion: trailingstop.dev/v1
+kind: TrailingStop
+metadata: {name: bid-sell}
+spec: {symbol: XRPETH, side: SELL, quantity: "100", trailingPercent: "1", priceSource: BestBidAsk}
+---
+apiVersion: trailingstop.dev/v1
+kind: TrailingStop
+metadata: {name: ask-buy}
+spec: {symbol: XRPETH, side: BUY, quantity: "100", trailingPercent: "1", priceSource: BestBidAsk}
+---
+apiVersion: trailingstop.dev/v1
+kind: TrailingStop
+metadata: {name: last-sell}
+spec: {symbol: XRPETH, side: SELL, quantity: "100", trailingPercent: "1"}
+"""
+
+
+def _book_line(u: int, bid: str, ask: str, at: int, previous: int | str | None = "follows") -> str:
+    line = {"u": u, "s": "XRPETH", "b": bid, "B": "10", "a": ask, "A": "5", "receivedAt": at}
+    if previous != "follows":
+        line["previousUpdateId"] = previous
+    import json
+
+    return json.dumps(line) + "\n"
+
+
+def test_run_replays_a_book_file_bid_for_sell_ask_for_buy_with_its_gap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trailingstop.cli import main
+
+    (tmp_path / "stops.yaml").write_text(BOOK_STOPS)
+    book = tmp_path / "book.jsonl"
+    book.write_text(
+        _book_line(10, "100", "101", T0 + 1000)
+        + _book_line(13, "110", "100.5", T0 + 2000)  # the bid rises to 110; the ask falls to 100.5
+        + _book_line(40, "108.9", "101.4", T0 + 9000, previous=None)  # reconnected: quotes 14..39 lost
+    )
+    assert main(["run", str(tmp_path / "stops.yaml"), "--book", str(book)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    # The SELL follows the bid: 110 * 0.99 = 108.9 reached exactly, by the first quote after the gap.
+    assert any("default/bid-sell" in x and "Tracking -> Triggered" in x and "price 108.9 reached stop 108.9" in x
+               and "BestBid update 40" in x for x in lines), captured.out
+    assert any("default/bid-sell" in x and "gap: no BestBid quote from 2023-11-14T22:13:22.000Z to "
+               "2023-11-14T22:13:29.000Z (7s)" in x for x in lines), captured.out
+    # The BUY follows the ask: 100.5 * 1.01 = 101.505, not reached by 101.4.
+    table = {row.split()[0]: row.split() for row in lines[-3:]}
+    assert table["ask-buy"][4:7] == ["Tracking", "100.5", "101.505"] and table["ask-buy"][7] == "101.4"
+    assert table["bid-sell"][4] == "Filled"
+    assert table["last-sell"][4] == "Armed"  # no trades in this run: the LastTrade stop never activates
+    assert "note: default/last-sell follows the last trade; with only --book it never moves" in captured.err
+
+
+@pytest.mark.parametrize(("extra", "problem"), [
+    (["--live"], "error: --book replays a recorded book; it does not go with --live"),
+    ([], 'book.jsonl:1: s (symbol) is "BTCUSDT", expected XRPETH'),
+])
+def test_run_with_a_bad_book_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], problem: str
+) -> None:
+    from trailingstop.cli import main
+
+    (tmp_path / "stops.yaml").write_text(BOOK_STOPS)
+    book = tmp_path / "book.jsonl"
+    book.write_text('{"u":1,"s":"BTCUSDT","b":"1","B":"1","a":"2","A":"1","receivedAt":1}\n')
+    assert main(["run", str(tmp_path / "stops.yaml"), "--book", str(book), *extra]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and err.count("\n") == 1, err
