@@ -237,7 +237,9 @@ def _gap(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStop
         "fromUpdateId": event.gap_from_update_id,
         "toUpdateId": event.update_id,
     })
-    return _evolve(status, last_gap=gap, gap_count=(status.gap_count or 0) + 1, **_source(event))
+    # The first fresh quote is the stop's price now: LAST shows it with the gap.
+    return _evolve(status, last_gap=gap, gap_count=(status.gap_count or 0) + 1, **_last_price(status, event, now),
+                   **_source(event))
 
 
 def _triggered(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:

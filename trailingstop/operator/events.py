@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -96,7 +95,7 @@ class StatusWriter:
                 telemetry.STOP_PRICES.remove(record.namespace, record.name, record.spec.symbol, kind)
 
     def count_phases(self) -> None:
-        counts = dict.fromkeys(typing.get_args(Phase), 0)
+        counts = dict.fromkeys(Phase, 0)  # Phase is a StrEnum now: get_args of it is ()
         for stored in self.store.all():
             counts[stored.status.phase] += 1
         for phase, count in counts.items():
