@@ -108,10 +108,17 @@ async def test_a_lost_book_stream_is_a_gap_in_the_status_and_metrics(
     await fake.wait_for_stream_connections(0, timeout=10)
     fake.set_quotes(SYMBOL, [{"bid": "50", "ask": "51"}])  # happens while nobody listens: lost
     await fake.wait_for_stream_connections(2, timeout=30)
-    after = await quotes(fake, ("101", "102"))
-    await eventually(lambda: sell.status.gap_count == 1, what="the gap in the status")
+    # Fresh quotes until one is heard: a socket python-binance reopened may still be replaced by
+    # the feed's silence check (the top moved while it heard nothing), and a quote sent meanwhile
+    # is lost too. Each is 101 (bid) so that whichever is first heard is the price now.
+    after: list[dict[str, Any]] = []
+    deadline = asyncio.get_running_loop().time() + 60
+    while sell.status.gap_count is None and asyncio.get_running_loop().time() < deadline:
+        after += await quotes(fake, ("101", "102"), pause=0.5)
+    assert sell.status.gap_count == 1, sell.status
     gap = sell.status.last_gap
-    assert gap is not None and (gap.from_update_id, gap.to_update_id) == (before[-1]["u"], after[0]["u"])
+    assert gap is not None and gap.from_update_id == before[-1]["u"]
+    assert gap.to_update_id in {q["u"] for q in after}
     assert gap.seconds >= D("1")
     assert sell.status.phase == "Tracking" and sell.status.last_price == D("101"), "the fresh quote, not the lost one"
     metrics = await started["orchestrator"].metrics()

@@ -268,8 +268,11 @@ class BookFeed:
     it follows the one before on the same socket (``previous_update_id``; None for the first after
     a (re)connect, which the orchestrator reports as a gap). Quotes not after the last one are
     dropped. A socket that stays open but silent is checked like the trade feed's: after
-    ``silence`` seconds without a message REST's bookTicker is asked; if the top moved, the socket
-    is dead and is replaced; if not, the book is just quiet.
+    ``silence`` seconds without a message REST's bookTicker is asked; if the top moved since what
+    the feed last knew of it (its last quote, or the top seen at the last check), the socket is
+    dead and is replaced; if not, the book is just quiet. (Comparing with the last quote only would
+    replace the socket for ever after a gap in a quiet book: the top the feed never heard of
+    differs from its last quote at every check.)
     """
 
     def __init__(self, client: AsyncClient, symbol: str, stream_url: str, *, silence: float = 30.0,
@@ -284,6 +287,7 @@ class BookFeed:
         self.connections = 0
         self.reconnects = 0
         self.last: Quote | None = None
+        self._known_top: tuple[Decimal, Decimal] | None = None  # (bid, ask) as last heard or checked
 
     async def quotes(self) -> AsyncGenerator[Quote, None]:
         """The quotes, for ever. Close it (``aclosing``) to close the socket at once."""
@@ -335,18 +339,22 @@ class BookFeed:
                 continue  # not newer than what was already given
             previous = quote.update_id
             self.last = quote
+            self._known_top = (quote.bid, quote.ask)
             yield quote
 
     async def _top_moved(self) -> bool:
-        """Whether REST's best bid/ask differ from the last quote (False when it cannot tell)."""
-        if self.last is None:
+        """Whether REST's best bid/ask differ from the top the feed last knew (False when it cannot
+        tell, or knew none); the top seen becomes the one known."""
+        if self._known_top is None:
             return False
         try:
-            top = await self.client.get_orderbook_tickers(symbol=self.symbol)
+            answer = await self.client.get_orderbook_tickers(symbol=self.symbol)
         except (TimeoutError, BinanceAPIException, BinanceRequestException, aiohttp.ClientError) as exc:
             log.warning("%s bookTicker check failed (%r)", self.symbol, exc, extra={"symbol": self.symbol})
             return False
-        return (Decimal(top["bidPrice"]), Decimal(top["askPrice"])) != (self.last.bid, self.last.ask)
+        top = (Decimal(answer["bidPrice"]), Decimal(answer["askPrice"]))
+        moved, self._known_top = top != self._known_top, top
+        return moved
 
 
 class _OwnCloseIsNoError(logging.Filter):
