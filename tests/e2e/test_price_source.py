@@ -8,6 +8,7 @@ Self-contained on purpose (its helpers are its own), so it can move to the real 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
