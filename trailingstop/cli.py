@@ -286,8 +286,8 @@ def _note_unfed(manifests: list[Manifest], *, book: bool, trades: bool) -> None:
     for manifest in manifests:
         follows_book = manifest.spec.price_source == "BestBidAsk"
         if follows_book and not book:
-            print(f"note: {manifest.key} follows the book (BestBidAsk); without --book FILE it never moves",
-                  file=sys.stderr)
+            print(f"note: {manifest.key} follows the book (BestBidAsk); this run has no book (a recorded one is "
+                  "replayed with --book FILE), so it never moves", file=sys.stderr)
         elif not follows_book and not trades:
             print(f"note: {manifest.key} follows the last trade; with only --book it never moves", file=sys.stderr)
 

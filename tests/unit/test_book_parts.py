@@ -202,3 +202,34 @@ def test_run_with_a_bad_book_is_one_line_exit_2(
     assert main(["run", str(tmp_path / "stops.yaml"), "--book", str(book), *extra]) == 2
     err = capsys.readouterr().err
     assert problem in err and err.count("\n") == 1, err
+
+
+def test_a_book_stop_without_a_book_is_named_up_front(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trailingstop.cli import main
+
+    (tmp_path / "stops.yaml").write_text(BOOK_STOPS)
+    assert main(["run", str(tmp_path / "stops.yaml")]) == 0  # the bundled trades only
+    captured = capsys.readouterr()
+    assert ("note: default/bid-sell follows the book (BestBidAsk); this run has no book (a recorded one is "
+            "replayed with --book FILE), so it never moves") in captured.err
+    table = {row.split()[0]: row.split() for row in captured.out.splitlines()[-3:]}
+    assert table["bid-sell"][4] == "Armed" and table["last-sell"][4] == "Filled"
+
+
+def test_messages_from_before_book_stops_still_parse_and_mean_the_last_trade() -> None:
+    from trailingstop.core.contracts import OrderResult, PlaceOrder, SavedState, StopDefinition
+
+    definition = StopDefinition.model_validate_json(
+        '{"v":1,"uid":"7c9e6679-7425-40de-944b-e07fc1f90ae7","namespace":"n","name":"s","generation":1,'
+        '"symbol":"XRPETH","side":"SELL","quantity":"1","trailingPercent":"1","mode":"Simulate","route":"simulate",'
+        '"state":{"activated":true,"referencePrice":"2","lastTradeId":9}}')
+    assert definition.price_source is None and definition.followed_price == "LastTrade"
+    assert definition.state == SavedState(activated=True, reference_price="2", last_trade_id=9)
+    order = PlaceOrder.model_validate_json(
+        '{"v":1,"clientOrderId":"ts-1","uid":"u","symbol":"XRPETH","side":"SELL","quantity":"1","mode":"Simulate",'
+        '"route":"simulate","triggerPrice":"1","triggeredAt":5,"triggerTradeId":3}')
+    assert (order.trigger_update_id, order.price_source) == (None, None)
+    result = OrderResult.for_order(order, status="SIMULATED", executed_qty="1", avg_price="1", at=6)
+    assert "triggerUpdateId" not in result.wire() and "priceSource" not in order.wire()  # the old wire, unchanged
+    old_event = StopEvent.model_validate_json('{"v":1,"type":"price","symbol":"XRPETH","price":"5","tradeId":4,"at":1}')
+    assert old_event.followed == "LastTrade"
