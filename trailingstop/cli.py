@@ -1,6 +1,7 @@
 """The ``trailingstop`` command.
 
-    trailingstop run FILE.yaml [--trades FILE | --live | --date D[..D] | --month YYYY-MM] [--book FILE] [--speed X]
+    trailingstop run FILE.yaml [--trades FILE | --live | --date D[..D] | --month YYYY-MM] [--book FILE]
+                     [--speed X]
     trailingstop record --symbol S --stream aggTrade|bookTicker --out FILE [--count N]
     trailingstop backtest [--trades FILE | --symbol S --date D[..D] | --symbol S --month YYYY-MM]
                           --side SELL|BUY --trailing-percent LIST --activation-price LIST
@@ -116,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("manifest", type=Path, help="YAML file with one or more TrailingStop documents")
     source = run.add_mutually_exclusive_group()
     source.add_argument("--trades", type=Path, help="trade file (CSV or JSON); default: bundled XRPETH trades")
-    source.add_argument("--live", action="store_true", help="stream Binance's live aggTrade feed")
+    source.add_argument("--live", action="store_true",
+                        help="stream Binance's live aggTrade feed (and bookTicker, for BestBidAsk stops)")
     history.add_arguments(run, source)
     run.add_argument("--symbol", help="symbol of the trade file when its name does not say, or to fetch with "
                                       "--date/--month (default: the manifests' symbol)")
@@ -197,8 +199,9 @@ def _run(args: argparse.Namespace) -> int:
         stream = _book_stream(symbol, _quotes(args.book, symbol))
         source = f"{args.book.name} ({symbol} bookTicker)"
     elif args.live:
-        stream = _live_stream(run.symbols)
-        source = "Binance live aggTrade stream"
+        book_symbols = sorted({m.spec.symbol for m in manifests if m.spec.price_source == "BestBidAsk"})
+        stream = _live_stream(run.symbols, book_symbols)
+        source = "Binance live aggTrade stream" + (" and bookTicker stream" if book_symbols else "")
     elif history.requested(args):
         wanted = history.check_symbol(args.symbol) if args.symbol else _single_symbol(manifests)
         symbol = _only_symbol(wanted, manifests, f"--date {args.date}" if args.date else f"--month {args.month}")
@@ -214,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
         stream = _merged(stream, _book_stream(symbol, _quotes(args.book, symbol)))
         source += f" and {args.book.name} (bookTicker)"
     _announce(manifests, source)
-    _note_unfed(manifests, book=args.book is not None, trades=not book_only)
+    _note_unfed(manifests, book=args.book is not None or args.live, trades=not book_only)
     signalled = asyncio.run(_until_signalled(run.run(stream, speed=speed)))
     if signalled is not None:
         print(f"stopped by {signal.Signals(signalled).name}; where the stops stood:", file=sys.stderr, flush=True)
@@ -356,17 +359,17 @@ async def _file_stream(symbol: str, trades: Iterator[Trade]) -> AsyncGenerator[t
         yield symbol, trade
 
 
-async def _live_stream(symbols: list[str]) -> AsyncGenerator[tuple[str, Trade], None]:
+async def _live_stream(symbols: list[str], book_symbols: list[str]) -> AsyncGenerator[tuple[str, Trade | Quote], None]:
     import aiohttp
     from binance.exceptions import BinanceAPIException, BinanceRequestException
 
-    from trailingstop.exchange.binance import BinanceSettings, live_trades
+    from trailingstop.exchange.binance import BinanceSettings, live_market
 
     settings = BinanceSettings.from_env()
     try:
-        async with aclosing(live_trades(symbols, settings)) as trades:
-            async for symbol, trade in trades:
-                yield symbol, trade
+        async with aclosing(live_market(symbols, book_symbols, settings)) as market:
+            async for symbol, item in market:
+                yield symbol, item
     except (aiohttp.ClientError, BinanceAPIException, BinanceRequestException, TimeoutError, OSError) as exc:
         # Only connecting can fail this way: the feeds reconnect and backfill by themselves.
         raise RunFailed(f"cannot reach Binance at {settings.api_url}: {exc}") from None

@@ -22,7 +22,8 @@ Another process: ``python -m tests.fakebinance --port 0 --trades XRPETH=path.csv
 prints its URLs as one JSON line; drive it over the admin API at ``/_fake`` (see ``admin.py``).
 
 Modules: ``fake`` (lifecycle, tape pacing, inspection), ``server`` (REST routes), ``streams``
-(WebSocket), ``book`` (bookTicker: a book around the trades, or explicit quotes), ``market`` (tape, orders, fills, balances), ``symbols`` (exchangeInfo filters),
+(WebSocket), ``book`` (bookTicker: a book around the trades, or explicit quotes),
+``market`` (tape, orders, fills, balances), ``symbols`` (exchangeInfo filters),
 ``auth`` (keys, signatures, timing), ``params`` (parameter rules), ``faults``, ``errors``
 (Binance's codes, messages and HTTP statuses), ``admin``, ``threaded``, ``clients``.
 """

@@ -8,6 +8,7 @@ Child processes' output is kept and shown on failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -212,3 +213,41 @@ def test_json_of_a_recorded_quote_is_compact_one_line(tmp_path: Path) -> None:
 
     line = quote_line(SYMBOL, Quote(7, D("1"), D("2"), D("3"), D("4"), 5, None))
     assert line.endswith("\n") and line.count("\n") == 1 and json.loads(line)["previousUpdateId"] is None
+
+
+LIVE_BOOK_STOP = """\
+apiVersion: trailingstop.dev/v1
+kind: TrailingStop
+metadata: {name: live-bid}
+spec: {symbol: XRPETH, side: SELL, quantity: "100", trailingPercent: "1", priceSource: BestBidAsk}
+"""
+
+
+async def test_run_live_streams_the_book_for_a_book_stop(fake: FakeBinance, tmp_path: Path) -> None:
+    manifest = tmp_path / "live.yaml"
+    manifest.write_text(LIVE_BOOK_STOP)
+    env = {**os.environ, "TRAILINGSTOP_BINANCE_API_URL": fake.api_url,
+           "TRAILINGSTOP_BINANCE_STREAM_URL": fake.stream_url}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "trailingstop", "run", str(manifest), "--live",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    try:
+        await fake.wait_for_stream_connections(2, timeout=START_TIMEOUT)  # trades and the book
+        sent: list[dict[str, object]] = []
+        deadline = time.monotonic() + START_TIMEOUT
+        while process.returncode is None and time.monotonic() < deadline:
+            # 110 * 0.99 = 108.9: the stop activates on the first bid heard and fires at 108.9.
+            sent += fake.set_quotes(SYMBOL, [{"bid": "110", "ask": "111"}, {"bid": "108.9", "ask": "109"}])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 0.5)
+        out, err = await asyncio.wait_for(process.communicate(), START_TIMEOUT)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    said = f"--- stdout ---\n{out.decode()}\n--- stderr ---\n{err.decode()}"
+    assert process.returncode == 0, said
+    assert "Binance live aggTrade stream and bookTicker stream" in out.decode(), said
+    assert "price 108.9 reached stop 108.9 (reference 110, BestBid update" in out.decode(), said
+    assert out.decode().splitlines()[-1].split()[:5] == ["live-bid", "XRPETH", "SELL", "1", "Filled"], said
+    await fake.wait_for_stream_connections(0, timeout=START_TIMEOUT)

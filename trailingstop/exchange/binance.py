@@ -408,14 +408,25 @@ def _read_loops(socket: Any) -> list[asyncio.Task[Any]]:
 async def live_trades(
     symbols: list[str], settings: BinanceSettings, queue_size: int = 10_000
 ) -> AsyncGenerator[tuple[str, Trade], None]:
-    """Live trades of several symbols, merged (each symbol in its own order).
+    """Live trades of several symbols, merged (each symbol in its own order). See :func:`live_market`."""
+    async with aclosing(live_market(symbols, [], settings, queue_size)) as market:
+        async for symbol, item in market:
+            assert isinstance(item, Trade)
+            yield symbol, item
+
+
+async def live_market(
+    symbols: list[str], book_symbols: list[str], settings: BinanceSettings, queue_size: int = 10_000
+) -> AsyncGenerator[tuple[str, Trade | Quote], None]:
+    """Live trades of ``symbols`` and top-of-book quotes of ``book_symbols``, merged (each feed
+    in its own order).
 
     Close it (``aclosing``) when done: the feeds stop and their sockets close within about
     :data:`CLOSE_TIMEOUT`, even with the queue full and a socket that is slow to close. A feed
     that fails ends the stream with its error instead of leaving the reader waiting.
     """
     client = await connect_client(settings)
-    queue: asyncio.Queue[tuple[str, Trade] | None] = asyncio.Queue(maxsize=queue_size)
+    queue: asyncio.Queue[tuple[str, Trade | Quote] | None] = asyncio.Queue(maxsize=queue_size)
     ended: list[asyncio.Task[None]] = []
 
     async def pump(symbol: str) -> None:
@@ -424,12 +435,19 @@ async def live_trades(
                 stop_if_cancelled()  # never block on the full queue below once asked to stop
                 await queue.put((symbol, trade))
 
+    async def pump_book(symbol: str) -> None:
+        async with aclosing(BookFeed(client, symbol, settings.stream_url).quotes()) as quotes:
+            async for quote in quotes:
+                stop_if_cancelled()
+                await queue.put((symbol, quote))
+
     def on_end(task: asyncio.Task[None]) -> None:
         ended.append(task)
         with contextlib.suppress(asyncio.QueueFull):  # a full queue: the reader sees `ended` soon
             queue.put_nowait(None)
 
     tasks = [asyncio.create_task(pump(symbol)) for symbol in symbols]
+    tasks += [asyncio.create_task(pump_book(symbol)) for symbol in book_symbols]
     for task in tasks:
         task.add_done_callback(on_end)
     try:
