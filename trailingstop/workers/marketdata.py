@@ -149,6 +149,9 @@ async def main(args: argparse.Namespace, settings: Settings) -> int:
     if source != "binance" and not source.startswith("replay:"):
         log.error("--source must be binance or replay:FILE, got %r", source)
         return 2
+    if getattr(args, "book", False) and source != "binance":
+        log.error("--book streams Binance's bookTicker; it does not go with --source %s", source)
+        return 2
     return await serve(f"marketdata-{symbol}", body, settings)
 
 
