@@ -24,7 +24,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 from binance import AsyncClient, BinanceSocketManager
@@ -53,6 +53,7 @@ from trailingstop.settings import (
 from trailingstop.tradefiles import trade_from_payload
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 AGG_TRADES_LIMIT = 1000
 CLOSE_TIMEOUT = 2.0  # seconds a trade socket gets to close before its read loop is cancelled
@@ -138,7 +139,63 @@ async def agg_trades(
 # --- the trade feed ------------------------------------------------------------------------------
 
 
-class TradeFeed:
+class _SocketFeed(Generic[T]):
+    """One python-binance socket of one symbol, replaced when it dies: what TradeFeed and BookFeed
+    share. A subclass opens its socket (``_open``), reads it (``_read``: returning means the
+    socket is dead) and may fetch what a lost socket missed (``_after_loss``)."""
+
+    kind = "market"
+
+    def __init__(self, client: AsyncClient, symbol: str, stream_url: str, silence: float, max_backoff: float) -> None:
+        self.client = client
+        self.symbol = symbol
+        self.stream_url = stream_url
+        self.silence = silence
+        self.max_backoff = max_backoff
+        self.connected = False
+        self.last_message_at = time.monotonic()
+        self.connections = 0  # sockets we opened
+        self.reconnects = 0  # the library's own reconnects (its error markers) and our new sockets
+
+    async def _stream(self) -> AsyncGenerator[T, None]:
+        """The items, for ever. Close it (``aclosing``) to close the socket at once."""
+        backoff = 0.5
+        while True:
+            manager = BinanceSocketManager(self.client, max_queue_size=10_000)
+            manager.STREAM_URL = self.stream_url
+            try:
+                async with _promptly_closed(self._open(manager)) as stream, aclosing(self._read(stream)) as reading:
+                    self.connections += 1
+                    if self.connections > 1:
+                        self.reconnects += 1
+                    self.connected = True
+                    backoff = 0.5
+                    async for item in reading:
+                        yield item
+            except (TimeoutError, BinanceWebsocketUnableToConnect, ReadLoopClosed, OSError) as exc:
+                log.warning("%s %s stream lost (%r); reconnecting", self.symbol, self.kind, exc,
+                            extra={"symbol": self.symbol})
+            finally:
+                self.connected = False
+            async with aclosing(self._after_loss()) as missed:
+                async for item in missed:
+                    yield item
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    def _open(self, manager: BinanceSocketManager) -> Any:
+        raise NotImplementedError
+
+    def _read(self, stream: Any) -> AsyncGenerator[T, None]:
+        raise NotImplementedError
+
+    async def _after_loss(self) -> AsyncGenerator[T, None]:
+        """What a lost socket missed (nothing, unless the stream has a history to fetch)."""
+        return
+        yield
+
+
+class TradeFeed(_SocketFeed[Trade]):
     """One symbol's aggTrades with no gap: WebSocket first, REST for whatever it missed.
 
     python-binance reconnects by itself and puts ``{"e": "error"}`` markers in the stream (skipped
@@ -148,6 +205,8 @@ class TradeFeed:
     dead and is replaced; if not, the market is just quiet. Aggregate trade ids are consecutive
     per symbol, so any jump in ids is a gap and is backfilled before the trade after it.
     """
+
+    kind = "trade"
 
     def __init__(
         self,
@@ -159,46 +218,19 @@ class TradeFeed:
         last_trade_id: int | None = None,
         max_backoff: float = 30.0,
     ) -> None:
-        self.client = client
-        self.symbol = symbol
-        self.stream_url = stream_url
-        self.silence = silence
+        super().__init__(client, symbol, stream_url, silence, max_backoff)
         self.last_trade_id = last_trade_id
-        self.max_backoff = max_backoff
-        self.connected = False
-        self.last_message_at = time.monotonic()
-        self.connections = 0  # sockets we opened
-        self.reconnects = 0  # the library's own reconnects (its error markers) and our new sockets
         self.backfilled = 0
 
-    async def trades(self) -> AsyncGenerator[Trade, None]:
+    def trades(self) -> AsyncGenerator[Trade, None]:
         """The trades, for ever. Close it (``aclosing``) to close the socket at once."""
-        backoff = 0.5
-        while True:
-            socket = self._socket()
-            try:
-                async with _promptly_closed(socket) as stream, aclosing(self._read(stream)) as reading:
-                    self.connections += 1
-                    if self.connections > 1:
-                        self.reconnects += 1
-                    self.connected = True
-                    backoff = 0.5
-                    async for trade in reading:
-                        yield trade
-            except (TimeoutError, BinanceWebsocketUnableToConnect, ReadLoopClosed, OSError) as exc:
-                log.warning("%s trade stream lost (%r); reconnecting", self.symbol, exc, extra={"symbol": self.symbol})
-            finally:
-                self.connected = False
-            async with aclosing(self._catch_up()) as missed:
-                async for trade in missed:
-                    yield trade
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
+        return self._stream()
 
-    def _socket(self) -> Any:
-        manager = BinanceSocketManager(self.client, max_queue_size=10_000)
-        manager.STREAM_URL = self.stream_url
+    def _open(self, manager: BinanceSocketManager) -> Any:
         return manager.aggtrade_socket(self.symbol)
+
+    def _after_loss(self) -> AsyncGenerator[Trade, None]:
+        return self._catch_up()
 
     async def _read(self, stream: Any) -> AsyncGenerator[Trade, None]:
         """Trades from one socket until it dies (returns) or goes silent while trades happen."""
@@ -261,7 +293,7 @@ class TradeFeed:
                 yield trade
 
 
-class BookFeed:
+class BookFeed(_SocketFeed[Quote]):
     """One symbol's top of the book (``<symbol>@bookTicker``), with gaps stated, not hidden.
 
     The book has no history to fetch: what a lost socket missed is lost. Each quote says whether
@@ -275,44 +307,19 @@ class BookFeed:
     differs from its last quote at every check.)
     """
 
+    kind = "book"
+
     def __init__(self, client: AsyncClient, symbol: str, stream_url: str, *, silence: float = 30.0,
                  max_backoff: float = 30.0) -> None:
-        self.client = client
-        self.symbol = symbol
-        self.stream_url = stream_url
-        self.silence = silence
-        self.max_backoff = max_backoff
-        self.connected = False
-        self.last_message_at = time.monotonic()
-        self.connections = 0
-        self.reconnects = 0
+        super().__init__(client, symbol, stream_url, silence, max_backoff)
         self.last: Quote | None = None
         self._known_top: tuple[Decimal, Decimal] | None = None  # (bid, ask) as last heard or checked
 
-    async def quotes(self) -> AsyncGenerator[Quote, None]:
+    def quotes(self) -> AsyncGenerator[Quote, None]:
         """The quotes, for ever. Close it (``aclosing``) to close the socket at once."""
-        backoff = 0.5
-        while True:
-            socket = self._socket()
-            try:
-                async with _promptly_closed(socket) as stream, aclosing(self._read(stream)) as reading:
-                    self.connections += 1
-                    if self.connections > 1:
-                        self.reconnects += 1
-                    self.connected = True
-                    backoff = 0.5
-                    async for quote in reading:
-                        yield quote
-            except (TimeoutError, BinanceWebsocketUnableToConnect, ReadLoopClosed, OSError) as exc:
-                log.warning("%s book stream lost (%r); reconnecting", self.symbol, exc, extra={"symbol": self.symbol})
-            finally:
-                self.connected = False
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
+        return self._stream()
 
-    def _socket(self) -> Any:
-        manager = BinanceSocketManager(self.client, max_queue_size=10_000)
-        manager.STREAM_URL = self.stream_url
+    def _open(self, manager: BinanceSocketManager) -> Any:
         return manager.symbol_book_ticker_socket(self.symbol)
 
     async def _read(self, stream: Any) -> AsyncGenerator[Quote, None]:
