@@ -429,9 +429,11 @@ def _record(args: argparse.Namespace) -> int:
     try:
         signalled = asyncio.run(_until_signalled(recorder.record(settings)))
     except (aiohttp.ClientError, BinanceAPIException, BinanceRequestException, TimeoutError, OSError) as exc:
-        raise RunFailed(f"cannot reach Binance at {settings.api_url}: {exc}") from None
-    finally:
         out.close()
+        if recorder.written == 0:
+            args.out.unlink(missing_ok=True)  # ours, and empty: no file that looks like a recording
+        raise RunFailed(f"cannot reach Binance at {settings.api_url}: {exc}") from None
+    out.close()
     how = f" (stopped by {signal.Signals(signalled).name})" if signalled is not None else ""
     print(f"recorded {recorder.written} {args.stream} line(s) to {args.out}{how}", file=sys.stderr)
     return EXIT_OK

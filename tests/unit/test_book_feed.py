@@ -251,3 +251,21 @@ async def test_run_live_streams_the_book_for_a_book_stop(fake: FakeBinance, tmp_
     assert "price 108.9 reached stop 108.9 (reference 110, BestBid update" in out.decode(), said
     assert out.decode().splitlines()[-1].split()[:5] == ["live-bid", "XRPETH", "SELL", "1", "Filled"], said
     await fake.wait_for_stream_connections(0, timeout=START_TIMEOUT)
+
+
+@pytest.mark.fakebinance  # uses loopback (a port nothing listens on), so it is no unit test
+def test_record_with_binance_unreachable_fails_on_one_line_and_leaves_no_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    monkeypatch.setenv("TRAILINGSTOP_BINANCE_API_URL", f"http://127.0.0.1:{port}/api")
+    monkeypatch.setenv("TRAILINGSTOP_BINANCE_STREAM_URL", f"ws://127.0.0.1:{port}/")
+    out = tmp_path / "book.jsonl"
+    assert main(["record", "--symbol", SYMBOL, "--stream", "bookTicker", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith(f"error: cannot reach Binance at http://127.0.0.1:{port}/api"), err
+    assert not out.exists()
