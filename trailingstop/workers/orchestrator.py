@@ -2,7 +2,8 @@
 
 Start-up (DESIGN §6, the CR status is the durable state):
 
-1. declare the symbol's tick queue (ticks wait there, bounded) and consume its command queue;
+1. declare the symbol's tick and book queues (ticks and quotes wait there, bounded) and consume
+   its command queue;
 2. publish a ``sync`` request; the operator answers with an upsert per stop, carrying the state
    saved in its status, then ``synced`` (or, with no operator answering, go on after a timeout);
 3. consume ticks. Aggregate trade ids are consecutive per symbol, so a tick whose id jumps past
@@ -66,7 +67,9 @@ class OrchestratorWorker:
 
     async def run(self) -> None:
         ticks = tick_queue(self.symbol, self.settings.tick_queue_max)
+        book = book_queue(self.symbol, self.settings.tick_queue_max)
         await self.bus.declare(ticks)
+        await self.bus.declare(book)  # quotes wait there too while the stops are restored
         await self.bus.consume(command_queue(self.symbol), StopCommand, self.on_command, prefetch=100)
         await self.bus.publish_stop_event(self.orchestrator.sync_request())
         try:
@@ -79,7 +82,6 @@ class OrchestratorWorker:
         log.info("%s: %d stops restored; consuming ticks", self.symbol, len(self.orchestrator.stops),
                  extra=self._metrics_symbol)
         await self.bus.consume(ticks, PriceTick, self.on_tick, prefetch=1000, ack_every=200)
-        book = book_queue(self.symbol, self.settings.tick_queue_max)
         await self.bus.consume(book, BookTick, self.on_book, prefetch=1000, ack_every=200)
         while True:
             await asyncio.sleep(self.settings.flush_interval)
