@@ -15,13 +15,21 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client
 
-from tests.e2e.conftest import Cluster
+from tests.e2e.conftest import CRD, Cluster
 from tests.harness import eventually
 
 pytestmark = pytest.mark.timeout(240)
 
 SYMBOL = "XRPETH"
 MARKETDATA = "ts-marketdata-xrpeth"
+
+
+@pytest.fixture(autouse=True)
+def this_crd(cluster: Cluster) -> None:
+    """The CRD of this tree, applied again before each test: the CRD is cluster-wide and the test
+    control plane is shared, so another checkout's run may have applied one without priceSource."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trailingstops.trailingstop.dev")
 
 
 def manifest(name: str, side: str = "SELL", trail: str = "1", **spec: Any) -> str:
