@@ -63,6 +63,17 @@ async def args_are(cluster: Cluster, wanted: list[str]) -> bool:
     return await marketdata_args(cluster) == wanted
 
 
+async def both_sockets(cluster: Cluster, timeout: float = 90) -> None:
+    """The marketdata "pod" with --book has its trade socket and its book socket open (and no
+    other process has one); on failure, say what the Deployment and the fake looked like."""
+    try:
+        await cluster.fake.wait_for_stream_connections(2, timeout=timeout)
+    except TimeoutError:
+        args = await marketdata_args(cluster)
+        raise AssertionError(f"not 2 stream connections after {timeout}s: {cluster.fake.stream_connections} open, "
+                             f"marketdata args {args}") from None
+
+
 async def test_the_crd_refuses_a_bad_or_changed_price_source(cluster: Cluster) -> None:
     refused = cluster.apply(manifest("bad", priceSource="BestBid"))
     assert refused.returncode != 0 and 'spec.priceSource: Unsupported value: "BestBid"' in refused.stderr, (
@@ -88,7 +99,7 @@ async def test_a_book_stop_streams_the_book_fills_at_the_bid_and_reports_a_gap(c
 
     assert cluster.apply(manifest("on-bid", priceSource="BestBidAsk")).returncode == 0
     await eventually(lambda: args_are(cluster, [*base, "--book"]), what="marketdata told to stream the book")
-    await fake.wait_for_stream_connections(2, timeout=60)  # the new "pod": trade socket and book socket
+    await both_sockets(cluster)
     await wait_status(cluster, "on-bid", lambda s: s.get("phase") == "Armed" and s.get("priceSource") == "BestBid",
                       what="armed, following the best bid")
 
@@ -99,7 +110,7 @@ async def test_a_book_stop_streams_the_book_fills_at_the_bid_and_reports_a_gap(c
     fake.drop_streams(refuse_seconds=1)
     await fake.wait_for_stream_connections(0, timeout=30)
     fake.set_quotes(SYMBOL, [{"bid": "0.0010", "ask": "0.0011"}])  # would trigger; nobody hears it
-    await fake.wait_for_stream_connections(2, timeout=60)
+    await both_sockets(cluster)
     # Fresh quotes (all the same top) until one is heard: a reopened socket may still be replaced by
     # the feed's silence check, losing a quote sent meanwhile.
     fresh: list[dict[str, Any]] = []
