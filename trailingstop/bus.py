@@ -12,6 +12,7 @@ with the same arguments (a queue declared twice with different arguments is a ch
 exchange                   type    queues bound to it
 =========================  ======  ==================================================================
 ``marketdata.events``      topic   ``orchestrator.<SYMBOL>.ticks``: classic, bounded, drop-head
+                                  ``orchestrator.<SYMBOL>.book`` (key ``<SYMBOL>.book``): the same
 ``stop.commands``          direct  ``orchestrator.<SYMBOL>.commands``: quorum
 ``stop.events``            topic   ``operator.stop-events`` (``#``): quorum
 ``order.commands``         direct  ``executor.<route>.orders``: quorum, delivery limit
@@ -49,7 +50,16 @@ from aiormq.abc import DeliveredMessage
 from pydantic import ValidationError
 
 from trailingstop import telemetry
-from trailingstop.core.contracts import Message, OrderResult, PlaceOrder, PriceTick, StopCommand, StopEvent
+from trailingstop.core.contracts import (
+    BookTick,
+    Message,
+    OrderResult,
+    PlaceOrder,
+    PriceTick,
+    StopCommand,
+    StopEvent,
+    book_routing_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +112,18 @@ def tick_queue(symbol: str, max_length: int = TICK_QUEUE_MAX_LENGTH) -> QueueSpe
         f"orchestrator.{symbol}.ticks",
         MARKETDATA_EXCHANGE,
         symbol,
+        {"x-max-length": max_length, "x-overflow": "drop-head"},
+    )
+
+
+def book_queue(symbol: str, max_length: int = TICK_QUEUE_MAX_LENGTH) -> QueueSpec:
+    """The symbol's BookTicks (top-of-book quotes): declared by its orchestrator once it runs a
+    BestBidAsk stop. Transient and drop-head like trades: a quote is only worth its freshness, and
+    a lost one is a gap the orchestrator sees and reports."""
+    return QueueSpec(
+        f"orchestrator.{symbol}.book",
+        MARKETDATA_EXCHANGE,
+        book_routing_key(symbol),
         {"x-max-length": max_length, "x-overflow": "drop-head"},
     )
 
@@ -303,6 +325,10 @@ class Bus:
     async def publish_tick(self, tick: PriceTick) -> None:
         """Fast path: transient, unconfirmed, never retried (the orchestrator refills gaps)."""
         await self.publish(tick, MARKETDATA_EXCHANGE, tick.symbol, persistent=False, confirm=False, retry=False)
+
+    async def publish_book(self, tick: BookTick) -> None:
+        """Like ticks: transient, unconfirmed, never retried (a lost quote is a reported gap)."""
+        await self.publish(tick, MARKETDATA_EXCHANGE, tick.routing_key, persistent=False, confirm=False, retry=False)
 
     async def publish_command(self, command: StopCommand) -> None:
         await self._declare_once(command_queue(command.symbol))

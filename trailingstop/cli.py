@@ -1,6 +1,8 @@
 """The ``trailingstop`` command.
 
-    trailingstop run FILE.yaml [--trades FILE | --live | --date D[..D] | --month YYYY-MM] [--speed X]
+    trailingstop run FILE.yaml [--trades FILE | --live | --date D[..D] | --month YYYY-MM] [--book FILE]
+                     [--speed X]
+    trailingstop record --symbol S --stream aggTrade|bookTicker --out FILE [--count N]
     trailingstop backtest [--trades FILE | --symbol S --date D[..D] | --symbol S --month YYYY-MM]
                           --side SELL|BUY --trailing-percent LIST|--trailing-amount LIST
                           --activation-price LIST
@@ -40,6 +42,7 @@ from trailingstop.core.contracts import (
     describe_errors,
 )
 from trailingstop.core.echo import printable, short_repr
+from trailingstop.core.quote import Quote
 from trailingstop.core.trade import Trade
 from trailingstop.settings import SettingsError
 from trailingstop.stopfiles import Manifest, ManifestError, load_manifests
@@ -121,14 +124,25 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("manifest", type=Path, help="YAML file with one or more TrailingStop documents")
     source = run.add_mutually_exclusive_group()
     source.add_argument("--trades", type=Path, help="trade file (CSV or JSON); default: bundled XRPETH trades")
-    source.add_argument("--live", action="store_true", help="stream Binance's live aggTrade feed")
+    source.add_argument("--live", action="store_true",
+                        help="stream Binance's live aggTrade feed (and bookTicker, for BestBidAsk stops)")
     history.add_arguments(run, source)
     run.add_argument("--symbol", help="symbol of the trade file when its name does not say, or to fetch with "
                                       "--date/--month (default: the manifests' symbol)")
     run.add_argument("--speed", metavar="X",
                      help=f"replay at X times the recorded pace, X >= {MIN_SPEED} (default: as fast as possible)")
+    run.add_argument("--book", type=Path, metavar="FILE",
+                     help="recorded bookTicker quotes (trailingstop record --stream bookTicker) for BestBidAsk stops")
     run.add_argument("-v", "--verbose", action="store_true", help="also print every reference change")
     run.set_defaults(handler=_run)
+
+    record = commands.add_parser("record", help="record a live Binance stream to a file, for run/backtest")
+    record.add_argument("--symbol", required=True, help="the symbol, like BTCUSDT")
+    record.add_argument("--stream", required=True, choices=["aggTrade", "bookTicker"],
+                        help="aggTrade (a trade file) or bookTicker (a book file for run --book)")
+    record.add_argument("--out", required=True, type=Path, help="the file to write (JSON lines; never overwritten)")
+    record.add_argument("--count", help="stop after this many lines (default: until Ctrl-C or SIGTERM)")
+    record.set_defaults(handler=_record)
 
     backtest = commands.add_parser("backtest", help="test trail/activation combinations over a trade file")
     source = backtest.add_mutually_exclusive_group()
@@ -185,9 +199,20 @@ def _run(args: argparse.Namespace) -> int:
     _check_data_url_use(args)
     run = EmbeddedRun(manifests, sys.stdout, verbose=args.verbose)
     skipped = SkippedTrades()
-    if args.live:
-        stream = _live_stream(run.symbols)
-        source = "Binance live aggTrade stream"
+    stream: AsyncGenerator[tuple[str, Trade | Quote], None]
+    if args.book is not None and args.live:
+        raise UsageError("--book replays a recorded book; it does not go with --live")
+    # With --book and no trade source, the book alone drives the run (not the bundled 2019 trades).
+    book_only = args.book is not None and args.trades is None and not history.requested(args)
+    if book_only:
+        symbol = _only_symbol(_named_symbol(args.book, args.symbol) or _single_symbol(manifests), manifests,
+                              args.book.name)
+        stream = _book_stream(symbol, _quotes(args.book, symbol))
+        source = f"{args.book.name} ({symbol} bookTicker)"
+    elif args.live:
+        book_symbols = sorted({m.spec.symbol for m in manifests if m.spec.price_source == "BestBidAsk"})
+        stream = _live_stream(run.symbols, book_symbols)
+        source = "Binance live aggTrade stream" + (" and bookTicker stream" if book_symbols else "")
     elif history.requested(args):
         wanted = history.check_symbol(args.symbol) if args.symbol else _single_symbol(manifests)
         symbol = _only_symbol(wanted, manifests, f"--date {args.date}" if args.date else f"--month {args.month}")
@@ -199,7 +224,11 @@ def _run(args: argparse.Namespace) -> int:
         symbol = _file_symbol(path, args.symbol, manifests)
         stream = _file_stream(symbol, _trades(path, skipped))
         source = f"{path.name} ({symbol})"
+    if args.book is not None and not book_only:
+        stream = _merged(stream, _book_stream(symbol, _quotes(args.book, symbol)))
+        source += f" and {args.book.name} (bookTicker)"
     _announce(manifests, source)
+    _note_unfed(manifests, book=args.book is not None or args.live, trades=not book_only)
     signalled = asyncio.run(_until_signalled(run.run(stream, speed=speed)))
     if signalled is not None:
         print(f"stopped by {signal.Signals(signalled).name}; where the stops stood:", file=sys.stderr, flush=True)
@@ -230,6 +259,51 @@ def _trades(path: Path, skipped: SkippedTrades) -> Iterator[Trade]:
     if first is None:
         raise TradeFileError(path, None, "no trades in this file")
     return itertools.chain([first], trades)
+
+
+def _quotes(path: Path, symbol: str) -> Iterator[Quote]:
+    """The book file's quotes (of ``symbol`` only); a file without one is an error, found before
+    anything is printed."""
+    from trailingstop.bookfiles import read_quotes
+
+    quotes = read_quotes(path, symbol)
+    first = next(quotes, None)
+    if first is None:
+        raise TradeFileError(path, None, "no bookTicker quotes in this file")
+    return itertools.chain([first], quotes)
+
+
+async def _book_stream(symbol: str, quotes: Iterator[Quote]) -> AsyncGenerator[tuple[str, Trade | Quote], None]:
+    for quote in quotes:
+        yield symbol, quote
+
+
+async def _merged(
+    trades: AsyncGenerator[tuple[str, Trade | Quote], None], quotes: AsyncGenerator[tuple[str, Trade | Quote], None]
+) -> AsyncGenerator[tuple[str, Trade | Quote], None]:
+    """Trades and quotes in time order (a trade first when both have the same millisecond)."""
+    async with aclosing(trades) as trade_stream, aclosing(quotes) as quote_stream:
+        trade = await anext(trade_stream, None)
+        quote = await anext(quote_stream, None)
+        while trade is not None or quote is not None:
+            if quote is None or (trade is not None and trade[1].time <= quote[1].time):
+                assert trade is not None
+                yield trade
+                trade = await anext(trade_stream, None)
+            else:
+                yield quote
+                quote = await anext(quote_stream, None)
+
+
+def _note_unfed(manifests: list[Manifest], *, book: bool, trades: bool) -> None:
+    """A stop whose price series this run does not have would just wait: say so up front."""
+    for manifest in manifests:
+        follows_book = manifest.spec.price_source == "BestBidAsk"
+        if follows_book and not book:
+            print(f"note: {manifest.key} follows the book (BestBidAsk); this run has no book (a recorded one is "
+                  "replayed with --book FILE), so it never moves", file=sys.stderr)
+        elif not follows_book and not trades:
+            print(f"note: {manifest.key} follows the last trade; with only --book it never moves", file=sys.stderr)
 
 
 def _warn_skipped(skipped: SkippedTrades) -> None:
@@ -296,17 +370,17 @@ async def _file_stream(symbol: str, trades: Iterator[Trade]) -> AsyncGenerator[t
         yield symbol, trade
 
 
-async def _live_stream(symbols: list[str]) -> AsyncGenerator[tuple[str, Trade], None]:
+async def _live_stream(symbols: list[str], book_symbols: list[str]) -> AsyncGenerator[tuple[str, Trade | Quote], None]:
     import aiohttp
     from binance.exceptions import BinanceAPIException, BinanceRequestException
 
-    from trailingstop.exchange.binance import BinanceSettings, live_trades
+    from trailingstop.exchange.binance import BinanceSettings, live_market
 
     settings = BinanceSettings.from_env()
     try:
-        async with aclosing(live_trades(symbols, settings)) as trades:
-            async for symbol, trade in trades:
-                yield symbol, trade
+        async with aclosing(live_market(symbols, book_symbols, settings)) as market:
+            async for symbol, item in market:
+                yield symbol, item
     except (aiohttp.ClientError, BinanceAPIException, BinanceRequestException, TimeoutError, OSError) as exc:
         # Only connecting can fail this way: the feeds reconnect and backfill by themselves.
         raise RunFailed(f"cannot reach Binance at {settings.api_url}: {exc}") from None
@@ -338,6 +412,50 @@ async def _until_signalled(work: Coroutine[Any, Any, None]) -> int | None:
         for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)
     return received[0] if received else None
+
+
+# --- record --------------------------------------------------------------------------------------
+
+
+def _record(args: argparse.Namespace) -> int:
+    import aiohttp
+    from binance.exceptions import BinanceAPIException, BinanceRequestException
+
+    from trailingstop.exchange.binance import BinanceSettings
+    from trailingstop.record import Recorder, open_new
+
+    symbol = _named_symbol(Path(), args.symbol)
+    assert symbol is not None
+    count = _count(args.count)
+    settings = BinanceSettings.from_env()
+    try:
+        out = open_new(args.out)
+    except FileExistsError:
+        raise UsageError(f"{args.out} exists; a recording is never overwritten (choose another --out)") from None
+    except OSError as exc:
+        raise UsageError(f"{args.out}: {os_problem(exc)}") from None
+    recorder = Recorder(symbol, args.stream, out, count)
+    print(f"recording {symbol} {args.stream} from {settings.stream_url} to {args.out}; Ctrl-C to stop",
+          file=sys.stderr, flush=True)
+    try:
+        signalled = asyncio.run(_until_signalled(recorder.record(settings)))
+    except (aiohttp.ClientError, BinanceAPIException, BinanceRequestException, TimeoutError, OSError) as exc:
+        out.close()
+        if recorder.written == 0:
+            args.out.unlink(missing_ok=True)  # ours, and empty: no file that looks like a recording
+        raise RunFailed(f"cannot reach Binance at {settings.api_url}: {exc}") from None
+    out.close()
+    how = f" (stopped by {signal.Signals(signalled).name})" if signalled is not None else ""
+    print(f"recorded {recorder.written} {args.stream} line(s) to {args.out}{how}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _count(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise UsageError(f"--count must be a whole number >= 0, got {short_repr(text)}")
+    return int(text)
 
 
 # --- backtest ------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import TextIO
 
 from trailingstop.core.contracts import (
+    BookTick,
     OrderResult,
     PriceTick,
     StopCommand,
@@ -27,14 +28,16 @@ from trailingstop.core.contracts import (
     to_wire,
 )
 from trailingstop.core.lifecycle import apply_order_result, apply_stop_event, is_final
+from trailingstop.core.quote import Quote
 from trailingstop.core.stopbook import Outcome, StopBook
 from trailingstop.core.trade import Trade
 from trailingstop.exchange.simulated import SimulatedExchange
 from trailingstop.stopfiles import Manifest
 from trailingstop.table import render_table, stop_row
 
-# (symbol, trade) pairs, in trade order per symbol; an async generator, so that it can be closed.
-TradeStream = AsyncGenerator[tuple[str, Trade], None]
+# (symbol, trade or book quote) pairs, in time order per symbol; an async generator, so that it
+# can be closed.
+TradeStream = AsyncGenerator[tuple[str, Trade | Quote], None]
 
 
 @dataclass
@@ -88,6 +91,14 @@ class EmbeddedRun:
         if self.verbose:
             self._apply_events([e for e in orchestrator.flush() if e.type == "reference"])
 
+    def on_quote(self, symbol: str, quote: Quote) -> None:
+        """A recorded top-of-book quote: for BestBidAsk stops (a gap in the recording is a gap)."""
+        self._clock = quote.time
+        orchestrator = self.orchestrators[symbol]
+        self._handle(orchestrator.on_book(BookTick.from_quote(symbol, quote, "replay")))
+        if self.verbose:
+            self._apply_events([e for e in orchestrator.flush() if e.type in ("reference", "gap")])
+
     def finish(self) -> None:
         """Apply the last coalesced references and prices so the table shows where stops stand."""
         for orchestrator in self.orchestrators.values():
@@ -101,15 +112,19 @@ class EmbeddedRun:
         previous_time: int | None = None
         try:
             async with aclosing(trades) as stream:
-                async for symbol, trade in stream:
+                async for symbol, item in stream:
                     if not started:
-                        self.start(trade.time)
+                        self.start(item.time)
                         started = True
-                    if speed > 0 and previous_time is not None and trade.time > previous_time:
-                        await asyncio.sleep((trade.time - previous_time) / 1000 / speed)
-                    previous_time = trade.time
-                    if symbol in self.orchestrators:
-                        self.on_trade(symbol, trade)
+                    if speed > 0 and previous_time is not None and item.time > previous_time:
+                        await asyncio.sleep((item.time - previous_time) / 1000 / speed)
+                    previous_time = item.time
+                    if symbol not in self.orchestrators:
+                        continue
+                    if isinstance(item, Quote):
+                        self.on_quote(symbol, item)
+                    else:
+                        self.on_trade(symbol, item)
                     if self.all_final():
                         break
         except asyncio.CancelledError:
@@ -138,7 +153,7 @@ class EmbeddedRun:
         now = ms_to_rfc3339(self._clock)
         for event in events:
             targets = [self.stops[event.uid]] if event.uid in self.stops else []
-            if event.uid is None:  # per-symbol price: every stop of the symbol
+            if event.uid is None:  # per-symbol price or gap: every stop of the symbol (of its series)
                 targets = [s for s in self.stops.values() if s.manifest.spec.symbol == event.symbol]
             for stop in targets:
                 before = stop.status
@@ -156,6 +171,10 @@ class EmbeddedRun:
         status = stop.status
         if status.phase != before.phase:
             self._print(stop, before.phase, _describe(event, stop))
+        elif event.type == "gap" and status.last_gap is not None and status.last_gap != before.last_gap:
+            gap = status.last_gap
+            self._print(stop, None, f"gap: no {status.price_source} quote from {gap.from_} to {gap.to} "
+                                    f"({to_wire(gap.seconds)}s); going on from the first fresh quote")
         elif self.verbose and event.type == "reference" and status.reference_price != before.reference_price:
             self._print(stop, None, f"reference {_text(event.reference_price)}, stop {_text(event.stop_price)}")
 
@@ -172,10 +191,12 @@ def _describe(event: StopEvent, stop: LocalStop) -> str:
             return "activates on the next trade"
         comparison = ">=" if spec.side == "SELL" else "<="
         return f"waiting for price {comparison} {_text(spec.activation_price)}"
+    where = f"{event.price_source} update {event.update_id}" if event.update_id is not None else (
+        f"trade {event.trade_id}")
     if event.type == "activated":
-        return f"activated at {price} (trade {event.trade_id}); stop {level}"
+        return f"activated at {price} ({where}); stop {level}"
     if event.type == "triggered":
-        return f"price {price} reached stop {level} (reference {reference}, trade {event.trade_id})"
+        return f"price {price} reached stop {level} (reference {reference}, {where})"
     if event.type in ("invalid", "expired"):
         return event.message or event.type
     return event.type

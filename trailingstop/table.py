@@ -32,11 +32,13 @@ PRINTER_COLUMNS: tuple[Column, ...] = (
     Column("Phase", ".status.phase", description="Pending, Armed, Tracking, Triggered, Filled, Expired, ..."),
     Column("Reference", ".status.referencePrice", description="High (SELL) or low (BUY) since activation"),
     Column("Stop", ".status.stopPrice", description="Price at which the stop triggers"),
-    Column("Last", ".status.lastPrice", description="Last trade price seen"),
+    Column("Last", ".status.lastPrice", description="Last price seen: the last trade, or the best bid/ask"),
     Column("Age", ".metadata.creationTimestamp", type="date"),
     # Added with issue 14 ahead of the older wide columns, which keep their place at the end.
     Column("Execution", ".spec.execution.type", description="Market (default, when empty) or Limit", priority=1),
     Column("Expires", ".spec.expiresAt", description="When the stop expires if it has not triggered", priority=1),
+    Column("Source", ".spec.priceSource", description="LastTrade, or BestBidAsk (a SELL follows the best bid, "
+           "a BUY the best ask)", priority=1),
     Column("Activation", ".spec.activationPrice", description="Activation price", priority=1),
     Column("Mode", ".spec.mode", description="Simulate, Testnet or Live", priority=1),
     Column("Order", ".status.order.status", description="Status of the order placed at the trigger", priority=1),

@@ -60,6 +60,19 @@ ORCHESTRATOR_DUPLICATES = Counter(
 ORCHESTRATOR_GAP_TRADES = Counter(
     "trailingstop_orchestrator_gap_trades_total", "Missing trades refilled over REST", ["symbol"]
 )
+MARKETDATA_QUOTES = Counter(
+    "trailingstop_marketdata_book_quotes_total", "Top-of-book quotes (bookTicker) received", ["symbol", "source"]
+)
+MARKETDATA_BOOK_RECONNECTS = Counter(
+    "trailingstop_marketdata_book_reconnects_total", "Book WebSocket (re)connections after the first", ["symbol"]
+)
+ORCHESTRATOR_BOOK_GAPS = Counter(
+    "trailingstop_orchestrator_book_gaps_total",
+    "Breaks in the book's quotes (a reconnect, a lost message): the book has no backfill", ["symbol"],
+)
+ORCHESTRATOR_BOOK_GAP_SECONDS = Counter(
+    "trailingstop_orchestrator_book_gap_seconds_total", "Time without quotes across those breaks", ["symbol"]
+)
 ORCHESTRATOR_ACTIVE_STOPS = Gauge(
     "trailingstop_orchestrator_active_stops", "Stops not yet triggered", ["symbol"]
 )

@@ -11,6 +11,8 @@ In-process (asyncio)::
         await client.order_market_sell(symbol="XRPETH", quantity="100", newClientOrderId="x1")
         assert fake.order_count("x1") == 1
         sock = socket_manager(client, fake.stream_url).aggtrade_socket("XRPETH")
+        fake.set_quotes("XRPETH", [{"bid": "0.00145", "ask": "0.00146"}])   # the top of the book now
+        book = socket_manager(client, fake.stream_url).symbol_book_ticker_socket("XRPETH")
 
 python-binance is pointed at it with ``AsyncClient.API_URL = fake.api_url`` (on a subclass:
 ``create()`` pings at once) and ``BinanceSocketManager.STREAM_URL = fake.stream_url``.
@@ -20,7 +22,8 @@ Another process: ``python -m tests.fakebinance --port 0 --trades XRPETH=path.csv
 prints its URLs as one JSON line; drive it over the admin API at ``/_fake`` (see ``admin.py``).
 
 Modules: ``fake`` (lifecycle, tape pacing, inspection), ``server`` (REST routes), ``streams``
-(WebSocket), ``market`` (tape, orders, fills, balances), ``symbols`` (exchangeInfo filters),
+(WebSocket), ``book`` (bookTicker: a book around the trades, or explicit quotes),
+``market`` (tape, orders, fills, balances), ``symbols`` (exchangeInfo filters),
 ``auth`` (keys, signatures, timing), ``params`` (parameter rules), ``faults``, ``errors``
 (Binance's codes, messages and HTTP statuses), ``admin``, ``threaded``, ``clients``.
 """

@@ -15,6 +15,9 @@ Not part of Binance; never rate-limited, delayed or counted.
 ``POST /_fake/price``    ``{"symbol": "XRPETH", "price": "0.0015"}`` (null: back to the tape)
 ``POST /_fake/book``     ``{"symbol": "BTCUSDT", "bids": [["64900", "0.3"]], "asks": []}``: the
                          liquidity taking orders walk (``"bids": null``: unlimited again)
+``POST /_fake/quotes``   ``{"symbol": "XRPETH", "quotes": [{"bid": "1", "ask": "1.1", "bidQty": "2",
+                         "askQty": "3"}], "followTrades": false}``: quotes happen now, in order
+                         (the book then stays put until ``followTrades``) -> ``{"quotes": [...]}``
 ``POST /_fake/balances`` ``{"apiKey": ..., "balances": {"XRP": "100"}}``
 ``POST /_fake/faults``   ``{"fault": <name>, ...arguments}``; names: ``fail_orders``,
                          ``rate_limit``, ``delay``, ``drop_streams``, ``silence_streams``,
@@ -66,6 +69,7 @@ class AdminApi:
             web.post(f"{PREFIX}/speed", self.speed),
             web.post(f"{PREFIX}/price", self.price),
             web.post(f"{PREFIX}/book", self.book),
+            web.post(f"{PREFIX}/quotes", self.quotes),
             web.post(f"{PREFIX}/balances", self.set_balances),
             web.post(f"{PREFIX}/faults", self.add_fault),
             web.delete(f"{PREFIX}/faults", self.clear_faults),
@@ -119,6 +123,11 @@ class AdminApi:
         self.fake.set_book(body["symbol"], bids, body.get("asks") or [])
         book = self.fake.exchange.books.get(body["symbol"].upper())
         return _json(book.payload() if book is not None else None)
+
+    async def quotes(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        quotes = self.fake.set_quotes(body["symbol"], body.get("quotes", []), bool(body.get("followTrades", False)))
+        return _json({"quotes": quotes})
 
     async def set_balances(self, request: web.Request) -> web.Response:
         body = await request.json()

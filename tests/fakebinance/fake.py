@@ -40,6 +40,7 @@ from .market import Account, Exchange, Order, Tape
 from .server import RequestStats, RestApi
 from .streams import StreamHub
 from .symbols import SymbolSpec, default_symbols
+from .ticker import TopOfBook, book_ticker_stream
 
 DEFAULT_API_KEY = "fakebinanceApiKey"
 DEFAULT_API_SECRET = "fakebinanceApiSecret"
@@ -106,6 +107,7 @@ class FakeBinance:
         self.stats = RequestStats()
         self.exchange = Exchange(specs, tapes, accounts if accounts is not None else [default_account()], self.now_ms)
         self.hub = StreamHub(self.faults, self.now_ms)
+        self.tickers = {spec.symbol: TopOfBook(spec.symbol, spec.tick_size) for spec in specs}
         for symbol, tape in self.exchange.tapes.items():
             count = happened if isinstance(happened, int) else happened.get(symbol, 0)
             tape.advance(count, self.now_ms())
@@ -199,6 +201,24 @@ class FakeBinance:
         for trade in trades:
             self.exchange.on_price(symbol, trade.price)
         self.hub.publish(symbol, trades)
+        book = self.tickers[symbol]
+        quotes = [quote for trade in trades if (quote := book.on_trade(trade)) is not None]
+        self.hub.publish_events(book_ticker_stream(symbol), quotes)
+
+    def set_quotes(
+        self, symbol: str, quotes: Iterable[Mapping[str, Any]], follow_trades: bool = False
+    ) -> list[dict[str, Any]]:
+        """Make these top-of-book quotes happen now (``bid``, ``ask``, optional ``bidQty``/``askQty``,
+        default 1), in order; the book then stays where they left it until ``follow_trades``."""
+        book = self.tickers[symbol.upper()]
+        events = [
+            book.set(Decimal(str(q["bid"])), Decimal(str(q["ask"])), Decimal(str(q.get("bidQty", 1))),
+                     Decimal(str(q.get("askQty", 1))))
+            for q in quotes
+        ]
+        book.follows_trades = follow_trades
+        self.hub.publish_events(book_ticker_stream(book.symbol), events)
+        return events
 
     def advance_now(self, symbol: str, n: int = 1) -> list[Trade]:
         """Synchronous ``advance`` (for code already running in the fake's loop)."""
@@ -346,6 +366,7 @@ class FakeBinance:
                     "lastTradeId": tape.last_trade.trade_id if tape.last_trade else None,
                     "price": None if tape.last_price is None else format(tape.last_price, "f"),
                     "speed": self._speeds.get(symbol, 0.0),
+                    "book": self.tickers[symbol].ws_event(),
                 }
                 for symbol, tape in self.exchange.tapes.items()
             },

@@ -7,6 +7,7 @@ Endpoints (Binance Spot names, parameters and payloads):
 ``GET  /api/v3/time``       NONE       ``{"serverTime": ms}``
 ``GET  /api/v3/exchangeInfo`` NONE     all symbols, or ``symbol=`` / ``symbols=["A","B"]``
 ``GET  /api/v3/ticker/price`` NONE     ``{"symbol", "price"}`` or a list of them
+``GET  /api/v3/ticker/bookTicker`` NONE ``{"symbol", "bidPrice", "bidQty", "askPrice", "askQty"}`` or a list
 ``GET  /api/v3/aggTrades``  NONE       fromId / startTime / endTime / limit (500, max 1000)
 ``GET  /api/v3/avgPrice``   NONE       ``{"mins": 5, "price", "closeTime"}`` (5-minute VWAP)
 ``GET  /api/v3/account``    USER_DATA  balances and commission rates
@@ -56,6 +57,7 @@ WEIGHTS = {
     "exchangeInfo": 20,
     "aggTrades": 4,
     "ticker/price": 2,
+    "ticker/bookTicker": 2,
     "account": 20,
     "GET order": 4,
     "openOrders": 6,
@@ -150,6 +152,7 @@ class RestApi:
             web.get(f"{API}/time", self.server_time),
             web.get(f"{API}/exchangeInfo", self.exchange_info),
             web.get(f"{API}/ticker/price", self.ticker_price),
+            web.get(f"{API}/ticker/bookTicker", self.book_ticker),
             web.get(f"{API}/aggTrades", self.agg_trades),
             web.get(f"{API}/avgPrice", self.avg_price),
             web.get(f"{API}/account", self.account),
@@ -267,6 +270,18 @@ class RestApi:
         if (raw := params.optional("symbols")) is not None:
             names = [self._spec_named(n).symbol for n in _json_list(raw, "symbols")]
         return json_response([self._ticker(n) for n in names])
+
+    async def book_ticker(self, request: web.Request) -> web.Response:
+        """The best bid and ask now (no updateId: Binance's REST answer has none)."""
+        params = await self._public(request, {"symbol", "symbols", "symbolStatus"})
+        spec = self._symbol(params, required=False)
+        books = self.fake.tickers
+        if spec is not None:
+            return json_response(books[spec.symbol].rest())
+        names = list(self.exchange.specs)
+        if (raw := params.optional("symbols")) is not None:
+            names = [self._spec_named(n).symbol for n in _json_list(raw, "symbols")]
+        return json_response([books[n].rest() for n in names])
 
     async def agg_trades(self, request: web.Request) -> web.Response:
         params = await self._public(request, {"symbol", "fromId", "startTime", "endTime", "limit"})

@@ -6,6 +6,8 @@
 * ``<symbol>@aggTrade`` (symbol lower case) carries
   ``{"e":"aggTrade","E":...,"s":"XRPETH","a":...,"p":"...","q":"...","f":...,"l":...,"T":...,
   "m":...,"M":...}``: decimals as strings, ids and times as integers, compact JSON.
+* ``<symbol>@bookTicker`` carries ``{"u":updateId,"s":"XRPETH","b":"...","B":"...","a":"...",
+  "A":"..."}`` (see :mod:`tests.fakebinance.book`).
 * Live subscription changes over the socket: ``{"method": "SUBSCRIBE" | "UNSUBSCRIBE" |
   "LIST_SUBSCRIPTIONS", "params": [...], "id": ...}`` answered with ``{"result": ..., "id": ...}``.
 * A stream name that matches nothing is accepted and stays quiet, as on Binance.
@@ -172,12 +174,16 @@ class StreamHub:
 
     def publish(self, symbol: str, trades: Iterable[Trade]) -> None:
         """Queue the events of trades that just happened for every subscribed socket."""
+        self.publish_events(agg_trade_stream(symbol), (t.to_ws_event(symbol, event_time=self.clock()) for t in trades))
+
+    def publish_events(self, stream: str, events: Iterable[dict[str, Any]]) -> None:
+        """Queue events of ``stream`` (built lazily: nothing is built with no subscriber)."""
         if self.faults.silent or not self.connections:
             return
-        stream = agg_trade_stream(symbol)
         targets = [c for c in self.connections if stream in c.streams and not (c.closing or c.ws.closed)]
-        for trade in trades:
-            event = trade.to_ws_event(symbol, event_time=self.clock())
+        if not targets:
+            return
+        for event in events:
             for conn in targets:
                 conn.enqueue(stream, event)
 

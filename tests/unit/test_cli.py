@@ -289,8 +289,8 @@ def test_duplicate_and_backward_trades_are_skipped_with_a_word(tmp_path: Path,
         (["backtest", "--side", "HOLD", "--trailing-percent", "1"],
          "argument --side: invalid choice: 'HOLD' (choose from 'SELL', 'BUY') (see trailingstop backtest --help)"),
         (["run"], "the following arguments are required: manifest (see trailingstop run --help)"),
-        (["bogus"], "argument COMMAND: invalid choice: 'bogus' (choose from 'run', 'backtest', 'crd', 'config', "
-                    "'worker', 'operator') (see trailingstop --help)"),
+        (["bogus"], "argument COMMAND: invalid choice: 'bogus' (choose from 'run', 'record', 'backtest', 'crd', "
+                    "'config', 'worker', 'operator') (see trailingstop --help)"),
         (["run", "x.yaml", "--trades", "a.csv", "--live"],
          "argument --live: not allowed with argument --trades (see trailingstop run --help)"),
     ],

@@ -73,6 +73,7 @@ SPEC_WIRE = {
     "quantity": "0.001",
     "trailingPercent": "1.5",
     "activationPrice": "65000",
+    "priceSource": "BestBidAsk",
     "mode": "Live",
     "credentialsSecretRef": {"name": "binance-keys"},
 }
@@ -301,7 +302,7 @@ def test_python_names_and_wire_aliases_build_the_same_model() -> None:
     by_alias = TrailingStopSpec.model_validate(SPEC_WIRE)
     by_name = TrailingStopSpec(
         symbol="BTCUSDT", side="SELL", quantity="0.001", trailing_percent="1.5", activation_price="65000",
-        mode="Live", credentials_secret_ref={"name": "binance-keys"},
+        price_source="BestBidAsk", mode="Live", credentials_secret_ref={"name": "binance-keys"},
     )
     assert by_alias == by_name
 
@@ -312,8 +313,9 @@ def test_spec_defaults_to_simulate_without_credentials() -> None:
     assert spec.mode == "Simulate"
     assert spec.credentials_secret_ref is None
     assert spec.route == "simulate"
+    assert spec.price_source == "LastTrade" and spec.followed_price == "LastTrade"
     assert spec.wire() == {"symbol": "BTCUSDT", "side": "BUY", "quantity": "1",
-                           "trailingPercent": "0.00000001", "mode": "Simulate"}
+                           "trailingPercent": "0.00000001", "priceSource": "LastTrade", "mode": "Simulate"}
 
 
 def test_status_ignores_unknown_fields_but_spec_does_not() -> None:

@@ -318,6 +318,7 @@ def test_saved_state_of_a_tracking_stop() -> None:
         "referencePrice": "110",
         "triggered": False,
         "lastTradeId": 5,
+        "lastPriceAt": T0 + 5000,
     }
 
 

@@ -80,9 +80,12 @@ def test_stop_row_columns() -> None:
                    "TRAIL%": "1", "TRAILAMOUNT": "", "PHASE": "Filled", "REFERENCE": "0.00149267",
                    "STOP": "0.0014777433", "LAST": "0.0014772", "AGE": "16h"}
     wide = stop_row(_manifest(), FILLED, 0, wide=True)
-    assert list(wide)[-5:] == ["EXECUTION", "EXPIRES", "ACTIVATION", "MODE", "ORDER"]
+    assert list(wide)[-6:] == ["EXECUTION", "EXPIRES", "SOURCE", "ACTIVATION", "MODE", "ORDER"]
     assert (wide["ACTIVATION"], wide["MODE"], wide["ORDER"]) == ("0.00145", "Simulate", "SIMULATED")
     assert (wide["EXECUTION"], wide["EXPIRES"]) == ("", "")
+    assert list(wide)[-4] == "SOURCE" and wide["SOURCE"] == "LastTrade"
+    book = stop_row(_manifest(priceSource="BestBidAsk"), FILLED, 0, wide=True)
+    assert book["SOURCE"] == "BestBidAsk"
 
 
 def test_an_amount_stop_shows_its_amount_and_a_limit_its_execution_and_expiry() -> None:
@@ -118,7 +121,7 @@ def test_printer_columns_are_the_design_columns() -> None:
     names = [c.name.upper() for c in PRINTER_COLUMNS if not c.priority]
     assert names == ["SYMBOL", "SIDE", "TRAIL%", "TRAILAMOUNT", "PHASE", "REFERENCE", "STOP", "LAST", "AGE"]
     assert [c.name.upper() for c in PRINTER_COLUMNS if c.priority] == [
-        "EXECUTION", "EXPIRES", "ACTIVATION", "MODE", "ORDER"]
+        "EXECUTION", "EXPIRES", "SOURCE", "ACTIVATION", "MODE", "ORDER"]
 
 
 # --- the CRD --------------------------------------------------------------------------------------
@@ -186,7 +189,9 @@ def test_spec_schema_mirrors_the_contract() -> None:
         assert props[field]["type"] == "string"
         [rule] = props[field]["x-kubernetes-validations"]
         assert rule["rule"].endswith(" && self.matches('[1-9]')") and rule["message"] == MESSAGES[field]
-    for field in ("symbol", "side"):
+    assert props["priceSource"]["enum"] == ["LastTrade", "BestBidAsk"]
+    assert props["priceSource"]["default"] == "LastTrade"
+    for field in ("symbol", "side", "priceSource"):
         assert {"rule": "self == oldSelf",
                 "message": f"{field} is immutable: delete the TrailingStop and create a new one"} in (
             props[field]["x-kubernetes-validations"])
@@ -210,6 +215,12 @@ def test_status_schema_mirrors_the_contract() -> None:
     assert condition["x-kubernetes-list-type"] == "map" and condition["x-kubernetes-list-map-keys"] == ["type"]
     for name in ("activatedPrice", "referencePrice", "stopPrice", "lastPrice", "triggerPrice"):
         assert status["properties"][name]["type"] == "string"  # decimals are strings
+    assert status["properties"]["priceSource"]["enum"] == ["LastTrade", "BestBid", "BestAsk"]
+    gap = status["properties"]["lastGap"]
+    assert set(gap["properties"]) == {"from", "to", "seconds", "fromUpdateId", "toUpdateId"}
+    assert gap["properties"]["seconds"]["type"] == "string"
+    for name in ("activatedUpdateId", "lastUpdateId", "triggerUpdateId", "gapCount"):
+        assert status["properties"][name]["type"] == "integer"
 
 
 def _without_descriptions(value: Any) -> Any:

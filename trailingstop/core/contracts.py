@@ -59,6 +59,7 @@ from trailingstop.core.decimals import (
     to_wire,
 )
 from trailingstop.core.echo import cut, quoted, short_repr
+from trailingstop.core.quote import Quote
 from trailingstop.core.trade import Trade
 
 # Re-exported from trailingstop.core.decimals: the CRD generator and callers import them from here.
@@ -83,6 +84,11 @@ Side = Literal["SELL", "BUY"]
 Mode = Literal["Simulate", "Testnet", "Live"]
 ExecutionType = Literal["Market", "Limit"]
 OrderType = Literal["MARKET", "LIMIT"]
+# Which price drives a stop (spec.priceSource): the symbol's trades, or the top of its order book
+# (a SELL follows the best bid, a BUY the best ask: the price it would actually trade at).
+PriceSource = Literal["LastTrade", "BestBidAsk"]
+# The price series one stop follows, as status.priceSource and the bus say it.
+FollowedPrice = Literal["LastTrade", "BestBid", "BestAsk"]
 
 
 class Phase(StrEnum):
@@ -405,6 +411,7 @@ class TrailingStopSpec(_CamelModel):
     activation_price: ActivationPrice | None = None
     execution: Execution | None = None
     expires_at: Rfc3339 | None = None
+    price_source: PriceSource = "LastTrade"
     mode: Mode = "Simulate"
     credentials_secret_ref: SecretRef | None = None
 
@@ -435,6 +442,18 @@ class TrailingStopSpec(_CamelModel):
         """The executor route: one executor per credentials Secret and mode."""
         return executor_route(self.mode, self.credentials_secret_ref.name if self.credentials_secret_ref else None)
 
+    @property
+    def followed_price(self) -> FollowedPrice:
+        return followed_price(self.price_source, self.side)
+
+
+def followed_price(price_source: PriceSource, side: Side) -> FollowedPrice:
+    """The series a stop follows: the last trade, or the side of the book it would trade against
+    (a SELL sells to the best bid, a BUY buys from the best ask)."""
+    if price_source == "LastTrade":
+        return "LastTrade"
+    return "BestBid" if side == "SELL" else "BestAsk"
+
 
 class OrderError(_CamelModel):
     """An exchange rejection, with Binance's own code and message."""
@@ -458,6 +477,19 @@ class OrderStatus(_CamelModel):
     cummulative_quote_qty: WireDecimal | None = None
     error: OrderError | None = None
     updated_at: str | None = None
+
+
+class PriceGap(_CamelModel):
+    """``status.lastGap``: a stretch of the book with no quote (a lost stream). The book has no
+    history to fetch, so the stop went on from the first fresh quote; this says what it missed."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    from_: str = Field(alias="from")  # RFC 3339: the last quote before the gap
+    to: str  # RFC 3339: the first fresh quote
+    seconds: WireDecimal
+    from_update_id: int | None = None
+    to_update_id: int
 
 
 class Condition(_CamelModel):
@@ -490,6 +522,14 @@ class TrailingStopStatus(_CamelModel):
     trigger_trade_id: int | None = None
     order: OrderStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)
+    # BestBidAsk stops (added): the series followed and the book's updateIds, the counterparts
+    # of the trade ids above (which stay unset for them: the two id sequences never mix).
+    price_source: FollowedPrice | None = None
+    activated_update_id: int | None = None
+    last_update_id: int | None = None
+    trigger_update_id: int | None = None
+    last_gap: PriceGap | None = None
+    gap_count: int | None = None
 
 
 # --- bus messages (DESIGN §5) ----------------------------------------------------------------
@@ -519,6 +559,54 @@ class PriceTick(Message):
         )
 
 
+class BookTick(Message):
+    """The top of a symbol's order book (Binance's bookTicker), as seen by marketdata. Routing
+    key: ``<SYMBOL>.book``, so a consumer of ``<SYMBOL>`` (trades) never receives one.
+
+    ``updateId`` rises with every change of the book. The book has no history to fetch, so the
+    stream's continuity is stated instead: ``previousUpdateId`` is the quote marketdata published
+    just before this one on an unbroken stream, and null on the first after a (re)connect. A
+    consumer whose last quote is not ``previousUpdateId`` missed some: a gap. The quote has no
+    exchange time: ``receivedAt`` is its time.
+    """
+
+    symbol: Symbol
+    update_id: int
+    bid_price: WireDecimal
+    bid_qty: WireDecimal
+    ask_price: WireDecimal
+    ask_qty: WireDecimal
+    received_at: int
+    source: str
+    previous_update_id: int | None = None
+
+    @property
+    def routing_key(self) -> str:
+        return book_routing_key(self.symbol)
+
+    @classmethod
+    def from_quote(cls, symbol: str, quote: Quote, source: str) -> BookTick:
+        return cls(
+            symbol=symbol,
+            update_id=quote.update_id,
+            bid_price=quote.bid,
+            bid_qty=quote.bid_qty,
+            ask_price=quote.ask,
+            ask_qty=quote.ask_qty,
+            received_at=quote.time,
+            source=source,
+            previous_update_id=quote.previous_update_id,
+        )
+
+    def price(self, followed: FollowedPrice) -> Decimal:
+        """The best bid (``BestBid``) or best ask (``BestAsk``)."""
+        return self.bid_price if followed == "BestBid" else self.ask_price
+
+
+def book_routing_key(symbol: str) -> str:
+    return f"{symbol}.book"
+
+
 class SavedState(_CamelModel):
     """A stop's progress, saved in the CR status and handed back to a restarting orchestrator."""
 
@@ -537,6 +625,11 @@ class SavedState(_CamelModel):
     trigger_price: WireDecimal | None = None
     trigger_trade_id: int | None = None
     last_trade_id: int | None = None
+    # A BestBidAsk stop's place in the book (added): where to resume, and since when.
+    activated_update_id: int | None = None
+    trigger_update_id: int | None = None
+    last_update_id: int | None = None
+    last_price_at: int | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> SavedState:
@@ -573,6 +666,7 @@ class StopDefinition(StopRef):
     activation_price: ActivationPrice | None = None
     execution: Execution | None = None
     expires_at: int | None = None
+    price_source: PriceSource | None = None  # none (an operator before book stops): LastTrade
     mode: Mode = "Simulate"
     route: str = "simulate"
     state: SavedState | None = None
@@ -586,12 +680,18 @@ class StopDefinition(StopRef):
     def needs_v2(self) -> bool:
         limit = self.execution is not None and self.execution.is_limit
         expired = self.state is not None and bool(self.state.expired)
-        return self.trailing_amount is not None or limit or self.expires_at is not None or expired
+        # BestBidAsk too: an older orchestrator would follow the last trade instead, so it must refuse it
+        book = self.price_source == "BestBidAsk"
+        return self.trailing_amount is not None or limit or self.expires_at is not None or expired or book
 
     @property
     def limit_slippage(self) -> Decimal | None:
         """maxSlippagePercent of a Limit stop; None for a Market one."""
         return self.execution.max_slippage_percent if self.execution is not None else None
+
+    @property
+    def followed_price(self) -> FollowedPrice:
+        return followed_price(self.price_source or "LastTrade", self.side)
 
     @classmethod
     def from_spec(
@@ -617,6 +717,8 @@ class StopDefinition(StopRef):
             activation_price=spec.activation_price,
             execution=spec.execution,
             expires_at=spec.expires_at_ms,
+            # LastTrade is said by saying nothing: the wire of a stop without new features is unchanged
+            price_source=None if spec.price_source == "LastTrade" else spec.price_source,
             mode=spec.mode,
             route=spec.route,
             state=state,
@@ -655,7 +757,7 @@ class StopCommand(Message):
         return cls(op="cancel", symbol=stop.symbol, stop=stop)
 
 
-StopEventType = Literal["armed", "activated", "reference", "price", "triggered", "invalid", "expired", "sync"]
+StopEventType = Literal["armed", "activated", "reference", "price", "triggered", "invalid", "expired", "sync", "gap"]
 
 
 class StopEvent(Message):
@@ -666,6 +768,13 @@ class StopEvent(Message):
     trade that told, if a trade did). Per symbol (no uid): ``price``, the last trade, at most once per
     flush interval, and ``sync``, the request of a starting orchestrator, which the operator
     answers with an upsert of every stop of the symbol followed by ``synced``.
+
+    BestBidAsk stops (added): ``priceSource`` names the series the prices are of (none: the last
+    trade) and ``updateId`` the book update they are as of (instead of ``tradeId``). A per-symbol
+    ``price`` of ``BestBid`` is for the symbol's BestBidAsk SELL stops, ``BestAsk`` for its BUY
+    stops. ``gap`` (per symbol for the stops of its series, or per stop for one restored after a
+    gap) says quotes were lost from ``gapFrom`` (ms, update ``gapFromUpdateId``) to
+    ``tradeTime`` (the first fresh quote, ``updateId``).
     """
 
     type: StopEventType
@@ -681,6 +790,10 @@ class StopEvent(Message):
     trade_time: int | None = None
     at: int
     message: str | None = None
+    price_source: FollowedPrice | None = None
+    update_id: int | None = None
+    gap_from: int | None = None
+    gap_from_update_id: int | None = None
 
     @property
     def wire_version(self) -> int:
@@ -689,6 +802,10 @@ class StopEvent(Message):
     @property
     def routing_key(self) -> str:
         return f"{self.symbol}.{self.type}"
+
+    @property
+    def followed(self) -> FollowedPrice:
+        return self.price_source or "LastTrade"
 
 
 class PlaceOrder(Message):
@@ -717,6 +834,9 @@ class PlaceOrder(Message):
     # orchestrator died before its ``triggered`` event went out (added; absent from older senders).
     reference_price: WireDecimal | None = None
     stop_price: WireDecimal | None = None
+    # A BestBidAsk stop's trigger (added): the book update and the side of the book it followed.
+    trigger_update_id: int | None = None
+    price_source: FollowedPrice | None = None
 
     @model_validator(mode="after")
     def _limit_has_price(self) -> PlaceOrder:
@@ -771,6 +891,8 @@ class OrderResult(Message):
     trigger_trade_id: int | None = None
     reference_price: WireDecimal | None = None
     stop_price: WireDecimal | None = None
+    trigger_update_id: int | None = None
+    price_source: FollowedPrice | None = None
 
     @property
     def filled(self) -> bool:
@@ -800,6 +922,8 @@ class OrderResult(Message):
             trigger_trade_id=order.trigger_trade_id,
             reference_price=order.reference_price,
             stop_price=order.stop_price,
+            trigger_update_id=order.trigger_update_id,
+            price_source=order.price_source,
             **outcome,
         )
 

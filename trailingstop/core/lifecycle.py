@@ -30,6 +30,7 @@ from trailingstop.core.contracts import (
     OrderResult,
     OrderStatus,
     Phase,
+    PriceGap,
     SavedState,
     StopDefinition,
     StopEvent,
@@ -58,6 +59,7 @@ __all__ = [
     "is_frozen",
     "order_outcome",
     "pending",
+    "resume_after",
     "saved_state",
     "set_condition",
     "spec_accepted",
@@ -221,7 +223,7 @@ def apply_stop_event(status: TrailingStopStatus, event: StopEvent, now: str) -> 
 def _armed(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
     if status.phase not in (Phase.ARMED,) and not can_move(status.phase, Phase.ARMED):
         return status
-    return _evolve(status, now=now, **_moved(status, Phase.ARMED, event.generation))
+    return _evolve(status, now=now, **_moved(status, Phase.ARMED, event.generation), **_source(event))
 
 
 def _activated(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
@@ -235,11 +237,12 @@ def _activated(status: TrailingStopStatus, event: StopEvent, now: str) -> Traili
         **_moved(status, Phase.TRACKING, event.generation),
         activated_at=_time(event.trade_time, now),
         activated_price=event.price,
-        activated_trade_id=event.trade_id,
+        **_position(event, "activated"),
         reference_price=event.reference_price,
         stop_price=event.stop_price,
         conditions=conditions,
         **_last_price(status, event, now),
+        **_source(event),
     )
 
 
@@ -252,13 +255,36 @@ def _reference(status: TrailingStopStatus, event: StopEvent, now: str) -> Traili
         stop_price=event.stop_price,
         observed_generation=_generation(status, event),
         **_last_price(status, event, now),
+        **_source(event),
     )
 
 
 def _price(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
-    if has_fired(status.phase) or _older(status, event) or event.price is None:
+    if has_fired(status.phase) or _older(status, event) or event.price is None or _other_series(status, event):
         return status
     return _evolve(status, **_last_price(status, event, now))
+
+
+def _gap(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
+    """Quotes were lost (a dropped stream, a restart): the stop went on from the first fresh quote;
+    the gap is kept in the status, counted, and (by the operator) announced in an Event."""
+    if has_fired(status.phase) or _other_series(status, event) or event.update_id is None:
+        return status
+    if event.gap_from is None or event.trade_time is None:
+        return status
+    last = status.last_gap
+    if last is not None and event.update_id <= last.to_update_id:
+        return status  # the same gap again (a redelivery), or an older one
+    gap = PriceGap.model_validate({
+        "from": ms_to_rfc3339(event.gap_from),
+        "to": ms_to_rfc3339(event.trade_time),
+        "seconds": EXACT.scaleb(Decimal(max(0, event.trade_time - event.gap_from)), -3),
+        "fromUpdateId": event.gap_from_update_id,
+        "toUpdateId": event.update_id,
+    })
+    # The first fresh quote is the stop's price now: LAST shows it with the gap.
+    return _evolve(status, last_gap=gap, gap_count=(status.gap_count or 0) + 1, **_last_price(status, event, now),
+                   **_source(event))
 
 
 def _triggered(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
@@ -270,10 +296,11 @@ def _triggered(status: TrailingStopStatus, event: StopEvent, now: str) -> Traili
     trigger: dict[str, Any] = {
         "triggered_at": _time(event.trade_time, now),
         "trigger_price": event.price,
-        "trigger_trade_id": event.trade_id,
+        **_position(event, "trigger"),
         "reference_price": event.reference_price,
         "stop_price": event.stop_price,
         **_last_price(status, event, now),
+        **_source(event),
         "conditions": _stop_price_reached(status.conditions, event, now),
     }
     if order_first:  # keep the outcome's phase and order; fill in the trigger
@@ -287,7 +314,8 @@ def _triggered(status: TrailingStopStatus, event: StopEvent, now: str) -> Traili
 def _invalid(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
     if not can_move(status.phase, Phase.INVALID):
         return status
-    return _evolve(status, now=now, **_moved(status, Phase.INVALID, event.generation, event.message))
+    return _evolve(status, now=now, **_moved(status, Phase.INVALID, event.generation, event.message),
+                   **_source(event))
 
 
 def _expired(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
@@ -317,6 +345,7 @@ _HANDLERS = {
     "triggered": _triggered,
     "invalid": _invalid,
     "expired": _expired,
+    "gap": _gap,
 }
 
 
@@ -380,7 +409,7 @@ def triggered_by_order(status: TrailingStopStatus, result: OrderResult, now: str
 
 def trigger_of(result: OrderResult) -> StopEvent | None:
     """The ``triggered`` event an order result stands for (None if it carries no trigger)."""
-    if result.trigger_trade_id is None or result.trigger_price is None:
+    if result.trigger_price is None or (result.trigger_trade_id is None and result.trigger_update_id is None):
         return None
     return StopEvent(
         type="triggered",
@@ -394,6 +423,8 @@ def trigger_of(result: OrderResult) -> StopEvent | None:
         trade_id=result.trigger_trade_id,
         trade_time=result.triggered_at,
         at=result.at,
+        update_id=result.trigger_update_id,
+        price_source=result.price_source,
     )
 
 
@@ -461,6 +492,10 @@ def saved_state(status: TrailingStopStatus) -> SavedState:
         trigger_price=status.trigger_price,
         trigger_trade_id=status.trigger_trade_id,
         last_trade_id=status.last_trade_id,
+        activated_update_id=status.activated_update_id,
+        trigger_update_id=status.trigger_update_id,
+        last_update_id=status.last_update_id,
+        last_price_at=_ms(status.last_price_at),
     )
 
 
@@ -469,6 +504,8 @@ def engine_state(stop: StopDefinition) -> StopState:
     saved = stop.state
     if saved is None:
         raise ValueError(f"stop {stop.uid} has no saved state to restore")
+    # The engine knows one id per series: trade ids, or for a book stop the book's updateIds.
+    book = stop.followed_price != "LastTrade"
     return StopState(
         stop_id=stop.uid,
         side=stop.side,
@@ -479,12 +516,20 @@ def engine_state(stop: StopDefinition) -> StopState:
         phase="triggered" if saved.triggered else "expired" if saved.expired else "tracking",
         reference=saved.reference_price,
         activated_price=saved.activated_price,
-        activated_trade_id=saved.activated_trade_id,
+        activated_trade_id=saved.activated_update_id if book else saved.activated_trade_id,
         activated_at=saved.activated_at,
         trigger_price=saved.trigger_price,
-        trigger_trade_id=saved.trigger_trade_id,
+        trigger_trade_id=saved.trigger_update_id if book else saved.trigger_trade_id,
         triggered_at=saved.triggered_at,
     )
+
+
+def resume_after(stop: StopDefinition) -> int | None:
+    """The id in its series after which a restored stop rejoins the engine (None: at once)."""
+    saved = stop.state
+    if saved is None or saved.triggered:
+        return None
+    return saved.last_trade_id if stop.followed_price == "LastTrade" else saved.last_update_id
 
 
 # --- building statuses ---------------------------------------------------------------------------------
@@ -528,8 +573,30 @@ def _generation_or(status: TrailingStopStatus, generation: int | None) -> int | 
 
 
 def _older(status: TrailingStopStatus, event: StopEvent) -> bool:
+    """Whether the event is as of a point before the status, in the event's own series."""
+    if event.update_id is not None:
+        return status.last_update_id is not None and event.update_id < status.last_update_id
     last = status.last_trade_id
     return last is not None and event.trade_id is not None and event.trade_id < last
+
+
+def _other_series(status: TrailingStopStatus, event: StopEvent) -> bool:
+    """A per-symbol event about another price than the one this stop follows (a status that does
+    not say yet, before ``armed``, or from before book stops, follows the last trade)."""
+    return (status.price_source or "LastTrade") != event.followed
+
+
+def _position(event: StopEvent, kind: str) -> dict[str, Any]:
+    """``<kind>_trade_id``, or for a book event ``<kind>_update_id``: where in its series it happened."""
+    if event.update_id is not None:
+        return {f"{kind}_update_id": event.update_id}
+    return {f"{kind}_trade_id": event.trade_id}
+
+
+def _source(event: StopEvent) -> dict[str, Any]:
+    """The series a per-stop event's prices are of: the one the stop follows (none said: the last
+    trade, which is all an orchestrator before book stops knew)."""
+    return {"price_source": event.followed} if event.uid is not None else {}
 
 
 def _generation(status: TrailingStopStatus, event: StopEvent) -> int | None:
@@ -539,7 +606,7 @@ def _generation(status: TrailingStopStatus, event: StopEvent) -> int | None:
 def _last_price(status: TrailingStopStatus, event: StopEvent, now: str) -> dict[str, Any]:
     if event.price is None or _older(status, event):
         return {}
-    return {"last_price": event.price, "last_price_at": _time(event.trade_time, now), "last_trade_id": event.trade_id}
+    return {"last_price": event.price, "last_price_at": _time(event.trade_time, now), **_position(event, "last")}
 
 
 def _plain(number: Decimal | None) -> str:

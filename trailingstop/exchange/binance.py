@@ -1,4 +1,5 @@
-"""Binance Spot through python-binance: a gap-free trade feed and exactly-once MARKET orders.
+"""Binance Spot through python-binance: a gap-free trade feed, the top of the book, and exactly-once
+MARKET orders.
 
 Settings come from the environment (the pod gets the keys from a Secret via ``secretKeyRef``):
 
@@ -23,7 +24,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 from binance import AsyncClient, BinanceSocketManager
@@ -36,8 +37,10 @@ from binance.exceptions import (
 from binance.ws.constants import WSListenerState
 
 from trailingstop.aio import stop_if_cancelled
+from trailingstop.bookfiles import quote_from_payload
 from trailingstop.core.contracts import OrderError, OrderResult, PlaceOrder, now_ms
 from trailingstop.core.filters import SymbolFilters
+from trailingstop.core.quote import Quote
 from trailingstop.core.trade import Trade
 from trailingstop.settings import (
     LIVE_API_URL,
@@ -50,6 +53,7 @@ from trailingstop.settings import (
 from trailingstop.tradefiles import trade_from_payload
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 AGG_TRADES_LIMIT = 1000
 CLOSE_TIMEOUT = 2.0  # seconds a trade socket gets to close before its read loop is cancelled
@@ -135,7 +139,67 @@ async def agg_trades(
 # --- the trade feed ------------------------------------------------------------------------------
 
 
-class TradeFeed:
+class _SocketFeed(Generic[T]):
+    """One python-binance socket of one symbol, replaced when it dies: what TradeFeed and BookFeed
+    share. A subclass opens its socket (``_open``), reads it (``_read``: returning means the
+    socket is dead) and may fetch what a lost socket missed (``_after_loss``)."""
+
+    kind = "market"
+
+    def __init__(self, client: AsyncClient, symbol: str, stream_url: str, silence: float, max_backoff: float) -> None:
+        self.client = client
+        self.symbol = symbol
+        self.stream_url = stream_url
+        self.silence = silence
+        self.max_backoff = max_backoff
+        self.connected = False
+        self.last_message_at = time.monotonic()
+        # When the read loop last woke (a message, its silence timeout, a reconnect): liveness
+        # asks that it keeps waking, which it does in a quiet market too.
+        self.progress_at = time.monotonic()
+        self.connections = 0  # sockets we opened
+        self.reconnects = 0  # the library's own reconnects (its error markers) and our new sockets
+
+    async def _stream(self) -> AsyncGenerator[T, None]:
+        """The items, for ever. Close it (``aclosing``) to close the socket at once."""
+        backoff = 0.5
+        while True:
+            self.progress_at = time.monotonic()
+            manager = BinanceSocketManager(self.client, max_queue_size=10_000)
+            manager.STREAM_URL = self.stream_url
+            try:
+                async with _promptly_closed(self._open(manager)) as stream, aclosing(self._read(stream)) as reading:
+                    self.connections += 1
+                    if self.connections > 1:
+                        self.reconnects += 1
+                    self.connected = True
+                    backoff = 0.5
+                    async for item in reading:
+                        yield item
+            except (TimeoutError, BinanceWebsocketUnableToConnect, ReadLoopClosed, OSError) as exc:
+                log.warning("%s %s stream lost (%r); reconnecting", self.symbol, self.kind, exc,
+                            extra={"symbol": self.symbol})
+            finally:
+                self.connected = False
+            async with aclosing(self._after_loss()) as missed:
+                async for item in missed:
+                    yield item
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    def _open(self, manager: BinanceSocketManager) -> Any:
+        raise NotImplementedError
+
+    def _read(self, stream: Any) -> AsyncGenerator[T, None]:
+        raise NotImplementedError
+
+    async def _after_loss(self) -> AsyncGenerator[T, None]:
+        """What a lost socket missed (nothing, unless the stream has a history to fetch)."""
+        return
+        yield
+
+
+class TradeFeed(_SocketFeed[Trade]):
     """One symbol's aggTrades with no gap: WebSocket first, REST for whatever it missed.
 
     python-binance reconnects by itself and puts ``{"e": "error"}`` markers in the stream (skipped
@@ -145,6 +209,8 @@ class TradeFeed:
     dead and is replaced; if not, the market is just quiet. Aggregate trade ids are consecutive
     per symbol, so any jump in ids is a gap and is backfilled before the trade after it.
     """
+
+    kind = "trade"
 
     def __init__(
         self,
@@ -156,50 +222,19 @@ class TradeFeed:
         last_trade_id: int | None = None,
         max_backoff: float = 30.0,
     ) -> None:
-        self.client = client
-        self.symbol = symbol
-        self.stream_url = stream_url
-        self.silence = silence
+        super().__init__(client, symbol, stream_url, silence, max_backoff)
         self.last_trade_id = last_trade_id
-        self.max_backoff = max_backoff
-        self.connected = False
-        self.last_message_at = time.monotonic()
-        # When the read loop last woke (a message, its silence timeout, a reconnect): liveness
-        # asks that it keeps waking, which it does in a quiet market too.
-        self.progress_at = time.monotonic()
-        self.connections = 0  # sockets we opened
-        self.reconnects = 0  # the library's own reconnects (its error markers) and our new sockets
         self.backfilled = 0
 
-    async def trades(self) -> AsyncGenerator[Trade, None]:
+    def trades(self) -> AsyncGenerator[Trade, None]:
         """The trades, for ever. Close it (``aclosing``) to close the socket at once."""
-        backoff = 0.5
-        while True:
-            self.progress_at = time.monotonic()
-            socket = self._socket()
-            try:
-                async with _promptly_closed(socket) as stream, aclosing(self._read(stream)) as reading:
-                    self.connections += 1
-                    if self.connections > 1:
-                        self.reconnects += 1
-                    self.connected = True
-                    backoff = 0.5
-                    async for trade in reading:
-                        yield trade
-            except (TimeoutError, BinanceWebsocketUnableToConnect, ReadLoopClosed, OSError) as exc:
-                log.warning("%s trade stream lost (%r); reconnecting", self.symbol, exc, extra={"symbol": self.symbol})
-            finally:
-                self.connected = False
-            async with aclosing(self._catch_up()) as missed:
-                async for trade in missed:
-                    yield trade
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
+        return self._stream()
 
-    def _socket(self) -> Any:
-        manager = BinanceSocketManager(self.client, max_queue_size=10_000)
-        manager.STREAM_URL = self.stream_url
+    def _open(self, manager: BinanceSocketManager) -> Any:
         return manager.aggtrade_socket(self.symbol)
+
+    def _after_loss(self) -> AsyncGenerator[Trade, None]:
+        return self._catch_up()
 
     async def _read(self, stream: Any) -> AsyncGenerator[Trade, None]:
         """Trades from one socket until it dies (returns) or goes silent while trades happen."""
@@ -263,6 +298,78 @@ class TradeFeed:
                 yield trade
 
 
+class BookFeed(_SocketFeed[Quote]):
+    """One symbol's top of the book (``<symbol>@bookTicker``), with gaps stated, not hidden.
+
+    The book has no history to fetch: what a lost socket missed is lost. Each quote says whether
+    it follows the one before on the same socket (``previous_update_id``; None for the first after
+    a (re)connect, which the orchestrator reports as a gap). Quotes not after the last one are
+    dropped. A socket that stays open but silent is checked like the trade feed's: after
+    ``silence`` seconds without a message REST's bookTicker is asked; if the top moved since what
+    the feed last knew of it (its last quote, or the top seen at the last check), the socket is
+    dead and is replaced; if not, the book is just quiet. (Comparing with the last quote only would
+    replace the socket for ever after a gap in a quiet book: the top the feed never heard of
+    differs from its last quote at every check.)
+    """
+
+    kind = "book"
+
+    def __init__(self, client: AsyncClient, symbol: str, stream_url: str, *, silence: float = 30.0,
+                 max_backoff: float = 30.0) -> None:
+        super().__init__(client, symbol, stream_url, silence, max_backoff)
+        self.last: Quote | None = None
+        self._known_top: tuple[Decimal, Decimal] | None = None  # (bid, ask) as last heard or checked
+
+    def quotes(self) -> AsyncGenerator[Quote, None]:
+        """The quotes, for ever. Close it (``aclosing``) to close the socket at once."""
+        return self._stream()
+
+    def _open(self, manager: BinanceSocketManager) -> Any:
+        return manager.symbol_book_ticker_socket(self.symbol)
+
+    async def _read(self, stream: Any) -> AsyncGenerator[Quote, None]:
+        previous: int | None = None  # the quote before, on this socket
+        while True:
+            self.progress_at = time.monotonic()
+            try:
+                async with asyncio.timeout(self.silence):
+                    message = await stream.recv()
+            except TimeoutError:
+                if await self._top_moved():
+                    log.warning("%s book socket silent while the book moved; replacing it", self.symbol,
+                                extra={"symbol": self.symbol})
+                    return
+                continue
+            self.last_message_at = time.monotonic()
+            if not isinstance(message, dict) or message.get("e") == "error":
+                # python-binance reconnected by itself: what follows does not follow what came before.
+                self.reconnects += 1
+                previous = None
+                log.info("%s book stream reported %s", self.symbol, message, extra={"symbol": self.symbol})
+                continue
+            quote = quote_from_payload(message, now_ms(), previous)
+            if self.last is not None and quote.update_id <= self.last.update_id:
+                continue  # not newer than what was already given
+            previous = quote.update_id
+            self.last = quote
+            self._known_top = (quote.bid, quote.ask)
+            yield quote
+
+    async def _top_moved(self) -> bool:
+        """Whether REST's best bid/ask differ from the top the feed last knew (False when it cannot
+        tell, or knew none); the top seen becomes the one known."""
+        if self._known_top is None:
+            return False
+        try:
+            answer = await self.client.get_orderbook_tickers(symbol=self.symbol)
+        except (TimeoutError, BinanceAPIException, BinanceRequestException, aiohttp.ClientError) as exc:
+            log.warning("%s bookTicker check failed (%r)", self.symbol, exc, extra={"symbol": self.symbol})
+            return False
+        top = (Decimal(answer["bidPrice"]), Decimal(answer["askPrice"]))
+        moved, self._known_top = top != self._known_top, top
+        return moved
+
+
 class _OwnCloseIsNoError(logging.Filter):
     """python-binance logs every closed connection as an error, ours included (we sent the close
     frame first, code 1000): that one is a clean shutdown, not something for an operator to chase."""
@@ -314,14 +421,25 @@ def _read_loops(socket: Any) -> list[asyncio.Task[Any]]:
 async def live_trades(
     symbols: list[str], settings: BinanceSettings, queue_size: int = 10_000
 ) -> AsyncGenerator[tuple[str, Trade], None]:
-    """Live trades of several symbols, merged (each symbol in its own order).
+    """Live trades of several symbols, merged (each symbol in its own order). See :func:`live_market`."""
+    async with aclosing(live_market(symbols, [], settings, queue_size)) as market:
+        async for symbol, item in market:
+            assert isinstance(item, Trade)
+            yield symbol, item
+
+
+async def live_market(
+    symbols: list[str], book_symbols: list[str], settings: BinanceSettings, queue_size: int = 10_000
+) -> AsyncGenerator[tuple[str, Trade | Quote], None]:
+    """Live trades of ``symbols`` and top-of-book quotes of ``book_symbols``, merged (each feed
+    in its own order).
 
     Close it (``aclosing``) when done: the feeds stop and their sockets close within about
     :data:`CLOSE_TIMEOUT`, even with the queue full and a socket that is slow to close. A feed
     that fails ends the stream with its error instead of leaving the reader waiting.
     """
     client = await connect_client(settings)
-    queue: asyncio.Queue[tuple[str, Trade] | None] = asyncio.Queue(maxsize=queue_size)
+    queue: asyncio.Queue[tuple[str, Trade | Quote] | None] = asyncio.Queue(maxsize=queue_size)
     ended: list[asyncio.Task[None]] = []
 
     async def pump(symbol: str) -> None:
@@ -330,12 +448,19 @@ async def live_trades(
                 stop_if_cancelled()  # never block on the full queue below once asked to stop
                 await queue.put((symbol, trade))
 
+    async def pump_book(symbol: str) -> None:
+        async with aclosing(BookFeed(client, symbol, settings.stream_url).quotes()) as quotes:
+            async for quote in quotes:
+                stop_if_cancelled()
+                await queue.put((symbol, quote))
+
     def on_end(task: asyncio.Task[None]) -> None:
         ended.append(task)
         with contextlib.suppress(asyncio.QueueFull):  # a full queue: the reader sees `ended` soon
             queue.put_nowait(None)
 
     tasks = [asyncio.create_task(pump(symbol)) for symbol in symbols]
+    tasks += [asyncio.create_task(pump_book(symbol)) for symbol in book_symbols]
     for task in tasks:
         task.add_done_callback(on_end)
     try:

@@ -97,15 +97,18 @@ def amqp_secret(config: OperatorConfig, namespace: str, url: str, owners: Iterab
 
 
 def marketdata_deployment(
-    config: OperatorConfig, namespace: str, symbol: str, owners: Iterable[Owner], broker: str = ""
+    config: OperatorConfig, namespace: str, symbol: str, owners: Iterable[Owner], broker: str = "",
+    book: bool = False,
 ) -> dict[str, Any]:
+    """``book``: some stop of the symbol follows BestBidAsk, so marketdata streams the book too
+    (a change of it rolls the pod: the orchestrator refills the trades it missed meanwhile)."""
     return _deployment(
         config,
         namespace,
         broker=broker,
         name=marketdata_name(symbol),
         component="marketdata",
-        args=["worker", "marketdata", "--symbol", symbol],
+        args=["worker", "marketdata", "--symbol", symbol, *(["--book"] if book else [])],
         selector={SYMBOL_LABEL: symbol},
         owners=owners,
     )

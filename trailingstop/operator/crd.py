@@ -8,6 +8,7 @@ with the same words.
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import yaml
@@ -29,7 +30,9 @@ from trailingstop.core.contracts import (
     TIME_PATTERN,
     TRAILING_AMOUNT_PATTERN,
     TRAILING_PERCENT_PATTERN,
+    FollowedPrice,
     Phase,
+    PriceSource,
 )
 from trailingstop.core.decimals import PRICE_FRACTION_DIGITS, PRICE_INTEGER_DIGITS
 from trailingstop.core.lifecycle import FROZEN
@@ -186,6 +189,18 @@ def spec_schema() -> dict[str, Any]:
                 "it may still trigger the stop; the first trade at or after it expires the stop. It may be "
                 "changed until the stop triggers or expires.",
             ),
+            "priceSource": _immutable(
+                _string(
+                    "The price that drives the stop. LastTrade (default): the symbol's trades. BestBidAsk: the top "
+                    "of the order book (Binance's bookTicker): a SELL tracks and triggers on the best bid, a BUY on "
+                    "the best ask, the prices a MARKET order would meet. The book has no history: after a lost "
+                    "stream the stop goes on from the first fresh quote and status.lastGap says what it missed. "
+                    "Immutable.",
+                    enum=list(typing.get_args(PriceSource)),
+                    default="LastTrade",
+                ),
+                "priceSource",
+            ),
             "mode": _string(
                 "Simulate (default): fills are simulated at the trigger price. Testnet: orders go to the "
                 "Binance Spot Testnet. Live: real orders on Binance.",
@@ -251,8 +266,8 @@ def status_schema() -> dict[str, Any]:
                 "The stop level: reference * (1 - p/100) or reference - amount for SELL, reference * (1 + p/100) "
                 "or reference + amount for BUY; a SELL's may be 0 or below while the reference is at or below "
                 "its trailingAmount, and then nothing triggers it"),
-            "lastPrice": _decimal("Last trade price seen"),
-            "lastPriceAt": _time("Time of the last trade seen."),
+            "lastPrice": _decimal("Last price seen of the series the stop follows (priceSource)"),
+            "lastPriceAt": _time("Time of the last trade (or, for a book stop, quote) seen."),
             "lastTradeId": _integer("Aggregate trade id of the last trade reflected in this status."),
             "triggeredAt": _time("Time of the trade that triggered the stop."),
             "triggerPrice": _decimal("Price of the trade that triggered the stop"),
@@ -283,6 +298,28 @@ def status_schema() -> dict[str, Any]:
                     "updatedAt": _time("When the order status was last updated."),
                 },
             },
+            "priceSource": _string(
+                "The price this stop follows: LastTrade, BestBid (a BestBidAsk SELL) or BestAsk (a BestBidAsk "
+                "BUY). Reference, stop, last, activation and trigger prices are of this series.",
+                enum=list(typing.get_args(FollowedPrice)),
+            ),
+            "activatedUpdateId": _integer("BestBidAsk: the order book updateId of the quote that activated the stop."),
+            "lastUpdateId": _integer("BestBidAsk: the order book updateId of the last quote reflected in this status."),
+            "triggerUpdateId": _integer("BestBidAsk: the order book updateId of the quote that triggered the stop."),
+            "lastGap": {
+                "type": "object",
+                "description": "BestBidAsk: the last stretch with no quote (a lost stream or a restart). The book "
+                "has no history to fetch: the stop went on from the first fresh quote.",
+                "required": ["from", "to", "seconds", "toUpdateId"],
+                "properties": {
+                    "from": _time("The last quote before the gap."),
+                    "to": _time("The first fresh quote after it."),
+                    "seconds": _decimal("How long no quote arrived"),
+                    "fromUpdateId": _integer("updateId of the last quote before the gap."),
+                    "toUpdateId": _integer("updateId of the first fresh quote."),
+                },
+            },
+            "gapCount": _integer("BestBidAsk: how many gaps in the quotes this stop has gone through."),
             "conditions": {
                 "type": "array",
                 "description": "Ready, Activated, Triggered and Filled.",

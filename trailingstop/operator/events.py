@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # Called after a phase change is written: (record, status written, phase before) -> e.g. an Event.
 TransitionHook = Callable[[StopRecord, TrailingStopStatus, str], Awaitable[None]]
+# Called after a new status.lastGap is written (a BestBidAsk stop missed quotes): (record, status).
+GapHook = Callable[[StopRecord, TrailingStopStatus], Awaitable[None]]
 
 
 class StatusWriter:
@@ -44,6 +46,7 @@ class StatusWriter:
         self.interval = interval
         self.stop_metrics = stop_metrics  # per-stop price gauges: one series per stop and kind
         self.on_transition = on_transition
+        self.on_gap: GapHook | None = None
         self._dirty: dict[str, StopRecord] = {}
         self._last_write: dict[str, float] = {}
         # One write at a time per resource, so an older patch can never land after a newer one.
@@ -61,6 +64,8 @@ class StatusWriter:
             await self._write(record, "transition")
             if status.phase != before.phase and self.on_transition is not None:
                 await self.on_transition(record, status, before.phase)
+            if status.last_gap != before.last_gap and status.last_gap is not None and self.on_gap is not None:
+                await self.on_gap(record, status)
         else:
             self._dirty[record.uid] = record
 
@@ -210,6 +215,7 @@ def _milestone(before: TrailingStopStatus, after: TrailingStopStatus) -> bool:
         or before.activated_at != after.activated_at
         or before.triggered_at != after.triggered_at
         or before.conditions != after.conditions
+        or before.last_gap != after.last_gap  # a BestBidAsk stop missed quotes: said at once
     )
 
 

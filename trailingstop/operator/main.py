@@ -88,6 +88,7 @@ class Operator:
         self.tenants = tenants = Tenants(config.instance, config.amqp_url, admin, saved_url, router.attach)
         self.reconciler = Reconciler(config, kube, store, writer, home, tenants)
         writer.on_transition = self.reconciler.on_transition
+        writer.on_gap = self.reconciler.on_gap
         loaded = await self.reconciler.load()
         self.legacy = await LegacyDrain(home, store, router, tenants, quiet=config.legacy_queue_grace).start()
         self._audit = asyncio.create_task(_audit_every(tenants, 60.0))

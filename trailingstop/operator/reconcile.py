@@ -28,7 +28,15 @@ from trailingstop.core.contracts import (
     now_ms,
     to_wire,
 )
-from trailingstop.core.lifecycle import is_final, is_frozen, pending, spec_accepted, spec_refused, workers_ready
+from trailingstop.core.lifecycle import (
+    has_fired,
+    is_final,
+    is_frozen,
+    pending,
+    spec_accepted,
+    spec_refused,
+    workers_ready,
+)
 from trailingstop.operator import builders, pods
 from trailingstop.operator.builders import Owner
 from trailingstop.operator.coalesce import Coalescer
@@ -145,6 +153,8 @@ class Reconciler:
         self.writer.forget(record)
         if not self.store.in_namespace(record.namespace):  # the last one: its broker tenant goes too
             await self._request(("broker", record.namespace, ""))
+        elif _needs_book(record):  # marketdata may stop streaming the book
+            await self._request(("symbol", record.namespace, record.spec.symbol))
 
     async def apply_workloads(self, record: StopRecord) -> None:
         """The namespace's broker Secret, the symbol's workers, the route's executor, each with
@@ -185,7 +195,10 @@ class Reconciler:
             await self._retire(namespace, builders.marketdata_name(symbol), builders.orchestrator_name(symbol))
             return
         owners, digest = _owners(active), tenant.digest
-        await self._apply_workload(builders.marketdata_deployment(self.config, namespace, symbol, owners, digest))
+        # The book (bookTicker) is streamed only while some stop of the symbol follows it.
+        book = any(_needs_book(r) for r in active)
+        await self._apply_workload(
+            builders.marketdata_deployment(self.config, namespace, symbol, owners, digest, book=book))
         await self._apply_workload(builders.orchestrator_deployment(self.config, namespace, symbol, owners, digest))
 
     async def _apply_route(self, tenant: Tenant, route: str, users: list[StopRecord]) -> None:
@@ -286,6 +299,8 @@ class Reconciler:
             await self.kube.post_event(record, reason, status.message or _describe(status), warning)
         if is_final(status.phase) and not is_final(before):
             self._in_background(self._retire_if_last(record))
+        elif record.spec.price_source == "BestBidAsk" and has_fired(status.phase) and not has_fired(before):
+            await self._request(("symbol", record.namespace, record.spec.symbol))  # one book stop fewer
 
     async def _retire_if_last(self, record: StopRecord) -> None:
         keys = [("symbol", record.namespace, record.spec.symbol), ("route", record.namespace, record.spec.route)]
@@ -304,6 +319,17 @@ class Reconciler:
         self._tasks.add(task)  # the loop holds tasks only weakly
         task.add_done_callback(self._tasks.discard)
 
+    async def on_gap(self, record: StopRecord, status: TrailingStopStatus) -> None:
+        """A Warning Event: the stop's book quotes had a gap; it went on from the first fresh one."""
+        gap = status.last_gap
+        assert gap is not None
+        await self.kube.post_event(
+            record, "PriceGap",
+            f"no {status.price_source} quote from {gap.from_} to {gap.to} ({_plain(gap.seconds)}s); the book has "
+            f"no history, so the stop went on from the first fresh quote (updateId {gap.to_update_id})",
+            warning=True,
+        )
+
     def _require_broker(self) -> None:
         if not self.home.connected:
             raise kopf.TemporaryError("the message broker is unreachable; retrying", delay=5)
@@ -313,6 +339,13 @@ class Reconciler:
         if tenant is None:  # retired by a concurrent delete of the namespace's last other stop
             raise kopf.TemporaryError(f"the broker tenant of {record.namespace} is being set up again", delay=1)
         return tenant.bus
+
+
+def _needs_book(record: StopRecord) -> bool:
+    """A BestBidAsk stop that can still trigger follows the book (an Invalid one too: a fixed
+    spec puts it back where it was)."""
+    return record.spec.price_source == "BestBidAsk" and not has_fired(record.status.phase) and not is_final(
+        record.status.phase)
 
 
 def _owners(records: Iterable[StopRecord]) -> list[Owner]:

@@ -17,6 +17,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                             help="binance (default) or replay:FILE (a trade file, for demos and tests)")
     marketdata.add_argument("--speed", type=float, default=0.0,
                             help="replay pace: X times the recorded pace (default: as fast as possible)")
+    marketdata.add_argument("--book", action="store_true",
+                            help="also stream the top of the book (bookTicker) for BestBidAsk stops")
     marketdata.set_defaults(handler=_run_role("marketdata"))
 
     orchestrator = roles.add_parser("orchestrator", help="run the stops of one symbol")

@@ -1,10 +1,16 @@
-"""``trailingstop worker marketdata --symbol S [--source binance|replay:FILE]``: trades -> PriceTicks.
+"""``trailingstop worker marketdata --symbol S [--source binance|replay:FILE] [--book]``: trades ->
+PriceTicks, and with ``--book`` the top of the book (bookTicker) -> BookTicks.
 
 ``binance`` streams the symbol's aggTrades through python-binance with no gap (see
 :class:`~trailingstop.exchange.binance.TradeFeed`: reconnects, a silence watchdog, REST backfill).
 ``replay:FILE`` publishes a trade file instead, paced by ``--speed`` (demos and tests without
 internet), then stays up idle. Ticks are transient and unconfirmed: the orchestrator refills any
 trade that does not arrive.
+
+``--book`` (set by the operator while some stop of the symbol follows BestBidAsk) also streams
+``<symbol>@bookTicker`` (:class:`~trailingstop.exchange.binance.BookFeed`) on a socket of its own.
+The book has no backfill: each BookTick says which quote it follows (``previousUpdateId``), so the
+orchestrator sees and reports any gap.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from pathlib import Path
 from trailingstop import telemetry
 from trailingstop.aio import stop_if_cancelled
 from trailingstop.bus import Bus, PublishFailed
-from trailingstop.core.contracts import PriceTick, now_ms
+from trailingstop.core.contracts import BookTick, PriceTick, now_ms
+from trailingstop.core.quote import Quote
 from trailingstop.core.trade import Trade
-from trailingstop.exchange.binance import BinanceSettings, TradeFeed, connect_client
+from trailingstop.exchange.binance import BinanceSettings, BookFeed, TradeFeed, connect_client
 from trailingstop.health import HealthServer
 from trailingstop.settings import Settings
 from trailingstop.tradefiles import read_trades
@@ -37,7 +44,9 @@ class MarketData:
         self.symbol = symbol
         self.source = source
         self.feed: TradeFeed | None = None
+        self.book: BookFeed | None = None
         self.published = 0
+        self.quotes_published = 0
         self.last_trade_id: int | None = None
         self.replay_done = False
         self.waiting_for_broker = False
@@ -63,10 +72,23 @@ class MarketData:
                 last_trade.set(trade.time / 1000)
                 last_price.set(float(trade.price))
 
-    async def _publish(self, tick: PriceTick) -> None:
+    async def publish_book(self, quotes: AsyncGenerator[Quote, None]) -> None:
+        """Publish every quote of ``quotes`` as a BookTick; closes them when done or cancelled."""
+        received = telemetry.MARKETDATA_QUOTES.labels(symbol=self.symbol, source=self.source)
+        async with aclosing(quotes) as stream:
+            async for quote in stream:
+                stop_if_cancelled()
+                received.inc()
+                await self._publish(BookTick.from_quote(self.symbol, quote, self.source))
+                self.quotes_published += 1
+
+    async def _publish(self, tick: PriceTick | BookTick) -> None:
         while True:
             try:
-                await self.bus.publish_tick(tick)
+                if isinstance(tick, BookTick):
+                    await self.bus.publish_book(tick)
+                else:
+                    await self.bus.publish_tick(tick)
                 return
             except PublishFailed as exc:
                 # Holding the trade (and the feed behind it) until the broker is back loses nothing.
@@ -89,6 +111,14 @@ class MarketData:
         idle = time.monotonic() - self.feed.progress_at
         limit = 3 * silence + self.feed.max_backoff
         return idle < limit, f"the feed's read loop last woke {idle:.0f}s ago (at most {limit:.0f}s)"
+
+    def book_health(self, silence: float) -> tuple[bool, str]:
+        if self.book is None:
+            return True, "not subscribed"
+        quiet = time.monotonic() - self.book.last_message_at
+        if self.book.connected:
+            return True, f"book streaming; last quote {quiet:.0f}s ago"
+        return quiet < 2 * silence, f"book reconnecting; last quote {quiet:.0f}s ago"
 
     def health(self, silence: float) -> tuple[bool, str]:
         if self.feed is None:
@@ -125,12 +155,20 @@ async def main(args: argparse.Namespace, settings: Settings) -> int:
         client = await connect_client(binance)
         try:
             worker.feed = TradeFeed(client, symbol, binance.stream_url, silence=settings.silence_timeout)
-            await worker.publish(_counted(worker.feed, symbol))
+            async with asyncio.TaskGroup() as feeds:  # either failing stops both (and the pod)
+                feeds.create_task(worker.publish(_counted(worker.feed, symbol)))
+                if getattr(args, "book", False):
+                    worker.book = BookFeed(client, symbol, binance.stream_url, silence=settings.silence_timeout)
+                    health.add_check("book", lambda: worker.book_health(settings.silence_timeout))
+                    feeds.create_task(worker.publish_book(_counted_quotes(worker.book, symbol)))
         finally:
             await client.close_connection()
 
     if source != "binance" and not source.startswith("replay:"):
         log.error("--source must be binance or replay:FILE, got %r", source)
+        return 2
+    if getattr(args, "book", False) and source != "binance":
+        log.error("--book streams Binance's bookTicker; it does not go with --source %s", source)
         return 2
     return await serve(f"marketdata-{symbol}", body, settings)
 
@@ -149,3 +187,15 @@ async def _counted(feed: TradeFeed, symbol: str) -> AsyncGenerator[Trade, None]:
                 backfilled.inc(feed.backfilled - filled)
                 filled = feed.backfilled
             yield trade
+
+
+async def _counted_quotes(feed: BookFeed, symbol: str) -> AsyncGenerator[Quote, None]:
+    """The book feed's quotes, with its reconnects counted as they happen."""
+    reconnects = telemetry.MARKETDATA_BOOK_RECONNECTS.labels(symbol=symbol)
+    reconnected = 0
+    async with aclosing(feed.quotes()) as quotes:
+        async for quote in quotes:
+            if feed.reconnects > reconnected:
+                reconnects.inc(feed.reconnects - reconnected)
+                reconnected = feed.reconnects
+            yield quote

@@ -2,13 +2,18 @@
 
 Start-up (DESIGN §6, the CR status is the durable state):
 
-1. declare the symbol's tick queue (ticks wait there, bounded) and consume its command queue;
+1. declare the symbol's tick and book queues (ticks and quotes wait there, bounded) and consume
+   its command queue;
 2. publish a ``sync`` request; the operator answers with an upsert per stop, carrying the state
    saved in its status, then ``synced`` (or, with no operator answering, go on after a timeout);
 3. consume ticks. Aggregate trade ids are consecutive per symbol, so a tick whose id jumps past
    the last one applied means trades were missed (a restart, a broker restart, a full queue):
    they are fetched over REST and applied first. Each restored stop resumes after its own saved
    ``lastTradeId``, so no trade is applied to a stop twice.
+
+4. consume the book's quotes (BookTicks, for BestBidAsk stops) from ``orchestrator.<SYMBOL>.book``.
+   The book has no backfill: a quote that does not follow the last one applied is applied as the
+   price now, after a ``gap`` event (status.lastGap), and counted in the gap metrics.
 
 A triggered stop's PlaceOrder is confirmed by the broker before the tick that triggered it is
 acked, and a redelivered tick is a duplicate id, so the engine never fires twice. Reference and
@@ -28,8 +33,8 @@ from binance import AsyncClient
 from binance.exceptions import BinanceAPIException, BinanceRequestException
 
 from trailingstop import telemetry
-from trailingstop.bus import Bus, command_queue, tick_queue
-from trailingstop.core.contracts import PriceTick, StopCommand, now_ms
+from trailingstop.bus import Bus, book_queue, command_queue, tick_queue
+from trailingstop.core.contracts import BookTick, PriceTick, StopCommand, now_ms
 from trailingstop.core.stopbook import Outcome, StopBook
 from trailingstop.exchange.binance import BinanceSettings, agg_trades, connect_client, symbol_filters
 from trailingstop.health import HealthServer
@@ -61,11 +66,14 @@ class OrchestratorWorker:
         self.synced = asyncio.Event()
         self._metrics_symbol = {"symbol": self.symbol}
         self._duplicates_reported = 0
+        self._gaps_reported = (0, 0)  # book gaps and their milliseconds, as counted in the metrics
         self._ticks_processed = telemetry.ORCHESTRATOR_TICKS.labels(symbol=self.symbol)
 
     async def run(self) -> None:
         ticks = tick_queue(self.symbol, self.settings.tick_queue_max)
+        book = book_queue(self.symbol, self.settings.tick_queue_max)
         await self.bus.declare(ticks)
+        await self.bus.declare(book)  # quotes wait there too while the stops are restored
         await self.bus.consume(command_queue(self.symbol), StopCommand, self.on_command, prefetch=100)
         await self.bus.publish_stop_event(self.orchestrator.sync_request())
         try:
@@ -78,6 +86,7 @@ class OrchestratorWorker:
         log.info("%s: %d stops restored; consuming ticks", self.symbol, len(self.orchestrator.stops),
                  extra=self._metrics_symbol)
         await self.bus.consume(ticks, PriceTick, self.on_tick, prefetch=1000, ack_every=200)
+        await self.bus.consume(book, BookTick, self.on_book, prefetch=1000, ack_every=200)
         while True:
             await asyncio.sleep(self.settings.flush_interval)
             await self.expire_by_clock()
@@ -109,6 +118,22 @@ class OrchestratorWorker:
                 await self._publish(outcome, headers, tick)
             self._count_active()
 
+    async def on_book(self, tick: BookTick, headers: dict[str, Any]) -> None:
+        outcome = self.orchestrator.on_book(tick)
+        self._count_gaps()
+        if outcome:
+            with telemetry.span("book trigger", headers, symbol=self.symbol, updateId=tick.update_id):
+                await self._publish(outcome, headers, tick)
+            self._count_active()
+
+    def _count_gaps(self) -> None:
+        gaps, gap_ms = self.orchestrator.book_gaps, self.orchestrator.book_gap_ms
+        reported_gaps, reported_ms = self._gaps_reported
+        if gaps > reported_gaps:
+            telemetry.ORCHESTRATOR_BOOK_GAPS.labels(**self._metrics_symbol).inc(gaps - reported_gaps)
+            telemetry.ORCHESTRATOR_BOOK_GAP_SECONDS.labels(**self._metrics_symbol).inc((gap_ms - reported_ms) / 1000)
+            self._gaps_reported = (gaps, gap_ms)
+
     async def flush(self) -> None:
         events = self.orchestrator.flush()
         for start in range(0, len(events), FLUSH_CONCURRENCY):  # bounded: 10,000 at once would bloat memory
@@ -120,7 +145,9 @@ class OrchestratorWorker:
             telemetry.ORCHESTRATOR_DUPLICATES.labels(**self._metrics_symbol).inc(new_duplicates)
             self._duplicates_reported += new_duplicates
 
-    async def _publish(self, outcome: Outcome, headers: dict[str, Any], tick: PriceTick | None = None) -> None:
+    async def _publish(
+        self, outcome: Outcome, headers: dict[str, Any], tick: PriceTick | BookTick | None = None
+    ) -> None:
         for order in outcome.orders:
             await self.bus.publish_order(order)
             log.info("stop %s/%s triggered at %s; order %s sent", order.namespace, order.name, order.trigger_price,
@@ -160,7 +187,7 @@ class OrchestratorWorker:
                  extra=self._metrics_symbol)
 
     def _count_active(self) -> None:
-        telemetry.ORCHESTRATOR_ACTIVE_STOPS.labels(**self._metrics_symbol).set(self.orchestrator.engine.active_count())
+        telemetry.ORCHESTRATOR_ACTIVE_STOPS.labels(**self._metrics_symbol).set(self.orchestrator.active_count())
 
     def health(self) -> tuple[bool, str]:
         return True, "synced" if self.synced.is_set() else "waiting for sync"
