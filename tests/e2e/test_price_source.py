@@ -137,7 +137,7 @@ async def test_a_book_stop_streams_the_book_fills_at_the_bid_and_reports_a_gap(c
 
     wide = cluster.kubectl("get", "ts", "on-bid", "-o", "wide", "-n", cluster.namespace).stdout.splitlines()
     header = wide[0].split()
-    assert header[header.index("AGE") + 1] == "SOURCE"
+    assert header[header.index("AGE") + 1:][:3] == ["EXECUTION", "EXPIRES", "SOURCE"]
     assert "BestBidAsk" in wide[1].split() and "0.001485" in wide[1].split()
 
     # The book stop has fired: only the LastTrade stop is left, so the book goes.
