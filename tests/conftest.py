@@ -56,6 +56,7 @@ LAYERS = ("unit", "integration", "e2e")
 
 NEEDS = {
     "helm": {"helm", "helm_bin"},  # the helm binary scripts/testenv builds
+    "promtool": {"promtool"},  # Prometheus's promtool, which scripts/promtool builds
     "kubeconfig": {"kubeconfig", "k8s_api", "kubectl"},  # a running Kubernetes API server
     "fakebinance": {"fake"},  # the fake Binance over loopback, in process or against a child
     "fakedata": {"data_host"},  # the fake of Binance's public-data host (tests/fakedata) over loopback

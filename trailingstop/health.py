@@ -1,4 +1,13 @@
-"""``/healthz`` and ``/metrics`` on one port, for every process (probes and Prometheus)."""
+"""Probes and metrics on one port, for every process.
+
+* ``/livez`` (liveness): only the process's own progress. That it answers at all says its event
+  loop runs; a role adds what else must advance (marketdata: its feed's read loop). Never the
+  broker or the exchange: an outage of either must not restart pods, which would then all sync at
+  once when it ends.
+* ``/readyz`` and ``/healthz`` (readiness): every check, the broker's and the exchange's included;
+  the detail says which failed.
+* ``/metrics``: Prometheus.
+"""
 
 from __future__ import annotations
 
@@ -17,15 +26,20 @@ class HealthServer:
         self.port = port
         self.host = host
         self.checks: dict[str, Check] = {}
+        self.liveness: set[str] = set()
         self._runner: web.AppRunner | None = None
 
-    def add_check(self, name: str, check: Check) -> None:
+    def add_check(self, name: str, check: Check, *, liveness: bool = False) -> None:
+        """A readiness check; with ``liveness``, one of the process's own progress as well."""
         self.checks[name] = check
+        if liveness:
+            self.liveness.add(name)
 
     async def start(self) -> int:
         app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._healthz)
+        app.router.add_get("/livez", self._livez)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/healthz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -41,15 +55,22 @@ class HealthServer:
             await self._runner.cleanup()
             self._runner = None
 
-    def report(self) -> tuple[bool, dict[str, dict[str, object]]]:
+    def report(self, names: set[str] | None = None) -> tuple[bool, dict[str, dict[str, object]]]:
         results = {}
         for name, check in self.checks.items():
-            healthy, detail = check()
-            results[name] = {"ok": healthy, "detail": detail}
+            if names is None or name in names:
+                healthy, detail = check()
+                results[name] = {"ok": healthy, "detail": detail}
         return all(r["ok"] for r in results.values()), results
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        healthy, results = self.report()
+    async def _livez(self, request: web.Request) -> web.Response:
+        return self._answer(*self.report(self.liveness))
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        return self._answer(*self.report())
+
+    @staticmethod
+    def _answer(healthy: bool, results: dict[str, dict[str, object]]) -> web.Response:
         return web.Response(
             status=200 if healthy else 503,
             text=json.dumps({"ok": healthy, "checks": results}),

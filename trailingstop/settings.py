@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     tracing: Literal["off", "on", "otlp", "console"] = _setting(
         "off", "OpenTelemetry: otlp (exports with the standard OTEL_EXPORTER_OTLP_* settings), console "
         "(prints spans), on (trace ids in logs and AMQP headers only) or off", ALL)
-    health_port: int = _setting(8080, "port of /healthz and /metrics (0: any free port)", ALL, ge=0, le=65535)
+    health_port: int = _setting(8080, "port of /livez, /readyz and /metrics (0: any free port)", ALL, ge=0, le=65535)
     amqp_url: SecretStr = _setting(
         SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
         "the broker's AMQP URL: for the operator its own account, for a worker its namespace's tenant "
@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     binance_api_secret: SecretStr | None = _setting(
         None, "API secret (Testnet/Live executors; from the credentials Secret)", "executor", "BINANCE_API_SECRET",
         secret=True)
+    credentials_dir: str = _setting(
+        "", "the credentials Secret mounted as files (apiKey, apiSecret); when they no longer match the keys "
+        "the executor started with, it finishes and exits so its container starts again with the new keys "
+        "(empty: not watched)", "executor")
+    credentials_check_interval: float = _setting(
+        10.0, "seconds between looks at TRAILINGSTOP_CREDENTIALS_DIR", "executor", gt=0)
 
     # --- the operator ------------------------------------------------------------------------------------
     watch_namespaces: str = _setting(
@@ -113,6 +119,13 @@ class Settings(BaseSettings):
     rabbitmq_connection_secret: str = _setting(
         "", "topology-operator: a Secret (operator's namespace) with the broker's uri/username/password, instead "
         "of a RabbitmqCluster", "operator")
+    leader_election: bool = _setting(
+        True, "take the Lease before working, so of several replicas one works and another stands by",
+        "operator")
+    lease_name: str = _setting("trailingstop-operator", "the Lease (operator's namespace) the replicas compete for",
+                               "operator")
+    lease_duration: float = _setting(15.0, "seconds a Lease not renewed stays the old leader's", "operator", gt=0)
+    lease_renew: float = _setting(5.0, "seconds between the leader's renewals", "operator", gt=0)
     legacy_queue_grace: float = _setting(
         300.0, "seconds a drained queue of the pre-tenancy layout stays quiet before it is deleted", "operator", ge=0)
     worker_image: str = _setting(DEFAULT_IMAGE, "image of the worker pods", "operator")
@@ -123,6 +136,31 @@ class Settings(BaseSettings):
     worker_env: dict[str, str] = _setting(
         {}, "more environment of every worker container (a JSON object of strings); no secrets here", "operator")
     worker_service_account: str = _setting("", "ServiceAccount of the worker pods (none: no token)", "operator")
+    worker_tolerations: list[dict[str, Any]] = _setting([], "tolerations of the worker pods (a JSON list)", "operator")
+    worker_affinity: dict[str, Any] = _setting({}, "affinity of the worker pods (a JSON object)", "operator")
+    worker_node_selector: dict[str, str] = _setting({}, "nodeSelector of the worker pods (a JSON object)",
+                                                    "operator")
+    worker_priority_class: str = _setting("", "priorityClassName of the worker pods", "operator")
+    worker_image_pull_secrets: list[str] = _setting([], "imagePullSecrets of the worker pods (a JSON list of "
+                                                        "Secret names, in each watched namespace)", "operator")
+    worker_pod_annotations: dict[str, str] = _setting({}, "more annotations of the worker pods (a JSON object)",
+                                                      "operator")
+    worker_disruption_budget: bool = _setting(
+        False, "a PodDisruptionBudget (minAvailable 1) per worker Deployment: a node drain then waits until you "
+        "move the pod yourself", "operator")
+    worker_rollout_batch: int = _setting(
+        3, "how many worker Deployments may restart at once for a changed pod template (after an upgrade), "
+        "each until its new pod is available", "operator", ge=1)
+    worker_rollout_timeout: float = _setting(
+        180.0, "seconds a restarting worker may hold its rollout slot before the next one goes", "operator", gt=0)
+    executor_network_policy: bool = _setting(
+        True, "a NetworkPolicy per executor (it holds the Binance keys): egress only to DNS and "
+        "TRAILINGSTOP_EXECUTOR_EGRESS_PORTS, ingress only to its health port", "operator")
+    executor_egress_ports: list[int] = _setting(
+        [443, 5671, 5672], "the TCP ports an executor may connect to (a JSON list): the exchange's and the "
+        "broker's", "operator")
+    stop_metrics: bool = _setting(
+        False, "per-stop price gauges (trailingstop_stop_price): one series per stop and kind", "operator")
 
     # --- history (run/backtest --date/--month) ---------------------------------------------------------
     data_url: str = _setting(DEFAULT_DATA_URL, "Binance public-data host (--data-url wins)", "cli")

@@ -94,6 +94,7 @@ OPERATOR_API_ERRORS = Counter(
     "trailingstop_operator_api_errors_total", "Kubernetes API errors", ["operation"]
 )
 OPERATOR_STOPS = Gauge("trailingstop_operator_stops", "TrailingStops by phase", ["phase"])
+OPERATOR_LEADING = Gauge("trailingstop_operator_leading", "1 while this replica holds the Lease and works, else 0")
 # Per stop, for dashboards only (a float is fine to draw a line; no decision reads these).
 STOP_PRICES = Gauge(
     "trailingstop_stop_price", "A stop's reference, stop level and last price, as written to its status",

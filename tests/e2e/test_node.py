@@ -238,7 +238,11 @@ async def test_helm_test_of_the_chart_succeeds_with_the_operator_as_a_pod(
         helm("install", "ts", str(CHART), "-n", namespace, "--set", "crds.install=false",
              "--set", f"image.repository={repository}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
              "--wait", "--timeout", "180s", timeout=240)
-        tested = helm("test", "ts", "-n", namespace, "--timeout", "180s", timeout=240)
+        tested = helm("test", "ts", "-n", namespace, "--timeout", "180s", timeout=240, check=False)
+        if tested.returncode != 0:  # the test pod is deleted only when it succeeds; the operator says why
+            logs = node.kubectl("logs", "-n", namespace, "--all-containers", "--prefix", "--tail=60",
+                                "-l", "app.kubernetes.io/instance=ts", check=False)
+            raise AssertionError(f"helm test failed:\n{tested.stdout}{tested.stderr}\n{logs.stdout}{logs.stderr}")
         assert re.search(r"TEST SUITE:\s+ts-trailingstop-operator-test", tested.stdout), tested.stdout
         assert re.search(r"Phase:\s+Succeeded", tested.stdout), tested.stdout
         # the operator pod's own connection, from the pod network to the node address

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,9 +23,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
 import trailingstop
 from tests.conftest import missing
+from trailingstop import telemetry
 from trailingstop.operator.builders import WORKER_UID
 from trailingstop.operator.config import HEALTH_PORT, OperatorConfig
 from trailingstop.operator.crd import crd
@@ -41,15 +44,23 @@ FULLNAME = "ts-trailingstop-operator"
 
 # The rules the operator needs, and no more (see templates/rbac.yaml and the e2e RBAC test).
 EXPECTED_RULES = [
-    {"apiGroups": ["trailingstop.dev"], "resources": ["trailingstops"],
-     "verbs": ["get", "list", "watch", "patch", "update"]},
-    {"apiGroups": ["trailingstop.dev"], "resources": ["trailingstops/status"], "verbs": ["get", "patch", "update"]},
+    {"apiGroups": ["trailingstop.dev"], "resources": ["trailingstops"], "verbs": ["list", "watch", "patch"]},
+    {"apiGroups": ["trailingstop.dev"], "resources": ["trailingstops/status"], "verbs": ["patch"]},
     {"apiGroups": ["apps"], "resources": ["deployments"],
-     "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"]},
+     "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ts-amqp"],
-     "verbs": ["get", "create", "patch", "update"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+     "verbs": ["get", "list", "watch", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "create", "patch"]},
 ]
+# The Lease of leader election, in the release namespace only.
+LEADER_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [FULLNAME],
+     "verbs": ["get", "update"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+]
+LEADER = f"{FULLNAME}-leader"
 
 # Named value sets: each is rendered, linted and (in tests/e2e) dry-run on the API server.
 VARIANTS: dict[str, list[str]] = {
@@ -61,7 +72,14 @@ VARIANTS: dict[str, list[str]] = {
                                  "rabbitmq.persistence.enabled=true"],
     "rabbitmq-cluster": ["--set", "rabbitmq.clusterOperator.enabled=true"],
     "service-monitor": ["--set", "metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.labels.release=prom"],
-    "no-network-policy": ["--set", "networkPolicy.enabled=false"],
+    "network-policy": ["--set", "networkPolicy.enabled=true"],
+    "deploy-rabbitmq-network-policy": ["--set", "rabbitmq.deploy=true,networkPolicy.enabled=true"],
+    "one-replica": ["--set", "operator.replicas=1"],
+    "worker-placement": ["--set-json", 'workers.tolerations=[{"key":"trading","operator":"Exists"}]',
+                         "--set", "workers.nodeSelector.pool=trading,workers.priorityClassName=trading,"
+                                  "workers.imagePullSecrets={regcred},workers.podAnnotations.team=desk,"
+                                  "workers.podDisruptionBudget.enabled=true"],
+    "prometheus-rule": ["--set", "metrics.prometheusRule.enabled=true,metrics.prometheusRule.labels.release=prom"],
     "no-rbac": ["--set", "rbac.create=false,serviceAccount.create=false,serviceAccount.name=my-operator"],
     "tracing": ["--set", "tracing.enabled=true,tracing.endpoint=http://otel.observability.svc:4318"],
 }
@@ -195,9 +213,11 @@ def test_default_install_objects(rendered: dict[str, list[dict[str, Any]]]) -> N
     documents = rendered["default"]
     assert kinds(documents) == sorted([
         "CustomResourceDefinition", "ServiceAccount", "Role", "RoleBinding", "Service", "Deployment",
-        "NetworkPolicy", "ConfigMap",  # the Grafana dashboard
-        # `helm test`: the hook Pod, its ServiceAccount and NetworkPolicy
-        "ServiceAccount", "NetworkPolicy", "Pod",
+        "Role", "RoleBinding",  # the leader election Lease
+        "PodDisruptionBudget",  # one of the two replicas stays through a drain
+        "ConfigMap",  # the Grafana dashboard
+        # `helm test`: the hook Pod and its ServiceAccount
+        "ServiceAccount", "Pod",
     ])
     for document in documents:
         labels = document["metadata"]["labels"]
@@ -213,7 +233,9 @@ def test_default_install_objects(rendered: dict[str, list[dict[str, Any]]]) -> N
 def test_operator_deployment(rendered: dict[str, list[dict[str, Any]]]) -> None:
     deployment = one(rendered["default"], "Deployment", FULLNAME)
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # one leads, one stands by; an update starts the new pod before the old one goes
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == FULLNAME and pod["automountServiceAccountToken"] is True
     assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": WORKER_UID, "runAsGroup": WORKER_UID,
@@ -222,8 +244,8 @@ def test_operator_deployment(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert container["image"] == f"ghcr.io/trailingstop/trailingstop:{trailingstop.__version__}"
     assert container["args"] == ["operator", "--standalone"]
     assert container["ports"] == [{"name": "http", "containerPort": HEALTH_PORT, "protocol": "TCP"}]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["resources"]["requests"] and container["resources"]["limits"]
     assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
     assert pod["volumes"][0]["name"] == "tmp" and "emptyDir" in pod["volumes"][0]
@@ -233,6 +255,14 @@ def test_operator_deployment(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert env["AMQP_URL"] == {"name": "AMQP_URL",
                                "valueFrom": {"secretKeyRef": {"name": "trailingstop-amqp", "key": "url"}}}
     assert env["TRAILINGSTOP_HEALTH_PORT"]["value"] == str(HEALTH_PORT)
+    assert env["TRAILINGSTOP_LEASE_NAME"]["value"] == FULLNAME
+
+
+def test_operator_disruption_budget_only_with_a_standby(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    budget = one(rendered["default"], "PodDisruptionBudget", FULLNAME)
+    deployment = one(rendered["default"], "Deployment", FULLNAME)
+    assert budget["spec"] == {"minAvailable": 1, "selector": deployment["spec"]["selector"]}
+    assert "PodDisruptionBudget" not in kinds(rendered["one-replica"])  # minAvailable 1 of 1 blocks every drain
 
 
 def test_the_operator_reads_the_charts_settings(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -247,6 +277,7 @@ def test_the_operator_reads_the_charts_settings(rendered: dict[str, list[dict[st
     assert config.worker_env == {}
     assert config.status_interval == 5.0 and config.health_port == HEALTH_PORT
     assert config.worker_service_account == ""
+    assert (config.worker_rollout_batch, config.worker_rollout_timeout) == (3, 180.0)
 
 
 
@@ -269,13 +300,22 @@ def test_worker_settings_reach_the_operator(helm_bin: Helm) -> None:
 
 def test_default_rbac_is_one_namespaced_role_without_wildcards(rendered: dict[str, list[dict[str, Any]]]) -> None:
     documents = rendered["default"]
-    role = one(documents, "Role")
+    role = one(documents, "Role", FULLNAME)
     assert role["metadata"]["namespace"] == NS
     assert role["rules"] == EXPECTED_RULES
-    binding = one(documents, "RoleBinding")
+    binding = one(documents, "RoleBinding", FULLNAME)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NS}]
     assert not [d for d in documents if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+
+
+def test_leader_election_role_is_the_release_namespaces_lease_only(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for variant in ("default", "cluster-wide", "extra-namespaces"):
+        role = one(rendered[variant], "Role", LEADER)
+        assert role["metadata"]["namespace"] == NS and role["rules"] == LEADER_RULES, variant
+        binding = one(rendered[variant], "RoleBinding", LEADER)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": LEADER}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NS}]
 
 
 def test_no_variant_grants_a_wildcard(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -304,7 +344,7 @@ def test_crd_install_and_keep_can_be_turned_off(helm_bin: Helm) -> None:
 
 
 def test_network_policy(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    policy = one(rendered["default"], "NetworkPolicy", FULLNAME)
+    policy = one(rendered["network-policy"], "NetworkPolicy", FULLNAME)
     spec = policy["spec"]
     assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
     assert spec["policyTypes"] == ["Ingress", "Egress"]
@@ -313,7 +353,8 @@ def test_network_policy(rendered: dict[str, list[dict[str, Any]]]) -> None:
     ports = [sorted((p["port"], p["protocol"]) for p in rule["ports"]) for rule in spec["egress"]]
     broker = [(5671, "TCP"), (5672, "TCP"), (15671, "TCP"), (15672, "TCP")]  # AMQP and the management API
     assert ports == [[(53, "TCP"), (53, "UDP")], [(443, "TCP"), (6443, "TCP")], broker]
-    assert not [d for d in rendered["no-network-policy"] if d["kind"] == "NetworkPolicy"]
+    # off by default: the API server's address differs per cluster and CNIs differ on matching it
+    assert not [d for d in rendered["default"] if d["kind"] == "NetworkPolicy"]
 
 
 def test_helm_test_hook(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -353,7 +394,7 @@ def test_cluster_wide(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert role["rules"] == EXPECTED_RULES
     binding = one(documents, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NS}]
-    assert not [d for d in documents if d["kind"] in ("Role", "RoleBinding")]
+    assert [d["metadata"]["name"] for d in documents if d["kind"] in ("Role", "RoleBinding")] == [LEADER, LEADER]
     env = env_of(operator_container(documents))
     assert env["WATCH_ALL_NAMESPACES"]["value"] == "true" and "WATCH_NAMESPACES" not in env
     assert OperatorConfig.from_env(plain_env(operator_container(documents))).clusterwide
@@ -361,8 +402,9 @@ def test_cluster_wide(rendered: dict[str, list[dict[str, Any]]]) -> None:
 
 def test_extra_namespaces(rendered: dict[str, list[dict[str, Any]]]) -> None:
     documents = rendered["extra-namespaces"]
-    roles = {d["metadata"]["namespace"]: d for d in documents if d["kind"] == "Role"}
-    bindings = {d["metadata"]["namespace"]: d for d in documents if d["kind"] == "RoleBinding"}
+    granted = [d for d in documents if d["metadata"]["name"] != LEADER]
+    roles = {d["metadata"]["namespace"]: d for d in granted if d["kind"] == "Role"}
+    bindings = {d["metadata"]["namespace"]: d for d in granted if d["kind"] == "RoleBinding"}
     assert set(roles) == set(bindings) == {"ts-a", "ts-b"}
     for namespace in ("ts-a", "ts-b"):
         assert roles[namespace]["rules"] == EXPECTED_RULES
@@ -400,10 +442,11 @@ def test_deploy_rabbitmq(rendered: dict[str, list[dict[str, Any]]]) -> None:
     service = one(documents, "Service", name)
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
         "amqp": 5672, "management": 15672, "prometheus": 15692}
-    policy = one(documents, "NetworkPolicy", FULLNAME)
+    guarded = rendered["deploy-rabbitmq-network-policy"]
+    policy = one(guarded, "NetworkPolicy", FULLNAME)
     broker_rule = policy["spec"]["egress"][2]
     assert broker_rule["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "rabbitmq"
-    one(documents, "NetworkPolicy", name)
+    one(guarded, "NetworkPolicy", name)
 
 
 def test_deploy_rabbitmq_generates_a_password(helm_bin: Helm) -> None:
@@ -463,6 +506,49 @@ def test_tracing_reaches_operator_and_workers(rendered: dict[str, list[dict[str,
     assert "TRAILINGSTOP_TRACING" not in plain_env(operator_container(rendered["default"]))
 
 
+# --- alerts ----------------------------------------------------------------------------------------------
+
+ALERTS_TEST = Path(__file__).parent / "data" / "alerts-test.yaml"
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    done = subprocess.run([str(REPO / "scripts" / "promtool"), "build"], capture_output=True, text=True,
+                          timeout=1800, check=False)
+    if done.returncode != 0:
+        missing(f"scripts/promtool build failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def alert_rules(rendered: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    rule = one(rendered["prometheus-rule"], "PrometheusRule", FULLNAME)
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    assert "PrometheusRule" not in kinds(rendered["default"])
+    return dict(rule["spec"])
+
+
+def test_alert_rules_check_and_fire_under_promtool(rendered: dict[str, list[dict[str, Any]]], promtool: str,
+                                                   tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(alert_rules(rendered)))
+    shutil.copy(ALERTS_TEST, tmp_path / "alerts-test.yaml")
+    for command in (["check", "rules", "rules.yaml"], ["test", "rules", "alerts-test.yaml"]):
+        done = subprocess.run([promtool, *command], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                              check=False)
+        assert done.returncode == 0, f"promtool {' '.join(command)}:\n{done.stdout}{done.stderr}"
+    tested = {test["alertname"] for group in yaml.safe_load(ALERTS_TEST.read_text())["tests"]
+              for test in group["alert_rule_test"]}
+    assert tested == {rule["alert"] for group in alert_rules(rendered)["groups"] for rule in group["rules"]}
+
+
+def test_alert_rules_use_only_metrics_the_code_exports(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    exported = {name for metric in vars(telemetry).values() if isinstance(metric, MetricWrapperBase)
+                for name in (metric._name, f"{metric._name}_total")}  # counters are scraped as _total
+    for group in alert_rules(rendered)["groups"]:
+        for rule in group["rules"]:
+            used = set(re.findall(r"\btrailingstop_[a-z_]+", rule["expr"]))
+            assert used and used <= exported, (rule["alert"], used - exported)
+
+
 # --- manifests/ ----------------------------------------------------------------------------------------
 
 
@@ -506,3 +592,30 @@ def test_tenancy_settings_of_the_operator(helm_bin: Helm) -> None:
         assert {k: v for k, v in env.items() if k.startswith("TRAILINGSTOP_RABBITMQ_")} == dict([reference])
         one(documents, "Role", f"{FULLNAME}-broker-tenants")
         load_settings(env)  # the operator accepts them
+
+
+def test_worker_placement_reaches_the_operator(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    documents = rendered["worker-placement"]
+    config = OperatorConfig.from_env(plain_env(operator_container(documents)))
+    assert config.worker_scheduling == {
+        "tolerations": [{"key": "trading", "operator": "Exists"}], "affinity": {},
+        "nodeSelector": {"pool": "trading"}, "priorityClassName": "trading",
+        "imagePullSecrets": [{"name": "regcred"}],
+    }
+    assert config.worker_pod_annotations == {"team": "desk"}
+    assert config.worker_disruption_budget
+    pdb_rule = {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"],
+                "verbs": ["get", "create", "patch", "delete"]}
+    assert one(documents, "Role", FULLNAME)["rules"] == [*EXPECTED_RULES, pdb_rule]
+    defaults = OperatorConfig.from_env(plain_env(operator_container(rendered["default"])))
+    assert not any(defaults.worker_scheduling.values()) and not defaults.worker_disruption_budget
+
+
+def test_executor_network_policy_settings_reach_the_operator(helm_bin: Helm) -> None:
+    defaults = OperatorConfig.from_env(plain_env(operator_container(helm_bin.render())))
+    assert defaults.executor_network_policy and defaults.executor_egress_ports == (443, 5671, 5672)
+    documents = helm_bin.render("--set", "workers.executorNetworkPolicy.enabled=false")
+    assert not OperatorConfig.from_env(plain_env(operator_container(documents))).executor_network_policy
+    assert not [r for r in one(documents, "Role", FULLNAME)["rules"] if "networkpolicies" in r["resources"]]
+    custom = helm_bin.render("--set", "workers.executorNetworkPolicy.egressPorts={443,5673}")
+    assert OperatorConfig.from_env(plain_env(operator_container(custom))).executor_egress_ports == (443, 5673)

@@ -34,6 +34,7 @@ from trailingstop.core.lifecycle import (
     saved_state,
     set_condition,
     triggered_by_order,
+    workers_ready,
 )
 from trailingstop.operator.crd import FROZEN_AFTER_TRIGGER
 
@@ -435,3 +436,36 @@ def test_any_order_of_events_and_results_moves_only_along_the_table(steps: list[
     for before, after in itertools.pairwise(written):
         assert can_move(before.phase, after.phase), (before.phase, after.phase)
         assert TrailingStopStatus.model_validate(after.wire()) == after  # one the API would accept as is
+
+
+# --- Ready follows the phase, and the workers ----------------------------------------------------------
+
+
+def test_ready_follows_the_phase_so_kubectl_wait_means_something() -> None:
+    def ready(status: TrailingStopStatus) -> tuple[str, str]:
+        condition = next(c for c in status.conditions if c.type == "Ready")
+        return condition.status, condition.reason
+
+    assert ready(run(ARMED)) == ("True", "Armed")
+    assert ready(run(ARMED, ACTIVATED)) == ("True", "Tracking")
+    assert ready(run(ARMED, ACTIVATED, TRIGGERED)) == ("True", "OrderSent")
+    assert ready(run(ARMED, ACTIVATED, TRIGGERED, SIMULATED)) == ("True", "Filled")
+    rejected = run(ARMED, ACTIVATED, TRIGGERED, result("REJECTED", error=OrderError(code=-2010, message="no money")))
+    assert ready(rejected) == ("False", "Rejected")
+    assert "Binance -2010: no money" in next(c for c in rejected.conditions if c.type == "Ready").message
+    failed = run(ARMED, ACTIVATED, TRIGGERED, result("EXPIRED", order_id=99, executed_qty="0"))
+    assert ready(failed) == ("False", "Failed")
+    assert ready(run(ARMED, event("invalid", message="quantity below minQty"))) == ("False", "InvalidOrder")
+
+
+def test_workers_that_cannot_start_make_a_watched_stop_not_ready() -> None:
+    armed = run(ARMED)
+    stuck = workers_ready(armed, False, "ImagePullBackOff", "ts-orchestrator-btcusdt: Back-off pulling image", "t1")
+    ready = next(c for c in stuck.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason, ready.message) == (
+        "False", "WorkersNotReady", "ts-orchestrator-btcusdt: Back-off pulling image")
+    assert stuck.phase == "Armed"
+    recovered = workers_ready(stuck, True, "Running", "every worker pod is ready", "t2")
+    assert [(c.status, c.reason) for c in recovered.conditions if c.type == "Ready"] == [("True", "Armed")]
+    filled = run(ARMED, ACTIVATED, TRIGGERED, SIMULATED)
+    assert workers_ready(filled, False, "ImagePullBackOff", "retired", "t3") == filled  # fired: no longer its business

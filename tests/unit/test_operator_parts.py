@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
+from trailingstop import telemetry
 from trailingstop.core.contracts import (
     OrderResult,
+    Phase,
     StopCommand,
     StopEvent,
     TrailingStopSpec,
@@ -56,6 +58,49 @@ def test_orchestrator_deployment_is_one_replica_recreate_with_the_symbol() -> No
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
+def test_worker_placement_and_annotations_reach_the_pod_template() -> None:
+    placed = OperatorConfig(
+        namespaces=("trading",), amqp_url=CONFIG.amqp_url, worker_image=CONFIG.worker_image,
+        worker_scheduling={"tolerations": [{"key": "trading", "operator": "Exists"}], "affinity": {},
+                           "nodeSelector": {"pool": "trading"}, "priorityClassName": "",
+                           "imagePullSecrets": [{"name": "regcred"}]},
+        worker_pod_annotations={"team": "desk"},
+    )
+    template = builders.executor_deployment(placed, "trading", "live-keys", "keys", OWNERS)["spec"]["template"]
+    pod = template["spec"]
+    assert pod["tolerations"] == [{"key": "trading", "operator": "Exists"}]
+    assert pod["nodeSelector"] == {"pool": "trading"} and pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert "affinity" not in pod and "priorityClassName" not in pod  # empty settings leave the pod alone
+    assert template["metadata"]["annotations"]["team"] == "desk"
+    assert builders.BROKER_CREDENTIALS_ANNOTATION in template["metadata"]["annotations"]
+    plain = builders.executor_deployment(CONFIG, "trading", "live-keys", "keys", OWNERS)["spec"]["template"]["spec"]
+    assert not {"tolerations", "nodeSelector", "imagePullSecrets"} & set(plain)
+
+
+def test_executor_network_policy_guards_only_its_executor() -> None:
+    executor = builders.executor_deployment(CONFIG, "trading", "live-keys", "keys", OWNERS)
+    policy = builders.executor_network_policy(CONFIG, executor)
+    assert policy["metadata"]["name"] == executor["metadata"]["name"] == "ts-executor-live-keys"
+    assert policy["metadata"]["ownerReferences"] == executor["metadata"]["ownerReferences"]
+    spec = policy["spec"]
+    assert spec["podSelector"] == executor["spec"]["selector"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == [{"ports": [{"port": builders.HEALTH_PORT, "protocol": "TCP"}]}]
+    dns, allowed = spec["egress"]
+    assert dns == {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+    assert allowed == {"ports": [{"port": p, "protocol": "TCP"} for p in (443, 5671, 5672)]}
+    assert all("to" not in rule for rule in spec["egress"])  # by port: no address to get wrong per CNI
+
+
+def test_worker_disruption_budget_selects_its_deployment_and_is_owned_like_it() -> None:
+    deployment = builders.orchestrator_deployment(CONFIG, "trading", "BTCUSDT", OWNERS)
+    budget = builders.disruption_budget("trading", deployment)
+    assert budget["metadata"]["name"] == deployment["metadata"]["name"] == "ts-orchestrator-btcusdt"
+    assert budget["metadata"]["ownerReferences"] == deployment["metadata"]["ownerReferences"]
+    assert budget["spec"] == {"minAvailable": 1, "selector": deployment["spec"]["selector"]}
+    assert builders.disruption_budget_ref("trading", "ts-orchestrator-btcusdt")["kind"] == "PodDisruptionBudget"
+
+
 def test_marketdata_deployment_reads_the_broker_url_from_the_namespace_secret() -> None:
     worker = container(builders.marketdata_deployment(CONFIG, "trading", "BTCUSDT", OWNERS))
     assert worker["image"] == "registry.example/trailingstop:1.2.3"
@@ -76,8 +121,8 @@ def test_pod_template_meets_the_restricted_security_standard() -> None:
     assert worker["securityContext"] == {
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False,
         "capabilities": {"drop": ["ALL"]}}
-    assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert worker["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert worker["resources"]["limits"] and worker["resources"]["requests"]
     assert {"name": "tmp", "mountPath": "/tmp"} in worker["volumeMounts"]
 
@@ -90,6 +135,18 @@ def test_executor_takes_keys_only_by_reference_to_the_secret() -> None:
     assert worker["args"] == ["worker", "executor", "--route", "live-my-keys"]
     simulate = container(builders.executor_deployment(CONFIG, "trading", "simulate", None, OWNERS))
     assert not any(item["name"].startswith("BINANCE_") for item in simulate["env"])
+
+
+def test_executor_mounts_its_credentials_secret_to_see_a_rotation() -> None:
+    deployment = builders.executor_deployment(CONFIG, "trading", "live-my-keys", "my-keys", OWNERS)
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "credentials", "secret": {"secretName": "my-keys"}} in pod["volumes"]
+    worker = container(deployment)
+    assert {"name": "credentials", "mountPath": builders.CREDENTIALS_DIR, "readOnly": True} in worker["volumeMounts"]
+    env = {item["name"]: item for item in worker["env"]}
+    assert env["TRAILINGSTOP_CREDENTIALS_DIR"]["value"] == builders.CREDENTIALS_DIR
+    simulate = builders.executor_deployment(CONFIG, "trading", "simulate", None, OWNERS)["spec"]["template"]["spec"]
+    assert [volume["name"] for volume in simulate["volumes"]] == ["tmp"]
 
 
 def test_amqp_secret_holds_the_url_for_the_namespace() -> None:
@@ -319,3 +376,13 @@ def test_the_store_finds_stops_by_symbol_and_namespace_and_follows_changes() -> 
     store.remove("2")
     assert store.in_namespace("a") == [] and [r.uid for r in store.for_symbol("BTCUSDT")] == ["3"]
     assert store.remove("missing") is None
+
+
+async def test_the_phase_gauge_counts_every_phase_and_zeroes_the_empty_ones() -> None:
+    store = RecordingStore()
+    writer = StatusWriter(store, interval=3600)
+    stop = store.put(record())
+    await writer.submit(stop, apply_stop_event(stop.status, event("reference", "100", "100"), "now"))
+    writer.count_phases()
+    counts = {phase: telemetry.OPERATOR_STOPS.labels(phase=phase)._value.get() for phase in Phase}
+    assert counts == {**dict.fromkeys(Phase, 0.0), Phase.TRACKING: 1.0}

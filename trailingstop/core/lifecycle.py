@@ -93,6 +93,23 @@ class ConditionType(StrEnum):
     TRIGGERED = "Triggered"
     FILLED = "Filled"
     SPEC_ACCEPTED = "SpecAccepted"
+    WORKERS_READY = "WorkersReady"
+
+
+# Ready follows the phase (DESIGN §3): True while the stop does, or has done, what it was asked
+# (watching, trailing, its order sent or filled); False while it cannot yet or can no more (waiting
+# for its orchestrator, an order the exchange would refuse or refused, a failed order), and also
+# while its workers are not ready. (phase -> Ready status, reason, message when the status has none)
+READY: Mapping[Phase, tuple[bool, str, str]] = MappingProxyType({
+    Phase.PENDING: (False, "Pending", "waiting for the symbol's orchestrator"),
+    Phase.ARMED: (True, "Armed", "the orchestrator is watching this stop"),
+    Phase.TRACKING: (True, "Tracking", "trailing the price"),
+    Phase.INVALID: (False, "InvalidOrder", "the exchange would refuse this stop's order"),
+    Phase.TRIGGERED: (True, "OrderSent", "the stop price was reached; the order is being placed"),
+    Phase.FILLED: (True, "Filled", "the order filled"),
+    Phase.REJECTED: (False, "Rejected", "the exchange rejected the order"),
+    Phase.FAILED: (False, "Failed", "the order failed"),
+})
 
 
 class IllegalTransition(ValueError):
@@ -142,9 +159,17 @@ def set_condition(
 
 def pending(status: TrailingStopStatus, generation: int, now: str) -> TrailingStopStatus:
     """A new stop, written before its orchestrator has seen it."""
-    conditions = set_condition(status.conditions, ConditionType.READY, "False", "Pending",
-                               "waiting for the symbol's orchestrator", now, generation)
-    return _evolve(status, observed_generation=generation, conditions=conditions)
+    return _evolve(status, now=now, observed_generation=generation)
+
+
+def workers_ready(status: TrailingStopStatus, ready: bool, reason: str, message: str, now: str) -> TrailingStopStatus:
+    """What the stop's worker pods are doing (``WorkersReady``), and so Ready. A fired stop's are
+    retired or about to be: they no longer say anything about it."""
+    if has_fired(status.phase):
+        return status
+    conditions = set_condition(status.conditions, ConditionType.WORKERS_READY, "True" if ready else "False",
+                               reason, message, now, status.observed_generation)
+    return _evolve(status, now=now, conditions=conditions)
 
 
 def spec_accepted(status: TrailingStopStatus, generation: int, now: str) -> TrailingStopStatus:
@@ -172,9 +197,7 @@ def apply_stop_event(status: TrailingStopStatus, event: StopEvent, now: str) -> 
 def _armed(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
     if status.phase not in (Phase.ARMED,) and not can_move(status.phase, Phase.ARMED):
         return status
-    conditions = set_condition(status.conditions, ConditionType.READY, "True", "Armed",
-                               "the orchestrator is watching this stop", now, event.generation)
-    return _evolve(status, **_moved(status, Phase.ARMED, event.generation), conditions=conditions)
+    return _evolve(status, now=now, **_moved(status, Phase.ARMED, event.generation))
 
 
 def _activated(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
@@ -182,10 +205,9 @@ def _activated(status: TrailingStopStatus, event: StopEvent, now: str) -> Traili
         return status
     conditions = set_condition(status.conditions, ConditionType.ACTIVATED, "True", "PriceReached",
                                f"activated at {_plain(event.price)} by trade {event.trade_id}", now, event.generation)
-    conditions = set_condition(conditions, ConditionType.READY, "True", "Tracking", "trailing the price", now,
-                               event.generation)
     return _evolve(
         status,
+        now=now,
         **_moved(status, Phase.TRACKING, event.generation),
         activated_at=_time(event.trade_time, now),
         activated_price=event.price,
@@ -233,15 +255,13 @@ def _triggered(status: TrailingStopStatus, event: StopEvent, now: str) -> Traili
     order = status.order or OrderStatus(
         client_order_id=client_order_id(event.uid or ""), status="PENDING", updated_at=now
     )
-    return _evolve(status, **_moved(status, Phase.TRIGGERED, event.generation), **trigger, order=order)
+    return _evolve(status, now=now, **_moved(status, Phase.TRIGGERED, event.generation), **trigger, order=order)
 
 
 def _invalid(status: TrailingStopStatus, event: StopEvent, now: str) -> TrailingStopStatus:
     if not can_move(status.phase, Phase.INVALID):
         return status
-    conditions = set_condition(status.conditions, ConditionType.READY, "False", "InvalidOrder", event.message or "",
-                               now, event.generation)
-    return _evolve(status, **_moved(status, Phase.INVALID, event.generation, event.message), conditions=conditions)
+    return _evolve(status, now=now, **_moved(status, Phase.INVALID, event.generation, event.message))
 
 
 def _stop_price_reached(conditions: Sequence[Condition], event: StopEvent, now: str) -> list[Condition]:
@@ -286,12 +306,12 @@ def apply_order_result(status: TrailingStopStatus, result: OrderResult, now: str
         return status  # a duplicate
     if not has_fired(status.phase):
         conditions = _order_placed(status.conditions, result, now, status.observed_generation)
-        status = _evolve(status, phase=Phase.TRIGGERED, conditions=conditions)
+        status = _evolve(status, now=now, phase=Phase.TRIGGERED, conditions=conditions)
     if phase == Phase.TRIGGERED or status.phase == phase:
         return _evolve(status, order=order)
     conditions = set_condition(status.conditions, ConditionType.FILLED, "True" if phase == Phase.FILLED else "False",
                                reason, message, now, status.observed_generation)
-    return _evolve(status, phase=phase, message=message, order=order, conditions=conditions)
+    return _evolve(status, now=now, phase=phase, message=message, order=order, conditions=conditions)
 
 
 def triggered_by_order(status: TrailingStopStatus, result: OrderResult, now: str) -> TrailingStopStatus | None:
@@ -314,7 +334,7 @@ def triggered_by_order(status: TrailingStopStatus, result: OrderResult, now: str
         return _triggered(status, trigger, now)
     order = apply_order_result(status, result, now).order
     conditions = _order_placed(status.conditions, result, now, status.observed_generation)
-    return _evolve(status, phase=Phase.TRIGGERED, message=None, order=order, conditions=conditions)
+    return _evolve(status, now=now, phase=Phase.TRIGGERED, message=None, order=order, conditions=conditions)
 
 
 def trigger_of(result: OrderResult) -> StopEvent | None:
@@ -410,16 +430,30 @@ def engine_state(stop: StopDefinition) -> StopState:
 _FIELDS = frozenset(TrailingStopStatus.model_fields)
 
 
-def _evolve(status: TrailingStopStatus, **changes: Any) -> TrailingStopStatus:
+def _evolve(status: TrailingStopStatus, now: str | None = None, **changes: Any) -> TrailingStopStatus:
     """``status`` with ``changes``, validated like a status read from the API: a misspelled field,
-    a value of the wrong type or a move :data:`TRANSITIONS` lacks raises instead of being written."""
+    a value of the wrong type or a move :data:`TRANSITIONS` lacks raises instead of being written.
+    With ``now``, Ready is brought in line with the (new) phase and the workers (:data:`READY`)."""
     unknown = changes.keys() - _FIELDS
     if unknown:
         raise TypeError(f"not fields of a TrailingStop status: {sorted(unknown)}")
     after = TrailingStopStatus.model_validate({**dict(status), **changes})
     if not can_move(status.phase, after.phase):
         raise IllegalTransition(f"{status.phase} -> {after.phase} is not a move of a TrailingStop")
-    return after
+    if now is None:
+        return after
+    return after.model_copy(update={"conditions": _ready(after, now)})  # the list was validated just now
+
+
+def _ready(status: TrailingStopStatus, now: str) -> list[Condition]:
+    ready, reason, message = READY[status.phase]
+    workers = next((c for c in status.conditions if c.type == ConditionType.WORKERS_READY), None)
+    if ready and workers is not None and workers.status == "False" and not has_fired(status.phase):
+        ready, reason, message = False, "WorkersNotReady", workers.message
+    elif not ready and status.message:
+        message = status.message
+    return set_condition(status.conditions, ConditionType.READY, "True" if ready else "False", reason, message,
+                         now, status.observed_generation)
 
 
 def _moved(status: TrailingStopStatus, phase: Phase, generation: int | None, message: str | None = None

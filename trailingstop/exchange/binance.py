@@ -164,6 +164,9 @@ class TradeFeed:
         self.max_backoff = max_backoff
         self.connected = False
         self.last_message_at = time.monotonic()
+        # When the read loop last woke (a message, its silence timeout, a reconnect): liveness
+        # asks that it keeps waking, which it does in a quiet market too.
+        self.progress_at = time.monotonic()
         self.connections = 0  # sockets we opened
         self.reconnects = 0  # the library's own reconnects (its error markers) and our new sockets
         self.backfilled = 0
@@ -172,6 +175,7 @@ class TradeFeed:
         """The trades, for ever. Close it (``aclosing``) to close the socket at once."""
         backoff = 0.5
         while True:
+            self.progress_at = time.monotonic()
             socket = self._socket()
             try:
                 async with _promptly_closed(socket) as stream, aclosing(self._read(stream)) as reading:
@@ -200,6 +204,7 @@ class TradeFeed:
     async def _read(self, stream: Any) -> AsyncGenerator[Trade, None]:
         """Trades from one socket until it dies (returns) or goes silent while trades happen."""
         while True:
+            self.progress_at = time.monotonic()
             try:
                 # asyncio.timeout, not wait_for: wait_for can lose a cancellation (trailingstop.aio).
                 async with asyncio.timeout(self.silence):

@@ -30,6 +30,7 @@ TENANT_LABEL = f"{API_GROUP}/tenant"
 BROKER_CREDENTIALS_ANNOTATION = f"{API_GROUP}/broker-credentials"
 AMQP_KEY = "url"
 WORKER_UID = 10001
+CREDENTIALS_DIR = "/var/run/trailingstop/credentials"  # the executor's credentials Secret, as files
 RABBITMQ_TOPOLOGY_GROUP = "rabbitmq.com"
 RABBITMQ_TOPOLOGY_VERSION = "v1beta1"
 
@@ -67,6 +68,16 @@ def orchestrator_name(symbol: str) -> str:
 
 def executor_name(route: str) -> str:
     return f"ts-executor-{route.lower()}"
+
+
+def deployment_ref(namespace: str, name: str) -> dict[str, Any]:
+    """Enough of a Deployment to name it (to read or delete it)."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"namespace": namespace, "name": name}}
+
+
+def disruption_budget_ref(namespace: str, name: str) -> dict[str, Any]:
+    metadata = {"namespace": namespace, "name": name}
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": metadata}
 
 
 def amqp_secret(config: OperatorConfig, namespace: str, url: str, owners: Iterable[Owner]) -> dict[str, Any]:
@@ -120,13 +131,19 @@ def executor_deployment(
     config: OperatorConfig, namespace: str, route: str, secret_name: str | None, owners: Iterable[Owner],
     broker: str = "",
 ) -> dict[str, Any]:
-    env = []
+    env: list[dict[str, Any]] = []
+    volumes: list[tuple[dict[str, Any], str]] = []
     if secret_name is not None:
-        # Keys reach the process as environment variables from the Secret, and nowhere else.
+        # Keys reach the process as environment variables from the Secret, and nowhere else. The
+        # Secret is mounted too, only so the executor sees a rotation and restarts for the new keys
+        # (workers/credentials.py): the operator itself may not read it to roll the Deployment.
         env = [
             {"name": "BINANCE_API_KEY", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "apiKey"}}},
             {"name": "BINANCE_API_SECRET", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "apiSecret"}}},
+            {"name": "TRAILINGSTOP_CREDENTIALS_DIR", "value": CREDENTIALS_DIR},
         ]
+        volumes = [({"name": "credentials", "secret": {"secretName": secret_name}},
+                    CREDENTIALS_DIR)]
     return _deployment(
         config,
         namespace,
@@ -137,6 +154,7 @@ def executor_deployment(
         selector={ROUTE_LABEL: route},
         owners=owners,
         extra_env=env,
+        extra_volumes=volumes,
     )
 
 
@@ -161,6 +179,7 @@ def _deployment(
     selector: dict[str, str],
     owners: Iterable[Owner],
     extra_env: list[dict[str, Any]] | None = None,
+    extra_volumes: list[tuple[dict[str, Any], str]] | None = None,  # (volume, read-only mount path)
 ) -> dict[str, Any]:
     match = {"app.kubernetes.io/name": "trailingstop", "app.kubernetes.io/component": component, **selector}
     labels = _labels(component, selector)
@@ -178,21 +197,29 @@ def _deployment(
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": match},
             "template": {
-                "metadata": {"labels": labels, "annotations": {BROKER_CREDENTIALS_ANNOTATION: broker}},
-                "spec": _pod_spec(config, args, extra_env or []),
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {**config.worker_pod_annotations, BROKER_CREDENTIALS_ANNOTATION: broker},
+                },
+                "spec": _pod_spec(config, args, extra_env or [], extra_volumes or []),
             },
         },
     }
 
 
-def _pod_spec(config: OperatorConfig, args: list[str], extra_env: list[dict[str, Any]]) -> dict[str, Any]:
+def _pod_spec(config: OperatorConfig, args: list[str], extra_env: list[dict[str, Any]],
+              extra_volumes: list[tuple[dict[str, Any], str]]) -> dict[str, Any]:
     env = [
         {"name": "AMQP_URL", "valueFrom": {"secretKeyRef": {"name": config.amqp_secret_name, "key": AMQP_KEY}}},
         {"name": "TRAILINGSTOP_HEALTH_PORT", "value": str(HEALTH_PORT)},
         *({"name": key, "value": str(value)} for key, value in sorted(config.worker_env.items())),
         *extra_env,
     ]
-    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 3}
+    # Liveness asks only for the process's own progress (/livez); the broker and the exchange are
+    # readiness (/readyz): an outage of either restarts no pod (trailingstop/health.py).
+    def probe(path: str) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 3}
+
     spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -211,8 +238,8 @@ def _pod_spec(config: OperatorConfig, args: list[str], extra_env: list[dict[str,
                 "args": args,
                 "env": env,
                 "ports": [{"name": "http", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
-                "livenessProbe": {**probe, "initialDelaySeconds": 20, "failureThreshold": 6},
-                "readinessProbe": {**probe, "initialDelaySeconds": 2, "failureThreshold": 3},
+                "livenessProbe": {**probe("/livez"), "initialDelaySeconds": 20, "failureThreshold": 6},
+                "readinessProbe": {**probe("/readyz"), "initialDelaySeconds": 2, "failureThreshold": 3},
                 "resources": config.worker_resources,
                 "securityContext": {
                     "allowPrivilegeEscalation": False,
@@ -220,14 +247,53 @@ def _pod_spec(config: OperatorConfig, args: list[str], extra_env: list[dict[str,
                     "privileged": False,
                     "capabilities": {"drop": ["ALL"]},
                 },
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                "volumeMounts": [
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    *({"name": volume["name"], "mountPath": path, "readOnly": True} for volume, path in extra_volumes),
+                ],
             }
         ],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *(volume for volume, _ in extra_volumes)],
     }
     if config.worker_service_account:
         spec["serviceAccountName"] = config.worker_service_account
+    spec.update({key: value for key, value in config.worker_scheduling.items() if value})
     return spec
+
+
+def disruption_budget(namespace: str, deployment: dict[str, Any]) -> dict[str, Any]:
+    """A worker Deployment's PodDisruptionBudget (minAvailable 1), owned like it: a drain waits for
+    a person rather than stop a symbol's only orchestrator on its own."""
+    metadata = deployment["metadata"]
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": metadata["name"], "namespace": namespace, "labels": metadata["labels"],
+                     "ownerReferences": metadata["ownerReferences"]},
+        "spec": {"minAvailable": 1, "selector": deployment["spec"]["selector"]},
+    }
+
+
+def executor_network_policy(config: OperatorConfig, deployment: dict[str, Any]) -> dict[str, Any]:
+    """The executor holds the Binance keys: its pods may send only DNS and the configured ports
+    (the broker's and the exchange's; by port, because Binance's addresses change and the broker's
+    differ per cluster, and no API server rule is needed, so it works the same on Cilium and
+    Calico), and receive only on the health port (probes, metrics)."""
+    metadata = deployment["metadata"]
+    tcp = [{"port": port, "protocol": "TCP"} for port in config.executor_egress_ports]
+    dns = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": metadata["name"], "namespace": metadata["namespace"], "labels": metadata["labels"],
+                     "ownerReferences": metadata["ownerReferences"]},
+        "spec": {
+            "podSelector": deployment["spec"]["selector"],
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"ports": [{"port": HEALTH_PORT, "protocol": "TCP"}]}],
+            "egress": [{"ports": dns}, {"ports": tcp}],
+        },
+    }
 
 
 # --- broker tenants through the messaging-topology-operator -------------------------------------------

@@ -24,6 +24,15 @@ class OperatorConfig:
     worker_resources: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_WORKER_RESOURCES))
     worker_env: dict[str, str] = field(default_factory=dict)  # extra env for every worker container
     worker_service_account: str = ""  # none: pods get no token at all
+    # tolerations, affinity, nodeSelector, priorityClassName, imagePullSecrets of the worker pods
+    worker_scheduling: dict[str, Any] = field(default_factory=dict)
+    worker_pod_annotations: dict[str, str] = field(default_factory=dict)
+    worker_disruption_budget: bool = False
+    worker_rollout_batch: int = 3
+    worker_rollout_timeout: float = 180.0
+    executor_network_policy: bool = True
+    executor_egress_ports: tuple[int, ...] = (443, 5671, 5672)
+    stop_metrics: bool = False
     status_interval: float = 5.0  # at most one reference/price write per resource per interval
     health_port: int = HEALTH_PORT
     amqp_secret_name: str = "ts-amqp"  # per namespace, made by the operator for its workers
@@ -45,6 +54,10 @@ class OperatorConfig:
     rabbitmq_cluster: str = ""
     rabbitmq_connection_secret: str = ""
     # Queues of the pre-tenancy layout are deleted once drained and quiet this long (legacy.py).
+    leader_election: bool = True
+    lease_name: str = "trailingstop-operator"
+    lease_duration: float = 15.0
+    lease_renew: float = 5.0
     legacy_queue_grace: float = 300.0
 
     @classmethod
@@ -59,9 +72,27 @@ class OperatorConfig:
             "worker_env": dict(settings.worker_env),
             "worker_resources": dict(settings.worker_resources),
             "worker_service_account": settings.worker_service_account,
+            "worker_scheduling": {
+                "tolerations": list(settings.worker_tolerations),
+                "affinity": dict(settings.worker_affinity),
+                "nodeSelector": dict(settings.worker_node_selector),
+                "priorityClassName": settings.worker_priority_class,
+                "imagePullSecrets": [{"name": name} for name in settings.worker_image_pull_secrets],
+            },
+            "worker_pod_annotations": dict(settings.worker_pod_annotations),
+            "worker_disruption_budget": settings.worker_disruption_budget,
+            "worker_rollout_batch": settings.worker_rollout_batch,
+            "worker_rollout_timeout": settings.worker_rollout_timeout,
+            "executor_network_policy": settings.executor_network_policy,
+            "executor_egress_ports": tuple(settings.executor_egress_ports),
+            "stop_metrics": settings.stop_metrics,
             "status_interval": settings.status_interval,
             "health_port": settings.health_port,
             "legacy_queue_grace": settings.legacy_queue_grace,
+            "leader_election": settings.leader_election,
+            "lease_name": settings.lease_name,
+            "lease_duration": settings.lease_duration,
+            "lease_renew": settings.lease_renew,
             "operator_namespace": settings.pod_namespace,
             "instance": settings.instance_name,
             "broker_admin": settings.broker_admin,

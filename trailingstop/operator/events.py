@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,9 +38,11 @@ TransitionHook = Callable[[StopRecord, TrailingStopStatus, str], Awaitable[None]
 class StatusWriter:
     """Writes statuses through the store: transitions now, the rest coalesced per resource."""
 
-    def __init__(self, store: StopStore, interval: float = 5.0, on_transition: TransitionHook | None = None) -> None:
+    def __init__(self, store: StopStore, interval: float = 5.0, on_transition: TransitionHook | None = None,
+                 stop_metrics: bool = False) -> None:
         self.store = store
         self.interval = interval
+        self.stop_metrics = stop_metrics  # per-stop price gauges: one series per stop and kind
         self.on_transition = on_transition
         self._dirty: dict[str, StopRecord] = {}
         self._last_write: dict[str, float] = {}
@@ -80,7 +81,8 @@ class StatusWriter:
             await self.store.write(record, status)
         self.writes += 1
         telemetry.OPERATOR_STATUS_WRITES.labels(kind=kind).inc()
-        _export_prices(record, status)
+        if self.stop_metrics:
+            _export_prices(record, status)
 
     def forget(self, record: StopRecord) -> None:
         self._dirty.pop(record.uid, None)
@@ -91,7 +93,7 @@ class StatusWriter:
                 telemetry.STOP_PRICES.remove(record.namespace, record.name, record.spec.symbol, kind)
 
     def count_phases(self) -> None:
-        counts = dict.fromkeys(typing.get_args(Phase), 0)
+        counts = dict.fromkeys(Phase, 0)
         for stored in self.store.all():
             counts[stored.status.phase] += 1
         for phase, count in counts.items():

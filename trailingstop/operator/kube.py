@@ -54,6 +54,8 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
+        self.policy = client.PolicyV1Api(api)
+        self.networking = client.NetworkingV1Api(api)
         self.attempts = attempts
         self.instance = socket.gethostname()
 
@@ -162,7 +164,8 @@ class Kube:
             return None
         return dict(self.api.sanitize_for_serialization(existing))
 
-    async def delete(self, desired: dict[str, Any]) -> None:
+    async def delete(self, desired: dict[str, Any]) -> bool:
+        """Delete the object named like ``desired``; False if there was none."""
         kind, namespace, name = desired["kind"], desired["metadata"]["namespace"], desired["metadata"]["name"]
         remove = self._verbs(desired)[2]
         try:
@@ -170,6 +173,8 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+            return False
+        return True
 
     async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
         """One key of a Secret, decoded (None if the Secret or the key is missing)."""
@@ -186,6 +191,14 @@ class Kube:
         if kind == "Secret":
             core = self.core
             return core.read_namespaced_secret, core.patch_namespaced_secret, core.delete_namespaced_secret
+        if kind == "NetworkPolicy":
+            networking = self.networking
+            return (networking.read_namespaced_network_policy, networking.patch_namespaced_network_policy,
+                    networking.delete_namespaced_network_policy)
+        if kind == "PodDisruptionBudget":
+            policy = self.policy
+            return (policy.read_namespaced_pod_disruption_budget, policy.patch_namespaced_pod_disruption_budget,
+                    policy.delete_namespaced_pod_disruption_budget)
         group, _, version = desired["apiVersion"].partition("/")
         if group != RABBITMQ_TOPOLOGY_GROUP:
             raise ValueError(f"no verbs for {kind}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import sys
 from typing import Any
 
@@ -22,12 +23,15 @@ from trailingstop.core.contracts import API_GROUP, API_VERSION, PLURAL
 from trailingstop.health import HealthServer
 from trailingstop.operator import builders
 from trailingstop.operator.brokeradmin import ManagementApi, TopologyOperator, credentials_of, default_management_url
+from trailingstop.operator.builders import MANAGED_BY
 from trailingstop.operator.config import OperatorConfig
 from trailingstop.operator.events import EventRouter, StatusWriter
 from trailingstop.operator.kube import Kube, KubeStopStore, api_client
+from trailingstop.operator.leader import LeaderElection
 from trailingstop.operator.legacy import LegacyDrain
 from trailingstop.operator.reconcile import Reconciler
 from trailingstop.operator.tenancy import BrokerAdmin, BrokerAdminError, Tenants
+from trailingstop.operator.watches import SecretWatch
 from trailingstop.settings import SettingsError, load_settings
 
 log = logging.getLogger(__name__)
@@ -49,26 +53,26 @@ class Operator:
         self.reconciler: Reconciler | None = None
         self.legacy: LegacyDrain | None = None
         self._audit: asyncio.Task[None] | None = None
+        self.secrets: SecretWatch | None = None
 
-    async def start(self, config: OperatorConfig) -> None:
+    async def start(self, config: OperatorConfig, health: HealthServer) -> None:
         """kopf retries a start that failed (the broker not there yet, the broker admin's check): it
-        releases what it had opened first, so the next attempt finds the health port free."""
+        releases what it had opened first, so the next attempt begins afresh."""
         try:
-            await self._start(config)
+            await self._start(config, health)
         except BaseException:
             await self.stop()
             raise
 
-    async def _start(self, config: OperatorConfig) -> None:
+    async def _start(self, config: OperatorConfig, health: HealthServer) -> None:
         self.config = config
-        self.health = HealthServer(config.health_port)
-        await self.health.start()
+        self.health = health  # the process's, up before the election (a standby answers its probes)
         self.kube = kube = Kube(await api_client())
         store = KubeStopStore(kube)
         # The operator's own vhost holds nothing of ours; the connection proves the broker is there
         # and reads what the pre-tenancy layout left behind (see legacy.py).
         self.home = home = await connect_bus(config.amqp_url, "trailingstop-operator", topology="none")
-        writer = StatusWriter(store, interval=config.status_interval)
+        writer = StatusWriter(store, interval=config.status_interval, stop_metrics=config.stop_metrics)
         self.router = router = EventRouter(store, writer)
         await router.start()
         admin = broker_admin(config, kube)
@@ -87,12 +91,16 @@ class Operator:
         loaded = await self.reconciler.load()
         self.legacy = await LegacyDrain(home, store, router, tenants, quiet=config.legacy_queue_grace).start()
         self._audit = asyncio.create_task(_audit_every(tenants, 60.0))
+        self.secrets = SecretWatch(kube, config.amqp_secret_name, config.namespaces, config.clusterwide,
+                                   self.reconciler.broker_secret_event).start()
         self.health.add_check("broker", lambda: (home.connected, "connected" if home.connected else "down"))
         log.info("operator started (%r); %d TrailingStops loaded", config, loaded)
 
     async def stop(self) -> None:
         if self._audit is not None:
             self._audit.cancel()
+        if self.secrets is not None:
+            await self.secrets.stop()
         if self.legacy is not None:
             await self.legacy.stop()
         if self.router is not None:
@@ -103,8 +111,6 @@ class Operator:
             await self.home.close()
         if self.kube is not None:
             await self.kube.close()
-        if self.health is not None:
-            await self.health.stop()
         self._clear()  # nothing is closed twice; a new start begins afresh
 
     @property
@@ -148,7 +154,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.networking.error_backoffs = [1, 2, 5, 10, 20, 30]
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    await OPERATOR.start(memo.config)
+    await OPERATOR.start(memo.config, memo.health)
 
 
 @kopf.on.cleanup()
@@ -175,6 +181,24 @@ async def deleted(body: kopf.Body, **_: Any) -> None:
     await OPERATOR.work.deleted(body)
 
 
+# The children, watched (not polled): a deleted or edited worker Deployment is put back within
+# seconds, and the pods' troubles reach the stops' status. Raw events: no finalizer, no annotation
+# is ever written on these objects.
+MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+async def worker_deployment(event: kopf.RawEvent, **_: Any) -> None:
+    if OPERATOR.reconciler is not None:
+        await OPERATOR.work.child_event(event["object"], deleted=event["type"] == "DELETED")
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+async def worker_pod(event: kopf.RawEvent, **_: Any) -> None:
+    if OPERATOR.reconciler is not None:
+        await OPERATOR.work.pod_event(event["object"], deleted=event["type"] == "DELETED")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
@@ -188,9 +212,37 @@ def run(args: argparse.Namespace) -> int:
         clusterwide=True if args.all_namespaces else None,
         standalone=True if args.standalone else None,
     )
-    if config.clusterwide:
-        scope: dict[str, Any] = {"clusterwide": True}
-    else:
-        scope = {"namespaces": list(config.namespaces)}
-    asyncio.run(kopf.operator(standalone=config.standalone, memo=kopf.Memo(config=config), **scope))
-    return 0
+    return asyncio.run(_lead_then_work(config))
+
+
+async def _lead_then_work(config: OperatorConfig) -> int:
+    """Health first (probes answer while standing by), then the Lease, then kopf. A lost Lease
+    stops kopf and exits 1: the pod restarts as the standby."""
+    health = HealthServer(config.health_port)
+    await health.start()
+    api = await api_client()
+    election = LeaderElection(api, config.operator_namespace, config.lease_name, socket.gethostname(),
+                              duration=config.lease_duration, renew=config.lease_renew)
+    health.add_check("leader", lambda: (election.leading, "leading" if election.leading else "standing by"))
+    stop = asyncio.Event()
+    lost = False
+
+    def on_lost() -> None:
+        nonlocal lost
+        lost = True
+        stop.set()
+
+    scope: dict[str, Any] = {"clusterwide": True} if config.clusterwide else {"namespaces": list(config.namespaces)}
+    try:
+        if config.leader_election:
+            await election.acquire()
+            keeping = asyncio.create_task(election.keep(on_lost))
+        await kopf.operator(standalone=config.standalone, stop_flag=stop,
+                            memo=kopf.Memo(config=config, health=health), **scope)
+    finally:
+        if config.leader_election:
+            keeping.cancel()
+            await election.release()
+        await api.close()
+        await health.stop()
+    return 1 if lost else 0

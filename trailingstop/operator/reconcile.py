@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -28,13 +28,14 @@ from trailingstop.core.contracts import (
     now_ms,
     to_wire,
 )
-from trailingstop.core.lifecycle import has_fired, is_final, pending, spec_accepted, spec_refused
-from trailingstop.operator import builders
+from trailingstop.core.lifecycle import has_fired, is_final, pending, spec_accepted, spec_refused, workers_ready
+from trailingstop.operator import builders, pods
 from trailingstop.operator.builders import Owner
 from trailingstop.operator.coalesce import Coalescer
 from trailingstop.operator.config import OperatorConfig
 from trailingstop.operator.events import StatusWriter
-from trailingstop.operator.kube import Kube
+from trailingstop.operator.kube import Kube, contains
+from trailingstop.operator.rollout import RolloutGate
 from trailingstop.operator.stops import StopRecord, StopStore
 from trailingstop.operator.tenancy import BrokerAdminError, Tenant, Tenants
 from trailingstop.telemetry import stop_fields
@@ -87,6 +88,10 @@ class Reconciler:
         self.home = home  # the operator's own connection: its health says the broker is there
         self.tenants = tenants
         self._children: Coalescer[WorkloadKey] = Coalescer(self._apply_children)
+        self._rollouts = RolloutGate(config.worker_rollout_batch, config.worker_rollout_timeout)
+        self._tasks: set[asyncio.Task[None]] = set()
+        # (namespace, component, symbol or route) -> pod name -> its newest word (pod watch)
+        self._pods: dict[tuple[str, str, str], dict[str, pods.PodWord]] = {}
 
     async def load(self) -> int:
         """Read every TrailingStop once at start-up, so a sync request is answered in full."""
@@ -108,6 +113,8 @@ class Reconciler:
 
     async def spec_changed(self, body: Mapping[str, Any]) -> None:
         self._require_broker()
+        known = self.store.get(body["metadata"]["uid"])
+        previous_route = known.spec.route if known is not None else None
         record = self.store.put(record_from_body(body), body.get("status"))
         now = ms_to_rfc3339(now_ms())
         if has_fired(record.status.phase):
@@ -118,6 +125,9 @@ class Reconciler:
             return
         await self.writer.submit(record, spec_accepted(record.status, record.generation, now))
         await self.apply_workloads(record)
+        if previous_route is not None and previous_route != record.spec.route:
+            # Another mode or Secret: the old executor loses this stop, and goes if it was its last.
+            await self._request(("route", record.namespace, previous_route))
         await self._tenant_bus(record).publish_command(StopCommand.upsert(record.definition()))
 
     async def deleted(self, body: Mapping[str, Any]) -> None:
@@ -163,26 +173,131 @@ class Reconciler:
             await self._apply_route(tenant, name, [r for r in stops if r.spec.route == name])
 
     async def _apply_symbol(self, tenant: Tenant, symbol: str, users: list[StopRecord]) -> None:
-        if not users:
+        """The symbol's workers, owned by its stops that are still working; none left: retired
+        (a final stop keeps its status, and the next stop of the symbol brings them back)."""
+        namespace, active = tenant.namespace, _active(users)
+        if not active:
+            await self._retire(namespace, builders.marketdata_name(symbol), builders.orchestrator_name(symbol))
             return
-        owners, namespace = _owners(users), tenant.namespace
-        await self.kube.apply(builders.marketdata_deployment(self.config, namespace, symbol, owners, tenant.digest))
-        await self.kube.apply(builders.orchestrator_deployment(self.config, namespace, symbol, owners, tenant.digest))
+        owners, digest = _owners(active), tenant.digest
+        await self._apply_workload(builders.marketdata_deployment(self.config, namespace, symbol, owners, digest))
+        await self._apply_workload(builders.orchestrator_deployment(self.config, namespace, symbol, owners, digest))
 
     async def _apply_route(self, tenant: Tenant, route: str, users: list[StopRecord]) -> None:
-        if not users:
-            return  # the last stop of the route is gone: its executor goes with it
-        reference = users[0].spec.credentials_secret_ref
+        """The route's executor, owned by its stops whose order may still be placed (not final)."""
+        active = _active(users)
+        if not active:
+            # The NetworkPolicy stays: it selects no pod now, still guards a terminating one, and
+            # goes with its stops (owner references).
+            await self._retire(tenant.namespace, builders.executor_name(route))
+            return
+        reference = active[0].spec.credentials_secret_ref
         secret = reference.name if reference else None
-        await self.kube.apply(
-            builders.executor_deployment(self.config, tenant.namespace, route, secret, _owners(users), tenant.digest)
-        )
+        executor = builders.executor_deployment(
+            self.config, tenant.namespace, route, secret, _owners(active), tenant.digest)
+        if self.config.executor_network_policy:
+            # before the pod exists, so the keys never sit in a pod that may talk anywhere
+            await self.kube.apply(builders.executor_network_policy(self.config, executor))
+        await self._apply_workload(executor)
+
+    async def _apply_workload(self, deployment: dict[str, Any]) -> None:
+        existing = await self.kube.read(deployment)
+        template = deployment["spec"]["template"]
+        if existing is None or contains(existing["spec"]["template"], template):
+            await self.kube.apply(deployment)  # a new worker, or a change that restarts no pod
+        else:
+            name = f'{deployment["metadata"]["namespace"]}/{deployment["metadata"]["name"]}'
+            await self._rollouts.roll(name, lambda: self.kube.apply(deployment), lambda: self.kube.read(deployment))
+        if self.config.worker_disruption_budget:
+            await self.kube.apply(builders.disruption_budget(deployment["metadata"]["namespace"], deployment))
+
+    # --- the children, as the watches report them -------------------------------------------------
+
+    async def child_event(self, deployment: Mapping[str, Any], deleted: bool) -> None:
+        """A worker Deployment was deleted or its spec changed (by someone else, or by us): apply
+        what it should be, or retire it (the apply compares first, so our own changes cost a read)."""
+        metadata = deployment.get("metadata") or {}
+        status = deployment.get("status") or {}
+        if not deleted and metadata.get("generation") == status.get("observedGeneration"):
+            return  # a status update, or a spec its controller has seen and we applied
+        key = _workload_key(metadata)
+        if key is not None:
+            await self._request_quietly(key)
+
+    async def broker_secret_event(self, namespace: str) -> None:
+        """The namespace's ts-amqp Secret was deleted or changed: write it back."""
+        if self.store.in_namespace(namespace):
+            await self._request_quietly(("broker", namespace, ""))
+
+    async def pod_event(self, pod: Mapping[str, Any], deleted: bool) -> None:
+        """A worker pod's news: the stops it serves learn whether their workers run, and why not."""
+        workload = pods.workload_of(pod)
+        if workload is None:
+            return
+        name = str((pod.get("metadata") or {}).get("name", ""))
+        known = self._pods.setdefault(workload, {})
+        if deleted:
+            known.pop(name, None)
+        else:
+            known[name] = pods.pod_word(pod)
+        namespace, component, key = workload
+        served = (self.store.for_symbol(key, namespace) if component in ("marketdata", "orchestrator")
+                  else [r for r in self.store.in_namespace(namespace) if r.spec.route == key])
+        for record in _active(served):
+            await self._report_workers(record)
+
+    async def _report_workers(self, record: StopRecord) -> None:
+        namespace, symbol, route = record.namespace, record.spec.symbol, record.spec.route
+        words = [pods.deployment_word(self._pods.get((namespace, component, key), {}).values())
+                 for component, key in (("marketdata", symbol), ("orchestrator", symbol), ("executor", route))]
+        word = pods.workers_word(words, len(words))
+        if word is None:
+            return
+        now = ms_to_rfc3339(now_ms())
+        before = next((c for c in record.status.conditions if c.type == "WorkersReady"), None)
+        await self.writer.submit(record, workers_ready(record.status, word.ready, word.reason, word.message, now))
+        if not word.ready and (before is None or before.status != "False" or before.reason != word.reason):
+            await self.kube.post_event(record, word.reason, word.message, warning=True)
+
+    async def _request_quietly(self, key: WorkloadKey) -> None:
+        """For the watches, which have no one to hand an error to: log it (the next event retries)."""
+        try:
+            await self._children.request(key)
+        except (ApiException, aiohttp.ClientError, TimeoutError, BrokerAdminError) as exc:
+            log.warning("restoring %s %s failed: %s", key[0], key[2] or key[1], exc)
+
+    async def _retire(self, namespace: str, *deployments: str) -> None:
+        for name in deployments:
+            if await self.kube.delete(builders.deployment_ref(namespace, name)):
+                log.info("retired %s/%s: no stop needs it any more", namespace, name, extra={"namespace": namespace})
+            if self.config.worker_disruption_budget:
+                await self.kube.delete(builders.disruption_budget_ref(namespace, name))
 
     async def on_transition(self, record: StopRecord, status: TrailingStopStatus, before: str) -> None:
-        """A Kubernetes Event for each phase people want to hear about."""
+        """A Kubernetes Event for each phase people want to hear about; a final phase may retire
+        the stop's workers (it was perhaps the last one needing them)."""
         reason, warning = TRANSITION_EVENTS.get(status.phase, ("", False))
         if reason:
             await self.kube.post_event(record, reason, status.message or _describe(status), warning)
+        if is_final(status.phase) and not is_final(before):
+            self._in_background(self._retire_if_last(record))
+
+    async def _retire_if_last(self, record: StopRecord) -> None:
+        keys = [("symbol", record.namespace, record.spec.symbol), ("route", record.namespace, record.spec.route)]
+        delay = 1.0
+        while True:  # the API may be briefly away; the workers must not stay forever
+            try:
+                await asyncio.gather(*(self._children.request(key) for key in keys))
+                return
+            except (ApiException, aiohttp.ClientError, TimeoutError, BrokerAdminError) as exc:
+                log.warning("retiring the workers of %s failed (%s); retrying in %.0fs", record.key, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)  # the loop holds tasks only weakly
+        task.add_done_callback(self._tasks.discard)
 
     def _require_broker(self) -> None:
         if not self.home.connected:
@@ -197,6 +312,22 @@ class Reconciler:
 
 def _owners(records: Iterable[StopRecord]) -> list[Owner]:
     return [Owner(r.name, r.uid) for r in records]
+
+
+def _workload_key(metadata: Mapping[str, Any]) -> WorkloadKey | None:
+    """("symbol", namespace, SYMBOL) or ("route", namespace, route) of a worker Deployment."""
+    labels = metadata.get("labels") or {}
+    namespace = str(metadata.get("namespace", ""))
+    if builders.SYMBOL_LABEL in labels:
+        return "symbol", namespace, str(labels[builders.SYMBOL_LABEL])
+    if builders.ROUTE_LABEL in labels:
+        return "route", namespace, str(labels[builders.ROUTE_LABEL])
+    return None
+
+
+def _active(records: Iterable[StopRecord]) -> list[StopRecord]:
+    """The stops that still need workers: every one not final."""
+    return [r for r in records if not is_final(r.status.phase)]
 
 
 def _describe(status: TrailingStopStatus) -> str:

@@ -5,15 +5,18 @@ Route ``simulate`` fills at the trigger price (status SIMULATED). ``testnet-<sec
 ``BINANCE_API_SECRET`` (from the Secret, via the pod's environment), exactly once (see
 :class:`~trailingstop.exchange.binance.BinanceExecutor`). A PlaceOrder is acked only after its
 OrderResult is confirmed by the broker, so a crash in between redelivers it, and the lookup by
-clientOrderId then finds the order instead of placing a second one.
+clientOrderId then finds the order instead of placing a second one. A rotated credentials Secret
+ends the process cleanly so that its container starts again with the new keys (credentials.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from trailingstop import telemetry
@@ -23,6 +26,7 @@ from trailingstop.exchange.binance import BinanceExecutor, BinanceSettings, conn
 from trailingstop.exchange.simulated import SimulatedExchange
 from trailingstop.health import HealthServer
 from trailingstop.settings import Settings
+from trailingstop.workers.credentials import fingerprint, wait_for_rotation
 from trailingstop.workers.service import serve
 
 log = logging.getLogger(__name__)
@@ -101,11 +105,30 @@ async def main(args: argparse.Namespace, settings: Settings) -> int:
                 on_rate_limit=lambda status: waits.labels(route, str(status)).inc(),
                 on_latency=lambda call, seconds: latency.labels(route, call).observe(seconds),
             )
-            await _consume(bus, Executor(bus, route, executor.execute))
+            consume = _consume(bus, Executor(bus, route, executor.execute))
+            await _until_keys_rotate(consume, binance.api_key, binance.api_secret, settings)
         finally:
             await client.close_connection()
 
     return await serve(f"executor-{route}", body, settings)
+
+
+async def _until_keys_rotate(work: Coroutine[Any, Any, None], api_key: str, api_secret: str,
+                             settings: Settings) -> None:
+    """Run ``work`` until the mounted credentials Secret no longer holds the keys in use."""
+    if not settings.credentials_dir:
+        await work
+        return
+    running = fingerprint(api_key, api_secret)
+    rotation = wait_for_rotation(Path(settings.credentials_dir), running, settings.credentials_check_interval)
+    tasks = {asyncio.create_task(work), asyncio.create_task(rotation)}
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    for task in done:
+        task.result()
 
 
 async def _consume(bus: Bus, executor: Executor) -> None:

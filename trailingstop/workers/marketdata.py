@@ -40,6 +40,7 @@ class MarketData:
         self.published = 0
         self.last_trade_id: int | None = None
         self.replay_done = False
+        self.waiting_for_broker = False
 
     async def publish(self, trades: AsyncGenerator[Trade, None]) -> None:
         """Publish every trade of ``trades``; closes them when done or cancelled (SIGTERM), which
@@ -70,8 +71,24 @@ class MarketData:
             except PublishFailed as exc:
                 # Holding the trade (and the feed behind it) until the broker is back loses nothing.
                 log.warning("%s; waiting for the broker", exc, extra={"symbol": self.symbol})
-                await asyncio.sleep(0.5)
-                await self.bus.wait_connected()
+                self.waiting_for_broker = True
+                try:
+                    await asyncio.sleep(0.5)
+                    await self.bus.wait_connected()
+                finally:
+                    self.waiting_for_broker = False
+
+    def liveness(self, silence: float) -> tuple[bool, str]:
+        """The feed's read loop keeps waking (at least every ``silence`` seconds, or a reconnect's
+        backoff); while the broker is away it waits for the broker instead, which is no reason to
+        restart the pod."""
+        if self.feed is None:
+            return True, "replay finished" if self.replay_done else "replaying"
+        if self.waiting_for_broker:
+            return True, "holding the trades until the broker is back"
+        idle = time.monotonic() - self.feed.progress_at
+        limit = 3 * silence + self.feed.max_backoff
+        return idle < limit, f"the feed's read loop last woke {idle:.0f}s ago (at most {limit:.0f}s)"
 
     def health(self, silence: float) -> tuple[bool, str]:
         if self.feed is None:
@@ -98,6 +115,7 @@ async def main(args: argparse.Namespace, settings: Settings) -> int:
     async def body(bus: Bus, health: HealthServer) -> None:
         worker = MarketData(bus, symbol, "binance" if source == "binance" else "replay")
         health.add_check("stream", lambda: worker.health(settings.silence_timeout))
+        health.add_check("feed", lambda: worker.liveness(settings.silence_timeout), liveness=True)
         if source.startswith("replay:"):
             await worker.publish(replay(Path(source.removeprefix("replay:")), args.speed))
             worker.replay_done = True
