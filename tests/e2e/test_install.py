@@ -373,11 +373,12 @@ def test_helm_install_upgrade_test_and_uninstall(helm: Tool, kubectl: Tool, fres
     kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
 
     live = json.loads(kubectl("get", "deployment", fullname, "-n", namespace, "-o", "json").stdout)
-    assert live["spec"]["strategy"]["type"] == "Recreate" and live["spec"]["replicas"] == 1
-    for component in ("operator", "rabbitmq"):
+    assert live["spec"]["strategy"]["type"] == "RollingUpdate" and live["spec"]["replicas"] == 2
+    for component, count in (("operator", 2), ("rabbitmq", 1)):
         pods = json.loads(kubectl("get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/component={component}",
                                   "-o", "json").stdout)["items"]
-        assert [p["status"]["phase"] for p in pods] == ["Running"], f"{component}: admitted as restricted, running"
+        assert [p["status"]["phase"] for p in pods] == ["Running"] * count, f"{component}: restricted, running"
+    assert _lease_holder(kubectl, fullname, namespace) in _operator_pods(kubectl, namespace)
 
     def password() -> str:
         secret = json.loads(kubectl("get", "secret", f"{fullname}-rabbitmq", "-n", namespace, "-o", "json").stdout)
@@ -389,8 +390,10 @@ def test_helm_install_upgrade_test_and_uninstall(helm: Tool, kubectl: Tool, fres
          "--set", "operator.statusInterval=2", "--wait", "--timeout", "240s", timeout=300)
     assert password() == generated, "the generated broker password survives upgrades"
     assert_helm_test_succeeds(helm, release, namespace)
-    for kind in ("serviceaccount", "networkpolicy"):
-        kubectl("get", kind, f"{fullname}-test", "-n", namespace)
+    kubectl("get", "serviceaccount", f"{fullname}-test", "-n", namespace)
+    # the upgrade replaced both pods one at a time; one of the new ones leads
+    wait_until(lambda: _lease_holder(kubectl, fullname, namespace) in _operator_pods(kubectl, namespace), 60, 1,
+               "a new operator pod holding the Lease")
 
     done = helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "120s", timeout=180)
     assert "CustomResourceDefinition" in done.stdout + done.stderr or kubectl("get", "crd", CRD_NAME).returncode == 0
@@ -398,6 +401,17 @@ def test_helm_install_upgrade_test_and_uninstall(helm: Tool, kubectl: Tool, fres
     assert crd["metadata"].get("deletionTimestamp") is None, "the CRD is kept on uninstall"
     assert kubectl("get", "deployment", fullname, "-n", namespace, check=False).returncode != 0
     assert kubectl("get", "role", fullname, "-n", namespace, check=False).returncode != 0
+
+
+def _operator_pods(kubectl: Tool, namespace: str) -> set[str]:
+    listed = kubectl("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=operator", "-o", "json")
+    pods = json.loads(listed.stdout)["items"]
+    return {p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp")}
+
+
+def _lease_holder(kubectl: Tool, name: str, namespace: str) -> str:
+    lease = kubectl("get", "lease", name, "-n", namespace, "-o", "jsonpath={.spec.holderIdentity}", check=False)
+    return str(lease.stdout).strip()
 
 
 def image_values(key: str, image: str) -> list[str]:
@@ -506,6 +520,15 @@ async def test_the_operator_works_with_the_charts_namespaced_role_and_nothing_mo
     assert not can("get", "secret/binance-testnet-keys") and not can("list", "secrets")
     assert not can("create", "pods") and not can("list", "trailingstops.trailingstop.dev", where="default")
     assert not can("list", "namespaces") and not can("*", "*")
+    # trimmed to the verbs the code calls (templates/rbac.yaml): no update, no get of a stop, no
+    # deleting the broker Secret; pods only watched; the Lease by name; the executors' policies
+    assert not can("update", "trailingstops.trailingstop.dev") and not can("get", "trailingstops.trailingstop.dev")
+    assert not can("update", "deployments.apps") and not can("delete", "secret/ts-amqp")
+    assert can("watch", "secret/ts-amqp") and can("watch", "pods") and not can("get", "pods")
+    lease = "leases.coordination.k8s.io"
+    assert can("update", f"{lease}/{fullname}") and not can("update", f"{lease}/other")
+    assert not can("get", f"{lease}/{fullname}", where="default")
+    assert can("create", "networkpolicies.networking.k8s.io") and not can("delete", "networkpolicies.networking.k8s.io")
 
     operator = WorkerProcess(args, worker_env(vhost.url, KUBECONFIG=str(sa_kubeconfig), **env), tmp_path,
                              "operator-as-service-account")
