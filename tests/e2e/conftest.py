@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -180,19 +179,29 @@ class Release:
         listed = self.kubectl("get", "pods", "-n", self.namespace, "-l", self.selector, "-o", "json").stdout
         return list(json.loads(listed)["items"])
 
+    def lease_holder(self) -> str:
+        """The pod holding the release's Lease (its name is the pod's hostname), or ''."""
+        lease = self.kubectl("get", "lease", self.fullname, "-n", self.namespace, "-o", "json", check=False)
+        return str(json.loads(lease.stdout)["spec"].get("holderIdentity") or "") if lease.returncode == 0 else ""
+
     def operator_pod(self) -> dict[str, Any]:
-        """The operator's pod (the one not being deleted)."""
+        """The working operator's pod: the Lease's holder (of two replicas), or the one pod."""
         live = [p for p in self.operator_pods() if not p["metadata"].get("deletionTimestamp")]
-        assert len(live) == 1, [p["metadata"]["name"] for p in live]
-        return live[0]
+        holder = self.lease_holder()
+        leading = [p for p in live if p["metadata"]["name"] == holder]
+        assert len(leading) == 1 or len(live) == 1, ([p["metadata"]["name"] for p in live], holder)
+        return leading[0] if leading else live[0]
 
     async def wait_operator_ready(self, timeout: float = 180) -> dict[str, Any]:
+        """The leader's pod, once it is Ready (/readyz answers only for the Lease's holder)."""
         async def ready() -> dict[str, Any] | None:
             live = await asyncio.to_thread(self.operator_pods)
-            running = [p for p in live if not p["metadata"].get("deletionTimestamp") and pod_ready(p)]
-            return running[0] if len(running) == 1 and len(live) == 1 else None
+            holder = await asyncio.to_thread(self.lease_holder)
+            running = [p for p in live if not p["metadata"].get("deletionTimestamp") and pod_ready(p)
+                       and p["metadata"]["name"] == holder]
+            return running[0] if running else None
 
-        return dict(await eventually(ready, timeout=timeout, interval=0.5, what=f"{self.fullname}'s pod Ready"))
+        return dict(await eventually(ready, timeout=timeout, interval=0.5, what=f"{self.fullname}'s leader Ready"))
 
     def log_text(self) -> str:
         """The operator's log (every container it had in this pod)."""
@@ -271,11 +280,15 @@ class Cluster:
     async def install(
         self, *values: str, namespace: str = "", watch: list[str] | None = None, name: str = "",
         chart: Path = CHART, image: str = "", amqp_url: str = "", workers: dict[str, str] | None = None,
-        timeout: float = 240,
+        replicas: int = 1, timeout: float = 240,
     ) -> Release:
         """``helm install`` of the chart into ``namespace`` (the test's by default), watching
         ``watch`` (that namespace by default), the operator and workers on ``image`` (the one
-        built from this tree), the broker an existing one (``existingSecret``: the test's vhost)."""
+        built from this tree), the broker an existing one (``existingSecret``: the test's vhost).
+
+        One operator replica unless a test is about the election (one pod to find, half the CPU
+        of this 2-core machine's tests); with two, the standby is never Ready, so instead of
+        ``--wait`` this waits for the Lease's holder to be Ready."""
         release = Release(name or f"ts-{uuid.uuid4().hex[:6]}", namespace or self.namespace, self.kubectl, self.helm)
         secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{release.name}-amqp"},
                   "stringData": {"url": amqp_url or self.vhost.url}}
@@ -286,14 +299,18 @@ class Cluster:
             "--set", f"rabbitmq.existingSecret={release.name}-amqp",
             "--set-json", f"watch.namespaces={json.dumps(watch or [release.namespace])}",
             "--set-json", f"workers.env={json.dumps(workers if workers is not None else worker_env(self.fake))}",
-            "--set", "operator.statusInterval=1",
+            "--set", "operator.statusInterval=1", "--set", f"operator.replicas={replicas}",
             # Ready (and so `helm install --wait` done) soon after /healthz answers
-            "--set", "operator.readinessProbe.initialDelaySeconds=1", "--set", "operator.readinessProbe.periodSeconds=1",
+            "--set", "operator.readinessProbe.initialDelaySeconds=1",
+            "--set", "operator.readinessProbe.periodSeconds=1",
             *values,
         ]
         self.releases.append(release)
+        wait = ["--wait", "--timeout", f"{timeout:.0f}s"] if replicas == 1 else []
         await asyncio.to_thread(self.helm, "install", release.name, str(chart), "-n", release.namespace, *settings,
-                                "--wait", "--timeout", f"{timeout:.0f}s", timeout=timeout + 60)
+                                *wait, timeout=timeout + 60)
+        if replicas > 1:
+            await release.wait_operator_ready(timeout)
         return release
 
     def apply(self, manifest: str | Path, namespace: str = "") -> Any:

@@ -29,6 +29,7 @@ FIRST_ID = load_trades(demo_trades_path())[0].trade_id
 SYMBOL = "XRPETH"
 DEPLOYMENTS = ("ts-marketdata-xrpeth", "ts-orchestrator-xrpeth", "ts-executor-simulate")
 # The example's status once the first 3,600 trades are in (the engine over the same trades).
+MANAGER = "trailingstop-operator"  # the workers' app.kubernetes.io/managed-by
 EXAMPLE_AT_3600 = {"lastTradeId": FIRST_ID + 3599, "referencePrice": "0.00145699", "stopPrice": "0.0014424201"}
 
 
@@ -114,7 +115,7 @@ async def test_apply_example_runs_the_stop_to_filled_and_kubectl_shows_every_col
     assert status["order"]["status"] == "SIMULATED" and status["order"]["clientOrderId"] == client_order_id(uid)
     assert status["observedGeneration"] == 1
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
-        "Ready": "True", "Activated": "True", "Triggered": "True", "Filled": "True"}
+        "Ready": "True", "Activated": "True", "Triggered": "True", "Filled": "True", "WorkersReady": "True"}
 
     table = cluster.kubectl("get", "trailingstops", "-n", cluster.namespace).stdout.splitlines()
     assert table[0].split() == ["NAME", "SYMBOL", "SIDE", "TRAIL%", "PHASE", "REFERENCE", "STOP", "LAST", "AGE"]
@@ -202,8 +203,7 @@ async def test_operator_restart_loses_nothing_and_writes_nothing_twice(cluster: 
     assert restarted["metadata"]["name"] != old
     await asyncio.sleep(6)
     after = await cluster.stop_resource("xrp-take-profit")
-    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], (
-        before.get("status"), after.get("status"))
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], changed(before, after)
     children_after = {n: d["metadata"]["resourceVersion"] for n, d in (await deployments(cluster)).items()}
     assert children_after == children_before
     assert tracking["status"]["activatedTradeId"] == after["status"]["activatedTradeId"]
@@ -289,6 +289,18 @@ async def test_testnet_stop_trades_with_keys_from_its_secret(cluster: Cluster) -
 # --- helpers -----------------------------------------------------------------------------------------
 
 
+def changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What differs between two versions of a resource (spec, status fields, conditions)."""
+    diff: dict[str, Any] = {}
+    if before["spec"] != after["spec"]:
+        diff["spec"] = (before["spec"], after["spec"])
+    old, new = before.get("status", {}), after.get("status", {})
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            diff[key] = (old.get(key), new.get(key))
+    return diff
+
+
 async def _active_stops(worker: dict[str, Any], count: int) -> bool:
     return metric_total(await http_get(worker, "/metrics"), "trailingstop_orchestrator_active_stops") == count
 
@@ -330,7 +342,8 @@ async def _none_left(cluster: Cluster) -> bool:
 
 async def _no_worker_pods(cluster: Cluster) -> bool:
     pods = await client.CoreV1Api(cluster.kube).list_namespaced_pod(cluster.namespace)
-    return not [p for p in pods.items if p.metadata.labels.get("app.kubernetes.io/managed-by") == "trailingstop-operator"]
+    managed = [p for p in pods.items if p.metadata.labels.get("app.kubernetes.io/managed-by") == MANAGER]
+    return not managed
 
 
 async def _pods_created(cluster: Cluster) -> bool:
@@ -346,7 +359,7 @@ def _assert_restricted_pod_template(deployment: dict[str, Any]) -> None:
     assert (spec["replicas"], spec["strategy"]["type"]) == (1, "Recreate")
     assert container["args"] == ["worker", "orchestrator", "--symbol", SYMBOL]
     assert container["env"][0] == {"name": "AMQP_URL", "valueFrom": {"secretKeyRef": {"name": "ts-amqp", "key": "url"}}}
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["securityContext"]["runAsNonRoot"] is True

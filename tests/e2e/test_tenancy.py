@@ -23,8 +23,9 @@ import aiormq
 import pytest
 
 from tests.conftest import missing
-from tests.e2e.conftest import REPO, Cluster
-from tests.e2e.podrunner import PodRunner
+from tests.e2e.conftest import REPO
+from tests.e2e.podrunner import PodRunner, podrunner_cluster  # noqa: F401 (still on the pod runner: overrides conftest's cluster)
+from tests.e2e.podrunner import PodRunnerCluster as Cluster
 from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET, DEFAULT_BALANCES
 from tests.fakebinance.market import Account
 from tests.harness import eventually

@@ -29,7 +29,9 @@ import aiormq
 import pytest
 
 from tests.conftest import Tool, missing
-from tests.e2e.conftest import REPO, Cluster, create_namespace
+from tests.e2e.conftest import REPO, create_namespace
+from tests.e2e.podrunner import PodRunnerCluster as Cluster
+from tests.e2e.podrunner import podrunner_cluster  # noqa: F401 (still on the pod runner: overrides conftest's cluster)
 from tests.e2e.test_tenancy import FAST, keys_secret, stop_manifest, wait_status
 from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET
 from tests.harness import eventually

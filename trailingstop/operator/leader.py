@@ -69,6 +69,20 @@ class LeaderElection:
                 on_lost()
                 return
 
+    def certain(self) -> bool:
+        """Leading, and renewed recently enough that no other replica can have taken the Lease
+        since. A process that was frozen (SIGSTOP, a paused VM, a stalled node) wakes up still
+        "leading" with a Lease that may be another replica's by now: until :meth:`keep` finds
+        out, nothing it does may reach the stops."""
+        return self.leading and time.monotonic() - self._renewed_at < self.duration - self.renew
+
+    async def fence(self) -> None:
+        """Return at once while :meth:`certain`; otherwise wait for a renewal, or for ever if the
+        Lease is lost (the process is stopping: its unsettled messages go back to their queues
+        for the new leader instead of being acted on and acked here)."""
+        while not self.certain():
+            await asyncio.sleep(0.2)
+
     async def release(self) -> None:
         """Give the Lease up (a clean shutdown): the standby takes over at once."""
         if not self.leading:
