@@ -40,7 +40,7 @@ def keys_secret(name: str = KEYS) -> str:
     })
 
 
-def testnet(name: str, secret: str = KEYS, **options: Any) -> str:
+def testnet_stop(name: str, secret: str = KEYS, **options: Any) -> str:
     return manifest(name, mode="Testnet", credentialsSecretRef={"name": secret}, **options)
 
 
@@ -125,7 +125,7 @@ async def test_a_worker_image_that_cannot_be_pulled_shows_in_the_stops_status_an
 
 async def test_a_missing_credentials_secret_shows_in_the_stops_status_and_events(cluster: Cluster) -> None:
     await cluster.install()
-    assert cluster.apply(testnet("keyless", secret="no-such-keys")).returncode == 0
+    assert cluster.apply(testnet_stop("keyless", secret="no-such-keys")).returncode == 0
     condition = await eventually(lambda: _workers_condition(cluster, "keyless", {"CreateContainerConfigError"}),
                                  timeout=120, what="WorkersReady False: CreateContainerConfigError")
     assert "ts-executor-testnet-no-such-keys" in condition["message"], condition
@@ -253,7 +253,7 @@ OUTAGE = 150.0  # seconds: longer than every reconnect backoff, shorter than a p
 async def test_a_broker_outage_restarts_no_pod_and_the_stops_go_on_afterwards(cluster: Cluster) -> None:
     assert cluster.apply(keys_secret()).returncode == 0
     release = await cluster.install()
-    assert cluster.apply(testnet("through-outage", trail="1", activation="0.00145")).returncode == 0
+    assert cluster.apply(testnet_stop("through-outage", trail="1", activation="0.00145")).returncode == 0
     await wait_phase(cluster, "through-outage", "Armed", timeout=180)
     await advance(cluster, 3400)
     await wait_phase(cluster, "through-outage", "Tracking", timeout=60)

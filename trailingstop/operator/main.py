@@ -85,7 +85,12 @@ class Operator:
         async def saved_url(namespace: str) -> str | None:
             return await kube.secret_value(namespace, config.amqp_secret_name, "url")
 
-        self.tenants = tenants = Tenants(config.instance, config.amqp_url, admin, saved_url, router.attach)
+        # A hung leader's connections must close (the broker requeueing what it was delivered) before
+        # its Lease can expire and a standby take over: RabbitMQ gives up on a peer silent for about
+        # two heartbeat timeouts, so a third of the Lease's duration.
+        heartbeat = max(1, int(config.lease_duration / 3)) if config.leader_election else 0
+        self.tenants = tenants = Tenants(config.instance, config.amqp_url, admin, saved_url, router.attach,
+                                         heartbeat=heartbeat)
         self.reconciler = Reconciler(config, kube, store, writer, home, tenants)
         writer.on_transition = self.reconciler.on_transition
         loaded = await self.reconciler.load()
