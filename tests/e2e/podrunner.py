@@ -188,12 +188,12 @@ def _host_env() -> dict[str, str]:
     return {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
 
 
-@pytest.fixture(name="cluster")
+@pytest.fixture
 async def podrunner_cluster(
     namespace: str, kubectl: Tool, kube: client.ApiClient, vhost: Vhost, fake: FakeBinance, tmp_path: Path,
     kubeconfig: Path,
 ) -> AsyncIterator[PodRunnerCluster]:
-    """Imported by the modules still on the pod runner: it overrides conftest's ``cluster``."""
+    """For the tests still on the pod runner (the operator a host process, the workers too)."""
     here = PodRunnerCluster(namespace, kubectl, kube, vhost, fake, tmp_path, kubeconfig)
     here.pods = await PodRunner(kube, namespace, tmp_path, _host_env()).start()
     yield here

@@ -28,8 +28,11 @@ pytestmark = pytest.mark.timeout(600)
 
 WORKERS = ("ts-marketdata-xrpeth", "ts-orchestrator-xrpeth", "ts-executor-simulate")
 KEYS = "binance-testnet-keys"
-# A stop that starts trailing at its first trade and, 10 % wide, never triggers on the tape.
-WIDE = {"trail": "10", "activation": None}
+
+
+def wide(name: str) -> str:
+    """A stop that starts trailing at its first trade and, 10 % wide, never triggers on the tape."""
+    return manifest(name, trail="10", activation=None)
 
 
 def keys_secret(name: str = KEYS) -> str:
@@ -50,7 +53,7 @@ def testnet_stop(name: str, secret: str = KEYS, **options: Any) -> str:
 async def test_a_standby_takes_over_from_a_deleted_leader_and_from_a_frozen_one(cluster: Cluster) -> None:
     release = await cluster.install(replicas=2)
     first = release.operator_pod()["metadata"]["name"]
-    assert cluster.apply(manifest("before", **WIDE)).returncode == 0
+    assert cluster.apply(wide("before")).returncode == 0
     await wait_phase(cluster, "before", "Armed", timeout=180)
 
     # `kubectl delete pod` of the leader: it gives the Lease up as it stops, the standby takes it.
@@ -59,7 +62,7 @@ async def test_a_standby_takes_over_from_a_deleted_leader_and_from_a_frozen_one(
     cluster.kubectl("delete", "pod", first, "-n", release.namespace, "--wait=false")
     await eventually(lambda: _holder_is(release, standby), timeout=20, interval=0.2, what=f"{standby} leading")
     took = time.monotonic() - started
-    assert cluster.apply(manifest("after-delete", **WIDE)).returncode == 0
+    assert cluster.apply(wide("after-delete")).returncode == 0
     await wait_phase(cluster, "after-delete", "Armed", timeout=60)
     await advance(cluster, 50)
     for name in ("before", "after-delete"):
@@ -73,7 +76,7 @@ async def test_a_standby_takes_over_from_a_deleted_leader_and_from_a_frozen_one(
         started = time.monotonic()
         await eventually(lambda: _holder_is(release, standby), timeout=40, interval=0.5, what=f"{standby} leading")
         expired = time.monotonic() - started
-        assert cluster.apply(manifest("after-freeze", **WIDE)).returncode == 0
+        assert cluster.apply(wide("after-freeze")).returncode == 0
         await wait_phase(cluster, "after-freeze", "Armed", timeout=60)
         await advance(cluster, 100)
         await wait_phase(cluster, "after-freeze", "Tracking", timeout=60)
