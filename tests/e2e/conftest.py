@@ -74,10 +74,11 @@ def node(kubectl: Tool) -> Node:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def crd(kubectl: Tool) -> Path:
     """The TrailingStop CRD installed from crds/ and Established (the releases of the tests use
-    ``crds.install=false``: the CRD outlives releases, and one cluster has one copy)."""
+    ``crds.install=false``: the CRD outlives releases, and one cluster has one copy). Applied for
+    every test: checkouts sharing this cluster apply their own versions of it."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trailingstops.trailingstop.dev")
     return CRD
