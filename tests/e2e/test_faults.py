@@ -103,11 +103,11 @@ async def test_a_restart_of_containerd_and_the_kubelet_loses_nothing(cluster: Cl
     done = await asyncio.to_thread(subprocess.run, [script, "restart-node"], capture_output=True, text=True,
                                    timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    await advance(cluster, 5000)
-    await one_order_each(cluster)
-    for component, pod in pods.items():
+    for component, pod in pods.items():  # before the fills, which retire the workers
         now = await pod_of(cluster, component)
         assert (now["metadata"]["uid"], restarts(now)) == (pod["metadata"]["uid"], restarts(pod)), component
+    await advance(cluster, 5000)
+    await one_order_each(cluster)
 
 
 async def _ready(cluster: Cluster, component: str) -> bool:

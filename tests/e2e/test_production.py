@@ -261,9 +261,9 @@ async def test_a_broker_outage_restarts_no_pod_and_the_stops_go_on_afterwards(cl
     await advance(cluster, 3400)
     await wait_phase(cluster, "through-outage", "Tracking", timeout=60)
 
+    await eventually(lambda: _all_ready(cluster, release), timeout=120, interval=1, what="every pod Ready")
     pods = await _all_pods(cluster, release)
     restarts = {name: _restarts(pod) for name, pod in pods.items()}
-    assert all(pod_ready(pod) for pod in pods.values()), restarts
     with broker_cut(cluster.node.ip, [pod["status"]["podIP"] for pod in pods.values()]):
         await asyncio.sleep(OUTAGE)
         during = await _all_pods(cluster, release)
