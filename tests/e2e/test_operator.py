@@ -103,6 +103,10 @@ async def test_apply_example_runs_the_stop_to_filled_and_kubectl_shows_every_col
         await eventually(lambda: _pods_created(cluster), timeout=60, what="pods accepted under the restricted policy")
 
         await wait_phase(cluster, "xrp-take-profit", "Armed")
+        # A stop that never triggers keeps the symbol's workers (a Filled stop's last ones are retired)
+        # so the orchestrator's log can be read after the fill; its name sorts after the example's.
+        assert cluster.apply(manifest("zz-keeper", trail="10", activation=None)).returncode == 0
+        await wait_phase(cluster, "zz-keeper", "Armed")
         await advance(cluster, 5000)
         await wait_phase(cluster, "xrp-take-profit", "Filled")
         final = await eventually(lambda: _with_trigger(cluster, "xrp-take-profit"), what="the trigger details")
