@@ -288,8 +288,8 @@ class Cluster:
         built from this tree), the broker an existing one (``existingSecret``: the test's vhost).
 
         One operator replica unless a test is about the election (one pod to find, half the CPU
-        of this 2-core machine's tests); with two, the standby is never Ready, so instead of
-        ``--wait`` this waits for the Lease's holder to be Ready."""
+        of this 2-core machine's tests); with two, this waits for the Lease's holder to be Ready
+        (the pod the tests talk to), not only for the Deployment."""
         release = Release(name or f"ts-{uuid.uuid4().hex[:6]}", namespace or self.namespace, self.kubectl, self.helm)
         secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{release.name}-amqp"},
                   "stringData": {"url": amqp_url or self.vhost.url}}
