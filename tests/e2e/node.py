@@ -20,11 +20,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import Tool, missing
@@ -199,3 +202,58 @@ def restricted_pod(
 def python_pod(name: str, image: str, script: str, **options: Any) -> dict[str, Any]:
     """``python -c SCRIPT`` in a restricted pod of the project's image."""
     return restricted_pod(name, image, command=["python", "-c", script], **options)
+
+
+# --- faults from the host: we are root on the node -------------------------------------------------
+
+CGROUP_PIDS = Path("/sys/fs/cgroup/pids/kubepods")  # the kubelet's cgroupfs layout (cgroup v1)
+
+
+def container_pids(pod: dict[str, Any]) -> list[int]:
+    """The host PIDs of the processes in a pod's (first) container, from its cgroup."""
+    container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    found = [p for p in CGROUP_PIDS.rglob(f"{container_id}/cgroup.procs")]
+    assert len(found) == 1, f"no single cgroup for container {container_id}: {found}"
+    return [int(line) for line in found[0].read_text().split()]
+
+
+@contextmanager
+def frozen(pod: dict[str, Any]) -> Iterator[list[int]]:
+    """The pod's container processes stopped with SIGSTOP (a hung process: no socket closes, no
+    probe answers), and sent SIGCONT at the end if they still exist."""
+    pids = container_pids(pod)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+BROKER_PORTS = "5672,15672"  # AMQP and the management API (relayed on the node address)
+
+
+@contextmanager
+def broker_cut(node_ip: str, pod_ips: list[str]) -> Iterator[None]:
+    """A broker outage as these pods see it: every packet between them and the broker's ports on
+    the node address is answered by a TCP reset, both ways (open connections die at their next
+    frame, new ones are refused, as when the broker is down), until the block exits.
+
+    Not a stop of the host broker itself: other checkouts' tests share it."""
+    rules = []
+    for ip in pod_ips:
+        rules.append(["INPUT", "-s", ip, "-d", node_ip, "-p", "tcp", "-m", "multiport", "--dports", BROKER_PORTS,
+                      "-j", "REJECT", "--reject-with", "tcp-reset"])
+        rules.append(["OUTPUT", "-s", node_ip, "-d", ip, "-p", "tcp", "-m", "multiport", "--sports", BROKER_PORTS,
+                      "-j", "REJECT", "--reject-with", "tcp-reset"])
+    added = []
+    try:
+        for rule in rules:
+            subprocess.run(["iptables", "-w", "-I", rule[0], "1", *rule[1:]], check=True, capture_output=True)
+            added.append(rule)
+        yield
+    finally:
+        for rule in added:
+            subprocess.run(["iptables", "-w", "-D", *rule], check=False, capture_output=True)

@@ -15,14 +15,20 @@ import base64
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from tests.harness import WorkerProcess
+from tests.conftest import Tool
+from tests.e2e.conftest import create_namespace, delete_namespace
+from tests.fakebinance import FakeBinance
+from tests.harness import Vhost, WorkerProcess, worker_env
 
 MANAGED = "app.kubernetes.io/managed-by=trailingstop-operator"
 
@@ -106,3 +112,98 @@ class PodRunner:
                 raise
             env[item["name"]] = base64.b64decode(secret.data[ref["key"]]).decode()
         return env
+
+
+# --- the podrunner era's cluster fixture, for the tests that have not moved onto the node yet ----------
+
+
+@dataclass
+class PodRunnerCluster:
+    """One test's view: its namespace, the operator as a host process, the pod runner, kubectl.
+
+    The operator's home vhost is the test's own; the namespaces' broker tenants it makes are
+    removed at the end (the operator is stopped before it could retire them itself).
+    """
+
+    namespace: str
+    kubectl: Tool
+    kube: client.ApiClient
+    vhost: Vhost
+    fake: FakeBinance
+    log_dir: Path
+    kubeconfig: Path
+    operators: list[WorkerProcess] = field(default_factory=list)
+    pods: PodRunner | None = None
+    more: dict[str, PodRunner] = field(default_factory=dict)  # namespace -> the pods of added namespaces
+
+    async def add_namespace(self) -> str:
+        """Another namespace, with its own pod runner (for tests of several tenants)."""
+        name = create_namespace(self.kubectl)
+        (self.log_dir / name).mkdir()
+        self.more[name] = await PodRunner(self.kube, name, self.log_dir / name, _host_env()).start()
+        return name
+
+    def start_operator(
+        self, namespaces: list[str] | None = None, instance: str = "", code: Path | None = None, **extra: str
+    ) -> WorkerProcess:
+        worker_settings = {
+            "TRAILINGSTOP_BINANCE_API_URL": self.fake.api_url,
+            "TRAILINGSTOP_BINANCE_STREAM_URL": self.fake.stream_url,
+            "TRAILINGSTOP_SYNC_TIMEOUT": "3",
+            "TRAILINGSTOP_FLUSH_INTERVAL": "0.2",
+            "TRAILINGSTOP_LOG_FORMAT": "json",
+            "TRAILINGSTOP_TRACING": "on",
+        }
+        env = worker_env(
+            self.vhost.url,
+            KUBECONFIG=str(self.kubeconfig),
+            WATCH_NAMESPACES=",".join(namespaces or [self.namespace]),
+            TRAILINGSTOP_INSTANCE=instance,
+            TRAILINGSTOP_RABBITMQ_MANAGEMENT_URL=self.vhost.management_url,
+            TRAILINGSTOP_STATUS_INTERVAL="1",
+            TRAILINGSTOP_TRACING="on",
+            TRAILINGSTOP_LEADER_ELECTION="false",
+            # The pod runner runs the workers as processes: their Deployments never become available,
+            # so a changed pod template (an upgrade, new broker credentials) must not wait for that.
+            TRAILINGSTOP_WORKER_ROLLOUT_TIMEOUT="0.5",
+            TRAILINGSTOP_WORKER_ENV=json.dumps(worker_settings),
+            **extra,
+        )
+        process = WorkerProcess(["operator"], env, self.log_dir, f"operator-{len(self.operators)}", code).start()
+        self.operators.append(process)
+        return process
+
+    def apply(self, manifest: str | Path, namespace: str = "") -> Any:
+        text = manifest.read_text() if isinstance(manifest, Path) else manifest
+        return self.kubectl("apply", "-n", namespace or self.namespace, "-f", "-", input=text, check=False)
+
+    async def stop_resource(self, name: str, namespace: str = "") -> dict[str, Any]:
+        custom = client.CustomObjectsApi(self.kube)
+        return dict(await custom.get_namespaced_custom_object("trailingstop.dev", "v1", namespace or self.namespace,
+                                                              "trailingstops", name))
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [self.namespace, *self.more]
+
+
+def _host_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+
+
+@pytest.fixture
+async def podrunner_cluster(
+    namespace: str, kubectl: Tool, kube: client.ApiClient, vhost: Vhost, fake: FakeBinance, tmp_path: Path,
+    kubeconfig: Path,
+) -> AsyncIterator[PodRunnerCluster]:
+    """For the tests still on the pod runner (the operator a host process, the workers too)."""
+    here = PodRunnerCluster(namespace, kubectl, kube, vhost, fake, tmp_path, kubeconfig)
+    here.pods = await PodRunner(kube, namespace, tmp_path, _host_env()).start()
+    yield here
+    for runner in [here.pods, *here.more.values()]:
+        await runner.stop()
+    for process in here.operators:
+        await process.stop()
+    for name in here.more:
+        delete_namespace(kubectl, name)
+    await vhost.delete_tenants(here.namespaces)

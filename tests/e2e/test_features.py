@@ -20,11 +20,21 @@ from typing import Any
 import pytest
 
 from tests.conftest import Tool
-from tests.e2e.conftest import CRD, Cluster
+from tests.e2e.conftest import CRD
+from tests.e2e.podrunner import PodRunnerCluster as Cluster
+from tests.e2e.podrunner import podrunner_cluster  # noqa: F401 (a fixture)
 from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET
 from tests.harness import eventually
 from trailingstop.core.contracts import client_order_id, ms_to_rfc3339
 from trailingstop.tradefiles import demo_trades_path, load_trades
+
+
+@pytest.fixture
+def cluster(podrunner_cluster: Cluster) -> Cluster:  # noqa: F811 (the fixture imported above)
+    """The workers as processes through the pod runner (like test_tenancy_topology.py): these
+    tests drive the fake Binance's tape from the test process."""
+    return podrunner_cluster
+
 
 pytestmark = pytest.mark.timeout(240)
 

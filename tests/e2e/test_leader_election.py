@@ -86,3 +86,26 @@ async def test_a_leader_that_cannot_renew_stops_before_anyone_else_may_start(
     assert time.monotonic() - started <= 3.0 and not leader.leading
     with contextlib.suppress(asyncio.CancelledError):
         await keeping
+
+
+async def test_a_leader_not_renewed_in_time_acts_on_nothing_until_a_renewal(
+    lease_namespace: tuple[client.ApiClient, str],
+) -> None:
+    """A frozen leader (SIGSTOP, a paused VM) wakes up "leading" with a Lease another replica may
+    hold by now: its fence holds every message and status write until a renewal says it still
+    leads (or for ever, when the Lease is lost and the process stops)."""
+    api, namespace = lease_namespace
+    leader = replica(api, namespace, "pod-a")  # duration 3 s, renewals every 1 s
+    await leader.acquire()
+    await asyncio.wait_for(leader.fence(), 0.5)
+    await asyncio.sleep(2.2)  # no renewals meanwhile, as if frozen: past duration - renew
+    assert leader.leading and not leader.certain()
+    fenced = asyncio.create_task(leader.fence())
+    await asyncio.sleep(0.5)
+    assert not fenced.done(), "a stale leader waits"
+    keeping = asyncio.create_task(leader.keep(lambda: None))  # nobody took the Lease: renewed
+    await asyncio.wait_for(fenced, 3)
+    assert leader.certain()
+    keeping.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await keeping

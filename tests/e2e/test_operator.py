@@ -1,8 +1,9 @@
-"""The operator on the real control plane: kubectl apply in, status and children out.
+"""The operator on the real node: kubectl apply in, status and children out.
 
-The API server, etcd and the controller-manager (garbage collector, Deployment and ReplicaSet
-controllers) are real; RabbitMQ is real; the worker pods run as local processes (tests/e2e/
-podrunner.py) because there is no kubelet; Binance is the fake.
+The operator runs as a pod installed by ``helm install`` (its ServiceAccount and namespaced Role,
+nothing more); the worker pods are the Deployments it creates, run by the kubelet; the API
+server, controllers, scheduler, kubelet and RabbitMQ are real; Binance is the fake, on the node
+address.
 """
 
 from __future__ import annotations
@@ -15,19 +16,20 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client, watch
 
-from tests.e2e.conftest import REPO, Cluster
+from tests.e2e.conftest import REPO, Cluster, Release, http_get
 from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET
 from tests.harness import eventually, metric_total
 from trailingstop.core.contracts import client_order_id
 from trailingstop.tradefiles import demo_trades_path, load_trades
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(360)
 
 EXAMPLE = REPO / "examples" / "trailingstop.yaml"
 FIRST_ID = load_trades(demo_trades_path())[0].trade_id
 SYMBOL = "XRPETH"
 DEPLOYMENTS = ("ts-marketdata-xrpeth", "ts-orchestrator-xrpeth", "ts-executor-simulate")
 # The example's status once the first 3,600 trades are in (the engine over the same trades).
+MANAGER = "trailingstop-operator"  # the workers' app.kubernetes.io/managed-by
 EXAMPLE_AT_3600 = {"lastTradeId": FIRST_ID + 3599, "referencePrice": "0.00145699", "stopPrice": "0.0014424201"}
 
 
@@ -40,8 +42,8 @@ def manifest(name: str, side: str = "SELL", trail: str = "1", activation: str | 
 
 
 async def advance(cluster: Cluster, upto: int, step: int = 100, pause: float = 0.02) -> None:
-    """Trades happen up to offset ``upto``, once the marketdata "pod" is connected to hear them."""
-    await cluster.fake.wait_for_stream_connections(1, timeout=30)
+    """Trades happen up to offset ``upto``, once the marketdata pod is connected to hear them."""
+    await cluster.fake.wait_for_stream_connections(1, timeout=120)
     tape = cluster.fake.tape(SYMBOL)
     while tape.position < upto:
         await cluster.fake.advance(SYMBOL, min(step, upto - tape.position))
@@ -52,7 +54,7 @@ async def phase(cluster: Cluster, name: str) -> str | None:
     return (await cluster.stop_resource(name)).get("status", {}).get("phase")
 
 
-async def wait_phase(cluster: Cluster, name: str, wanted: str, timeout: float = 60) -> dict[str, Any]:
+async def wait_phase(cluster: Cluster, name: str, wanted: str, timeout: float = 120) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         resource = await cluster.stop_resource(name)
@@ -78,14 +80,14 @@ async def record_phases(cluster: Cluster, name: str, into: list[str]) -> None:
 
 
 async def deployments(cluster: Cluster) -> dict[str, Any]:
-    apps = client.AppsV1Api(cluster.kube)
-    listed = await apps.list_namespaced_deployment(cluster.namespace)
-    return {d.metadata.name: cluster.kube.sanitize_for_serialization(d) for d in listed.items}
+    """The workers' Deployments (the chart's operator Deployment left out)."""
+    found = await cluster.deployments()
+    return {name: d for name, d in found.items() if name.startswith("ts-") and "-trailingstop-operator" not in name
+            and d["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "operator"}
 
 
 async def test_apply_example_runs_the_stop_to_filled_and_kubectl_shows_every_column(cluster: Cluster) -> None:
-    operator = cluster.start_operator()
-    await operator.wait_healthy()
+    operator = await cluster.install("--set", "tracing.enabled=true", "--set", "tracing.mode=on")
     phases: list[str] = []
     result = cluster.apply(EXAMPLE)
     assert result.returncode == 0, result.stderr
@@ -98,9 +100,13 @@ async def test_apply_example_runs_the_stop_to_filled_and_kubectl_shows_every_col
             owners = children[name]["metadata"]["ownerReferences"]
             assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [("TrailingStop", "xrp-take-profit", uid)]
         _assert_restricted_pod_template(children["ts-orchestrator-xrpeth"])
-        await eventually(lambda: _pods_created(cluster), what="pods accepted under the restricted policy")
+        await eventually(lambda: _pods_created(cluster), timeout=60, what="pods accepted under the restricted policy")
 
         await wait_phase(cluster, "xrp-take-profit", "Armed")
+        # A stop that never triggers keeps the symbol's workers (a Filled stop's last ones are retired)
+        # so the orchestrator's log can be read after the fill; its name sorts after the example's.
+        assert cluster.apply(manifest("zz-keeper", trail="10", activation=None)).returncode == 0
+        await wait_phase(cluster, "zz-keeper", "Armed")
         await advance(cluster, 5000)
         await wait_phase(cluster, "xrp-take-profit", "Filled")
         final = await eventually(lambda: _with_trigger(cluster, "xrp-take-profit"), what="the trigger details")
@@ -113,7 +119,7 @@ async def test_apply_example_runs_the_stop_to_filled_and_kubectl_shows_every_col
     assert status["order"]["status"] == "SIMULATED" and status["order"]["clientOrderId"] == client_order_id(uid)
     assert status["observedGeneration"] == 1
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
-        "Ready": "True", "Activated": "True", "Triggered": "True", "Filled": "True"}
+        "Ready": "True", "Activated": "True", "Triggered": "True", "Filled": "True", "WorkersReady": "True"}
 
     table = cluster.kubectl("get", "trailingstops", "-n", cluster.namespace).stdout.splitlines()
     assert table[0].split() == ["NAME", "SYMBOL", "SIDE", "TRAIL%", "TRAILAMOUNT", "PHASE", "REFERENCE", "STOP",
@@ -127,9 +133,9 @@ async def test_apply_example_runs_the_stop_to_filled_and_kubectl_shows_every_col
                               "involvedObject.kind=TrailingStop", "-o", "jsonpath={.items[*].reason}").stdout.split()
     assert {"Activated", "Triggered", "Filled"} <= set(reasons)
 
-    assert cluster.pods is not None
-    trigger_traces = {r.get("trace_id") for r in cluster.pods.process("ts-orchestrator-xrpeth").log_records()
-                      if "triggered at" in r["message"]}
+    orchestrator = await cluster.worker("ts-orchestrator-xrpeth")
+    assert orchestrator["spec"]["nodeName"] == cluster.node.name
+    trigger_traces = {r.get("trace_id") for r in cluster.pod_records(orchestrator) if "triggered at" in r["message"]}
     write_traces = {r.get("trace_id") for r in operator.log_records() if r["message"].startswith("order ts-")}
     assert len(trigger_traces) == 1 and trigger_traces == write_traces, "one trace: tick to status write"
     metrics = await operator.metrics()
@@ -167,8 +173,7 @@ async def test_invalid_specs_are_refused_at_apply_with_readable_messages(cluster
 
 
 async def test_deleting_the_last_stop_of_a_symbol_garbage_collects_its_workers(cluster: Cluster) -> None:
-    operator = cluster.start_operator()
-    await operator.wait_healthy()
+    await cluster.install()
     assert cluster.apply(manifest("first")).returncode == 0
     assert cluster.apply(manifest("second", trail="2")).returncode == 0
     children = await eventually(lambda: _all_present(cluster), what="the Deployments")
@@ -182,11 +187,13 @@ async def test_deleting_the_last_stop_of_a_symbol_garbage_collects_its_workers(c
 
     cluster.kubectl("delete", "ts", "second", "-n", cluster.namespace)
     await eventually(lambda: _none_left(cluster), timeout=60, what="the garbage collector")
+    await eventually(lambda: _no_worker_pods(cluster), timeout=90, what="the worker pods gone with them")
 
 
 async def test_operator_restart_loses_nothing_and_writes_nothing_twice(cluster: Cluster) -> None:
-    operator = cluster.start_operator()
-    await operator.wait_healthy()
+    """`kubectl delete pod` of the operator mid-stop: its Deployment starts another, which finds
+    every status and child up to date and writes nothing."""
+    release = await cluster.install()
     assert cluster.apply(EXAMPLE).returncode == 0
     await wait_phase(cluster, "xrp-take-profit", "Armed")
     await advance(cluster, 3600)
@@ -196,13 +203,13 @@ async def test_operator_restart_loses_nothing_and_writes_nothing_twice(cluster: 
                               what=f"status {EXAMPLE_AT_3600}")
     children_before = {n: d["metadata"]["resourceVersion"] for n, d in (await deployments(cluster)).items()}
 
-    await operator.stop()
-    restarted = cluster.start_operator()
-    await restarted.wait_healthy()
+    old = release.operator_pod()["metadata"]["name"]
+    await asyncio.to_thread(cluster.kubectl, "delete", "pod", old, "-n", release.namespace, "--wait=true")
+    restarted = await release.wait_operator_ready()
+    assert restarted["metadata"]["name"] != old
     await asyncio.sleep(6)
     after = await cluster.stop_resource("xrp-take-profit")
-    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], (
-        before.get("status"), after.get("status"))
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], changed(before, after)
     children_after = {n: d["metadata"]["resourceVersion"] for n, d in (await deployments(cluster)).items()}
     assert children_after == children_before
     assert tracking["status"]["activatedTradeId"] == after["status"]["activatedTradeId"]
@@ -221,16 +228,14 @@ async def test_editing_a_tracking_stop_keeps_its_reference_and_deleting_one_canc
     that reference and triggers at offset 4054 instead of 4848. "doomed" (SELL, 0.5 %, from
     0.00145) would trigger at offset 3420; it is deleted while Tracking, before that.
     """
-    operator = cluster.start_operator()
-    await operator.wait_healthy()
+    await cluster.install()
     assert cluster.apply(EXAMPLE).returncode == 0
     assert cluster.apply(manifest("doomed", trail="0.5")).returncode == 0
     await wait_phase(cluster, "doomed", "Armed")
     await advance(cluster, 3350)
     await wait_phase(cluster, "doomed", "Tracking")
     cluster.kubectl("delete", "ts", "doomed", "-n", cluster.namespace)
-    assert cluster.pods is not None
-    orchestrator = cluster.pods.process("ts-orchestrator-xrpeth")
+    orchestrator = await cluster.worker("ts-orchestrator-xrpeth")
     await eventually(lambda: _active_stops(orchestrator, 1), what="the orchestrator dropping the deleted stop")
 
     await advance(cluster, 3600)
@@ -253,7 +258,7 @@ async def test_editing_a_tracking_stop_keeps_its_reference_and_deleting_one_canc
     await wait_phase(cluster, "xrp-take-profit", "Filled")
     final = await eventually(lambda: _with_trigger(cluster, "xrp-take-profit"), what="the trigger details")
     assert (final["status"]["triggerTradeId"], final["status"]["triggerPrice"]) == (FIRST_ID + 4054, "0.00145965")
-    triggered = [r["message"] for r in orchestrator.log_records() if "triggered at" in r["message"]]
+    triggered = [r["message"] for r in cluster.pod_records(orchestrator) if "triggered at" in r["message"]]
     assert len(triggered) == 1 and "/xrp-take-profit " in triggered[0], triggered
     gone = cluster.kubectl("get", "ts", "doomed", "-n", cluster.namespace, check=False)
     assert gone.returncode != 0 and "NotFound" in gone.stderr
@@ -266,8 +271,7 @@ async def test_testnet_stop_trades_with_keys_from_its_secret(cluster: Cluster) -
                  "apiSecret": base64.b64encode(DEFAULT_API_SECRET.encode()).decode()},
     }
     assert cluster.apply(json.dumps(secret)).returncode == 0
-    operator = cluster.start_operator()
-    await operator.wait_healthy()
+    await cluster.install()
     body = manifest("testnet", trail="0.5", activation=None, mode="Testnet",
                     credentialsSecretRef={"name": "binance-testnet-keys"})
     assert cluster.apply(body).returncode == 0
@@ -291,8 +295,20 @@ async def test_testnet_stop_trades_with_keys_from_its_secret(cluster: Cluster) -
 # --- helpers -----------------------------------------------------------------------------------------
 
 
-async def _active_stops(worker: Any, count: int) -> bool:
-    return metric_total(await worker.metrics(), "trailingstop_orchestrator_active_stops") == count
+def changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What differs between two versions of a resource (spec, status fields, conditions)."""
+    diff: dict[str, Any] = {}
+    if before["spec"] != after["spec"]:
+        diff["spec"] = (before["spec"], after["spec"])
+    old, new = before.get("status", {}), after.get("status", {})
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            diff[key] = (old.get(key), new.get(key))
+    return diff
+
+
+async def _active_stops(worker: dict[str, Any], count: int) -> bool:
+    return metric_total(await http_get(worker, "/metrics"), "trailingstop_orchestrator_active_stops") == count
 
 
 async def _status_has(cluster: Cluster, name: str, fields: dict[str, Any]) -> dict[str, Any] | None:
@@ -301,7 +317,7 @@ async def _status_has(cluster: Cluster, name: str, fields: dict[str, Any]) -> di
     return resource if all(status.get(key) == value for key, value in fields.items()) else None
 
 
-async def _filled_gauge(operator: Any) -> bool:
+async def _filled_gauge(operator: Release) -> bool:
     return metric_total(await operator.metrics(), 'trailingstop_operator_stops{phase="Filled"}') == 1
 
 
@@ -330,6 +346,12 @@ async def _none_left(cluster: Cluster) -> bool:
     return not set(DEPLOYMENTS) & set(await deployments(cluster))
 
 
+async def _no_worker_pods(cluster: Cluster) -> bool:
+    pods = await client.CoreV1Api(cluster.kube).list_namespaced_pod(cluster.namespace)
+    managed = [p for p in pods.items if p.metadata.labels.get("app.kubernetes.io/managed-by") == MANAGER]
+    return not managed
+
+
 async def _pods_created(cluster: Cluster) -> bool:
     pods = await client.CoreV1Api(cluster.kube).list_namespaced_pod(cluster.namespace)
     components = {p.metadata.labels.get("app.kubernetes.io/component") for p in pods.items}
@@ -343,7 +365,7 @@ def _assert_restricted_pod_template(deployment: dict[str, Any]) -> None:
     assert (spec["replicas"], spec["strategy"]["type"]) == (1, "Recreate")
     assert container["args"] == ["worker", "orchestrator", "--symbol", SYMBOL]
     assert container["env"][0] == {"name": "AMQP_URL", "valueFrom": {"secretKeyRef": {"name": "ts-amqp", "key": "url"}}}
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["securityContext"]["runAsNonRoot"] is True

@@ -15,8 +15,18 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client
 
-from tests.e2e.conftest import CRD, Cluster
+from tests.e2e.conftest import CRD
+from tests.e2e.podrunner import PodRunnerCluster as Cluster
+from tests.e2e.podrunner import podrunner_cluster  # noqa: F401 (a fixture)
 from tests.harness import eventually
+
+
+@pytest.fixture
+def cluster(podrunner_cluster: Cluster) -> Cluster:  # noqa: F811 (the fixture imported above)
+    """The workers as processes through the pod runner (like test_tenancy_topology.py): these
+    tests drive the fake Binance's tape from the test process."""
+    return podrunner_cluster
+
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,12 @@ import aiormq
 import pytest
 
 from tests.conftest import missing
-from tests.e2e.conftest import REPO, Cluster
-from tests.e2e.podrunner import PodRunner
+from tests.e2e.conftest import REPO, Cluster, Release
+from tests.e2e.podrunner import (
+    PodRunner,
+    PodRunnerCluster,
+    podrunner_cluster,  # noqa: F401 (a fixture: the upgrade test is still on it)
+)
 from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET, DEFAULT_BALANCES
 from tests.fakebinance.market import Account
 from tests.harness import eventually
@@ -37,6 +40,8 @@ from trailingstop.operator.tenancy import amqp_url, tenant_name
 from trailingstop.tradefiles import demo_trades_path, load_trades
 
 pytestmark = pytest.mark.timeout(300)
+
+AnyCluster = Cluster | PodRunnerCluster
 
 SYMBOL = "XRPETH"
 TRADES = load_trades(demo_trades_path())
@@ -59,7 +64,9 @@ def keys_secret(key: str, secret: str) -> str:
     return json.dumps({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "binance-keys"}, "data": data})
 
 
-async def wait_status(cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
+async def wait_status(
+    cluster: AnyCluster, namespace: str, name: str, phase: str, timeout: float = 90
+) -> dict[str, Any]:
     async def reached() -> dict[str, Any] | None:
         resource = await cluster.stop_resource(name, namespace)
         status = resource.get("status", {})
@@ -70,7 +77,7 @@ async def wait_status(cluster: Cluster, namespace: str, name: str, phase: str, t
     return dict(await eventually(reached, timeout=timeout, interval=0.2, what=f"{namespace}/{name} {phase}"))
 
 
-async def advance(cluster: Cluster, upto: int, streams: int) -> None:
+async def advance(cluster: AnyCluster, upto: int, streams: int) -> None:
     await cluster.fake.wait_for_stream_connections(streams, timeout=60)
     tape = cluster.fake.tape(SYMBOL)
     while tape.position < upto:
@@ -85,11 +92,10 @@ async def test_tenancy_two_namespaces_with_one_symbol_and_one_secret_name_order_
     cluster.fake.add_account(Account(OTHER_KEY, OTHER_SECRET, dict(DEFAULT_BALANCES)))
     keys = {cluster.namespace: (DEFAULT_API_KEY, DEFAULT_API_SECRET), other: (OTHER_KEY, OTHER_SECRET)}
     stops = {cluster.namespace: FAST, other: SLOW}
-    instance = f"e2e{uuid.uuid4().hex[:6]}.trailingstop"
     for namespace, (key, secret) in keys.items():
         assert cluster.apply(keys_secret(key, secret), namespace).returncode == 0
-    operator = cluster.start_operator([cluster.namespace, other], instance=instance)
-    await operator.wait_healthy()
+    release = await cluster.install(watch=[cluster.namespace, other])
+    instance = release.instance
     testnet = {"mode": "Testnet", "credentialsSecretRef": {"name": "binance-keys"}}
     for namespace, stop in stops.items():
         assert cluster.apply(stop_manifest("protect", stop, **testnet), namespace).returncode == 0
@@ -132,12 +138,8 @@ async def test_tenancy_two_releases_on_one_broker_each_get_every_status_update(c
     """Two operator releases share the broker (and even their home vhost), each watching its own
     namespace with stops on the same symbol: both see all of their events and none of the other's."""
     other = await cluster.add_namespace()
-    releases = {cluster.namespace: "rel-one", other: "rel-two"}
     stops = {cluster.namespace: [FAST, SLOW], other: [SLOW, FAST]}
-    operators = [cluster.start_operator([namespace], instance=f"{uuid.uuid4().hex[:6]}.{release}")
-                 for namespace, release in releases.items()]
-    for operator in operators:
-        await operator.wait_healthy()
+    operators: list[Release] = [await cluster.install(namespace=namespace) for namespace in stops]
     for namespace, specs in stops.items():
         for index, stop in enumerate(specs):
             assert cluster.apply(stop_manifest(f"stop-{index}", stop), namespace).returncode == 0
@@ -152,10 +154,12 @@ async def test_tenancy_two_releases_on_one_broker_each_get_every_status_update(c
             assert final["triggerTradeId"] == expected_triggers([stop], 5000)[0], (namespace, index)
             assert final["order"]["status"] == "SIMULATED"
             conditions = {c["type"]: c["status"] for c in final["conditions"]}
-            assert conditions == {"Ready": "True", "Activated": "True", "Triggered": "True", "Filled": "True"}
+            assert conditions == {"Ready": "True", "Activated": "True", "Triggered": "True", "Filled": "True",
+                                  "WorkersReady": "True"}
             assert final["activatedTradeId"] and final["referencePrice"] and final["stopPrice"]
     for operator in operators:  # nothing came in that belonged to the other release
-        assert "unknown stop" not in operator.log_text(), operator.log_tail()
+        log = operator.log_text()
+        assert "unknown stop" not in log, log[-3000:]
 
 
 async def _gone(cluster: Cluster, name: str) -> bool:
@@ -184,12 +188,14 @@ def legacy_code(tmp_path: Path) -> Path:
 
 
 async def test_tenancy_upgrade_from_the_shared_layout_loses_no_stop_and_doubles_no_order(
-    cluster: Cluster, legacy_code: Path
+    podrunner_cluster: PodRunnerCluster, legacy_code: Path  # noqa: F811 (the fixture imported above)
 ) -> None:
     """0.1 runs four stops; its operator goes away for the upgrade (Recreate) while trades go on:
     one stop fills with nobody to write it down, another triggers with its executor gone. The new
     operator moves everything into the namespace's tenant: each stop ends where the engine says,
     with exactly one order on the exchange, and the old queues are removed."""
+    cluster = podrunner_cluster  # still on the pod runner: the 0.1 workers need an image of the 0.1 code
+
     def code_for(template: dict[str, Any]) -> Path | None:
         return None if BROKER_CREDENTIALS_ANNOTATION in template["metadata"].get("annotations", {}) else legacy_code
 
@@ -245,11 +251,11 @@ def _imported_from(code: Path) -> str:
     return subprocess.run(probe, env=env, cwd=code, capture_output=True, text=True, check=True).stdout
 
 
-async def _phase_in(cluster: Cluster, name: str, phases: tuple[str, ...]) -> bool:
+async def _phase_in(cluster: PodRunnerCluster, name: str, phases: tuple[str, ...]) -> bool:
     return (await cluster.stop_resource(name)).get("status", {}).get("phase") in phases
 
 
-async def _status_at(cluster: Cluster, name: str, trade_id: int) -> dict[str, Any] | None:
+async def _status_at(cluster: PodRunnerCluster, name: str, trade_id: int) -> dict[str, Any] | None:
     status = (await cluster.stop_resource(name)).get("status", {})
     return dict(status) if status.get("lastTradeId") == trade_id and status.get("referencePrice") else None
 
@@ -264,7 +270,7 @@ def _offline_levels(stop: tuple[str, str, str | None], upto: int) -> tuple[str, 
     return to_wire(state.reference), to_wire(state.stop_price)  # type: ignore[arg-type]
 
 
-async def _rolled(cluster: Cluster) -> bool:
+async def _rolled(cluster: PodRunnerCluster) -> bool:
     """Each worker Deployment runs the new code, healthy (the pod runner's processes)."""
     assert cluster.pods is not None
     running = [process for _, process in cluster.pods.running.values()]
@@ -278,12 +284,12 @@ async def _rolled(cluster: Cluster) -> bool:
     return True
 
 
-async def _in_flight(cluster: Cluster, vhost: str) -> bool:
+async def _in_flight(cluster: PodRunnerCluster, vhost: str) -> bool:
     depths = {queue["name"]: queue.get("messages", 0) for queue in await cluster.vhost.queues(vhost)}
     return bool(depths.get("executor.testnet-binance-keys.orders") == 1 and depths.get("operator.order-events")
                 and depths.get("operator.stop-events"))
 
 
-async def _legacy_queues_gone(cluster: Cluster, vhost: str) -> bool:
+async def _legacy_queues_gone(cluster: PodRunnerCluster, vhost: str) -> bool:
     left = {queue["name"] for queue in await cluster.vhost.queues(vhost)}
     return not any(name.startswith(("operator.", "executor.", "orchestrator.")) for name in left)

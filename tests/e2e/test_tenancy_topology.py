@@ -29,7 +29,9 @@ import aiormq
 import pytest
 
 from tests.conftest import Tool, missing
-from tests.e2e.conftest import REPO, Cluster, create_namespace
+from tests.e2e.conftest import REPO, create_namespace
+from tests.e2e.podrunner import PodRunnerCluster as Cluster
+from tests.e2e.podrunner import podrunner_cluster  # noqa: F401 (a fixture)
 from tests.e2e.test_tenancy import FAST, keys_secret, stop_manifest, wait_status
 from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET
 from tests.harness import eventually
@@ -51,6 +53,12 @@ TOPOLOGY_KINDS = "vhosts.rabbitmq.com,users.rabbitmq.com,permissions.rabbitmq.co
 
 
 # --- the topology operator ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster(podrunner_cluster: Cluster) -> Cluster:  # noqa: F811 (the fixture imported above)
+    """Still on the pod runner (the topology operator's tests have not moved onto the node)."""
+    return podrunner_cluster
 
 
 @pytest.fixture(scope="session")

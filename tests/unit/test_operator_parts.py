@@ -140,7 +140,7 @@ def test_executor_takes_keys_only_by_reference_to_the_secret() -> None:
 def test_executor_mounts_its_credentials_secret_to_see_a_rotation() -> None:
     deployment = builders.executor_deployment(CONFIG, "trading", "live-my-keys", "my-keys", OWNERS)
     pod = deployment["spec"]["template"]["spec"]
-    assert {"name": "credentials", "secret": {"secretName": "my-keys"}} in pod["volumes"]
+    assert {"name": "credentials", "secret": {"secretName": "my-keys", "optional": True}} in pod["volumes"]
     worker = container(deployment)
     assert {"name": "credentials", "mountPath": builders.CREDENTIALS_DIR, "readOnly": True} in worker["volumeMounts"]
     env = {item["name"]: item for item in worker["env"]}

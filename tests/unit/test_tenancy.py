@@ -34,7 +34,7 @@ from trailingstop.operator.config import OperatorConfig
 from trailingstop.operator.events import EventRouter, StatusWriter
 from trailingstop.operator.legacy import legacy_route
 from trailingstop.operator.stops import StopRecord, StopStore
-from trailingstop.operator.tenancy import amqp_url, credentials_digest, password_in, tenant_name
+from trailingstop.operator.tenancy import amqp_url, credentials_digest, password_in, tenant_name, with_heartbeat
 from trailingstop.workers.executor import route_mode
 
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -235,3 +235,9 @@ async def test_isolation_a_tenants_events_touch_only_its_own_namespace() -> None
     await router.on_stop_event(price, {}, "a")
     await router.writer.flush(force=True)
     assert (mine.status.last_price, theirs.status.last_price) == (Decimal("65000.5"), None)
+
+
+def test_the_operators_own_connections_ask_for_heartbeats_and_keep_the_rest_of_the_url() -> None:
+    assert with_heartbeat("amqp://u:p%2F@h:5672/ts.a.b", 5) == "amqp://u:p%2F@h:5672/ts.a.b?heartbeat=5"
+    assert with_heartbeat("amqps://h/v?heartbeat=60&ssl=1", 5) == "amqps://h/v?ssl=1&heartbeat=5"
+    assert with_heartbeat("amqp://h/v?heartbeat=60", 0) == "amqp://h/v?heartbeat=60"

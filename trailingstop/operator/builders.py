@@ -145,7 +145,10 @@ def executor_deployment(
             {"name": "BINANCE_API_SECRET", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "apiSecret"}}},
             {"name": "TRAILINGSTOP_CREDENTIALS_DIR", "value": CREDENTIALS_DIR},
         ]
-        volumes = [({"name": "credentials", "secret": {"secretName": secret_name}},
+        # Optional, so a missing Secret stops the container at the environment references, which the
+        # kubelet reports as CreateContainerConfigError (the stop's WorkersReady says so); a
+        # required volume would leave the pod in ContainerCreating with only a FailedMount Event.
+        volumes = [({"name": "credentials", "secret": {"secretName": secret_name, "optional": True}},
                     CREDENTIALS_DIR)]
     return _deployment(
         config,

@@ -35,14 +35,22 @@ log = logging.getLogger(__name__)
 TransitionHook = Callable[[StopRecord, TrailingStopStatus, str], Awaitable[None]]
 # Called after a new status.lastGap is written (a BestBidAsk stop missed quotes): (record, status).
 GapHook = Callable[[StopRecord, TrailingStopStatus], Awaitable[None]]
+# Awaited before a message is acted on or a status written: returns while this replica certainly
+# leads, waits otherwise (see leader.LeaderElection.fence). Without an election: returns at once.
+Fence = Callable[[], Awaitable[None]]
+
+
+async def no_fence() -> None:
+    return None
 
 
 class StatusWriter:
     """Writes statuses through the store: transitions now, the rest coalesced per resource."""
 
     def __init__(self, store: StopStore, interval: float = 5.0, on_transition: TransitionHook | None = None,
-                 stop_metrics: bool = False) -> None:
+                 stop_metrics: bool = False, fence: Fence = no_fence) -> None:
         self.store = store
+        self.fence = fence
         self.interval = interval
         self.stop_metrics = stop_metrics  # per-stop price gauges: one series per stop and kind
         self.on_transition = on_transition
@@ -81,6 +89,7 @@ class StatusWriter:
     async def _write(self, record: StopRecord, kind: str) -> None:
         lock = self._locks.setdefault(record.uid, asyncio.Lock())
         async with lock:
+            await self.fence()  # a replica that lost the Lease writes no stale status
             self._last_write[record.uid] = time.monotonic()
             status = record.status  # the newest status when our turn comes
             await self.store.write(record, status)
@@ -154,6 +163,7 @@ class EventRouter:
     ) -> None:
         """``namespace`` None: an event from the pre-tenancy layout, which named no namespace
         (see :mod:`trailingstop.operator.legacy`); its syncs go unanswered."""
+        await self.writer.fence()  # a stale leader must not ack (and so lose) what it cannot apply
         if event.type == "sync":
             if bus is not None and namespace is not None:
                 await self.answer_sync(bus, namespace, event.symbol)
@@ -170,6 +180,7 @@ class EventRouter:
                     await self.writer.submit(record, apply_stop_event(record.status, event, now))
 
     async def on_order_result(self, result: OrderResult, headers: dict[str, Any], namespace: str | None) -> None:
+        await self.writer.fence()
         record = self._stop_of(namespace, result.uid, "order result")
         if record is None:
             return

@@ -8,6 +8,14 @@ cannot renew in time stops working before anyone else can start, so two never ru
 renewals are optimistic (resourceVersion), and a leader gives up ``renew`` seconds before its
 Lease could expire in the other's eyes.
 
+A leader that hangs (a frozen process, a paused VM) holds broker deliveries it has not settled.
+Two things keep them from being lost or delayed: the operator's own AMQP connections ask for
+heartbeats at a third of the Lease's duration, so the broker drops a silent leader's connections
+(and requeues its deliveries) before the standby can take over; and :meth:`LeaderElection.fence`
+holds every message and status write of a leader not renewed in time, so a leader that wakes up
+after losing the Lease acts on nothing (found by tests/e2e/test_production.py: a thawed leader
+acked an Armed event for a stop it did not know, and the stop stayed Pending).
+
 The same scheme as client-go's leader election, which kube-controller-manager uses; kopf's own
 peering pauses lower-priority operators but is not an election (two of equal priority both stop).
 """
@@ -68,6 +76,20 @@ class LeaderElection:
                           self.namespace, self.name)
                 on_lost()
                 return
+
+    def certain(self) -> bool:
+        """Leading, and renewed recently enough that no other replica can have taken the Lease
+        since. A process that was frozen (SIGSTOP, a paused VM, a stalled node) wakes up still
+        "leading" with a Lease that may be another replica's by now: until :meth:`keep` finds
+        out, nothing it does may reach the stops."""
+        return self.leading and time.monotonic() - self._renewed_at < self.duration - self.renew
+
+    async def fence(self) -> None:
+        """Return at once while :meth:`certain`; otherwise wait for a renewal, or for ever if the
+        Lease is lost (the process is stopping: its unsettled messages go back to their queues
+        for the new leader instead of being acted on and acked here)."""
+        while not self.certain():
+            await asyncio.sleep(0.2)
 
     async def release(self) -> None:
         """Give the Lease up (a clean shutdown): the standby takes over at once."""

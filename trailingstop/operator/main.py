@@ -25,7 +25,7 @@ from trailingstop.operator import builders
 from trailingstop.operator.brokeradmin import ManagementApi, TopologyOperator, credentials_of, default_management_url
 from trailingstop.operator.builders import MANAGED_BY
 from trailingstop.operator.config import OperatorConfig
-from trailingstop.operator.events import EventRouter, StatusWriter
+from trailingstop.operator.events import EventRouter, Fence, StatusWriter, no_fence
 from trailingstop.operator.kube import Kube, KubeStopStore, api_client
 from trailingstop.operator.leader import LeaderElection
 from trailingstop.operator.legacy import LegacyDrain
@@ -55,16 +55,16 @@ class Operator:
         self._audit: asyncio.Task[None] | None = None
         self.secrets: SecretWatch | None = None
 
-    async def start(self, config: OperatorConfig, health: HealthServer) -> None:
+    async def start(self, config: OperatorConfig, health: HealthServer, fence: Fence = no_fence) -> None:
         """kopf retries a start that failed (the broker not there yet, the broker admin's check): it
         releases what it had opened first, so the next attempt begins afresh."""
         try:
-            await self._start(config, health)
+            await self._start(config, health, fence)
         except BaseException:
             await self.stop()
             raise
 
-    async def _start(self, config: OperatorConfig, health: HealthServer) -> None:
+    async def _start(self, config: OperatorConfig, health: HealthServer, fence: Fence) -> None:
         self.config = config
         self.health = health  # the process's, up before the election (a standby answers its probes)
         self.kube = kube = Kube(await api_client())
@@ -72,7 +72,7 @@ class Operator:
         # The operator's own vhost holds nothing of ours; the connection proves the broker is there
         # and reads what the pre-tenancy layout left behind (see legacy.py).
         self.home = home = await connect_bus(config.amqp_url, "trailingstop-operator", topology="none")
-        writer = StatusWriter(store, interval=config.status_interval, stop_metrics=config.stop_metrics)
+        writer = StatusWriter(store, interval=config.status_interval, stop_metrics=config.stop_metrics, fence=fence)
         self.router = router = EventRouter(store, writer)
         await router.start()
         admin = broker_admin(config, kube)
@@ -85,7 +85,12 @@ class Operator:
         async def saved_url(namespace: str) -> str | None:
             return await kube.secret_value(namespace, config.amqp_secret_name, "url")
 
-        self.tenants = tenants = Tenants(config.instance, config.amqp_url, admin, saved_url, router.attach)
+        # A hung leader's connections must close (the broker requeueing what it was delivered) before
+        # its Lease can expire and a standby take over: RabbitMQ gives up on a peer silent for about
+        # two heartbeat timeouts, so a third of the Lease's duration.
+        heartbeat = max(1, int(config.lease_duration / 3)) if config.leader_election else 0
+        self.tenants = tenants = Tenants(config.instance, config.amqp_url, admin, saved_url, router.attach,
+                                         heartbeat=heartbeat)
         self.reconciler = Reconciler(config, kube, store, writer, home, tenants)
         writer.on_transition = self.reconciler.on_transition
         writer.on_gap = self.reconciler.on_gap
@@ -155,7 +160,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.networking.error_backoffs = [1, 2, 5, 10, 20, 30]
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    await OPERATOR.start(memo.config, memo.health)
+    await OPERATOR.start(memo.config, memo.health, memo.get("fence", no_fence))
 
 
 @kopf.on.cleanup()
@@ -242,7 +247,9 @@ async def _lead_then_work(config: OperatorConfig) -> int:
             await election.acquire()
             keeping = asyncio.create_task(election.keep(on_lost))
         await kopf.operator(standalone=config.standalone, stop_flag=stop,
-                            memo=kopf.Memo(config=config, health=health), **scope)
+                            memo=kopf.Memo(config=config, health=health,
+                                           fence=election.fence if config.leader_election else no_fence),
+                            **scope)
     finally:
         if config.leader_election:
             keeping.cancel()

@@ -22,7 +22,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from trailingstop.bus import Bus, connect_bus
 
@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 def tenant_name(instance: str, namespace: str) -> str:
     """The vhost, and the workers' user, of ``namespace`` under operator release ``instance``."""
     return f"ts.{instance}.{namespace}"
+
+
+def with_heartbeat(url: str, seconds: int) -> str:
+    """``url`` asking for AMQP heartbeats every ``seconds`` (unchanged for 0)."""
+    if seconds <= 0:
+        return url
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "heartbeat"] + [("heartbeat", str(seconds))]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
 def amqp_url(base: str, vhost: str, user: str | None = None, password: str | None = None) -> str:
@@ -103,9 +112,11 @@ Attach = Callable[[str, Bus], Awaitable[None]]
 class Tenants:
     """The operator's tenants, set up on demand and serialized per namespace."""
 
-    def __init__(self, instance: str, admin_url: str, admin: BrokerAdmin, saved_url: SavedUrl, attach: Attach) -> None:
+    def __init__(self, instance: str, admin_url: str, admin: BrokerAdmin, saved_url: SavedUrl, attach: Attach,
+                 heartbeat: int = 0) -> None:
         self.instance = instance
         self.admin_url = admin_url
+        self.heartbeat = heartbeat  # seconds, for the operator's own connections (0: the broker's)
         self.admin = admin
         self.saved_url = saved_url
         self.attach = attach
@@ -127,7 +138,8 @@ class Tenants:
             name = tenant_name(self.instance, namespace)
             password = password_in(await self.saved_url(namespace), name, name) or secrets.token_urlsafe(24)
             await self.admin.put_tenant(name, name, password)
-            bus = await connect_bus(amqp_url(self.admin_url, name), f"trailingstop-operator/{namespace}", attempts=5)
+            own = with_heartbeat(amqp_url(self.admin_url, name), self.heartbeat)
+            bus = await connect_bus(own, f"trailingstop-operator/{namespace}", attempts=5)
             try:
                 await self.attach(namespace, bus)
             except BaseException:
