@@ -1,7 +1,9 @@
 """``trailingstop backtest``: every (trail, activation) combination over a trade file, in one pass.
 
 All combinations are stops of one :class:`~trailingstop.core.engine.Engine`, so the file is read once
-and each trade costs the same however many combinations there are.
+and each trade costs the same however many combinations there are. With ``--expires-at`` every
+combination has that deadline, judged as ``spec.expiresAt`` is (DESIGN §4): the first trade at or
+after it ends a stop that has not triggered, before that trade is applied.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ RESULT_KEYS = (
     "referencePrice",
     "stopPrice",
 )
+# With --expires-at: the deadline after activationPrice, and whether and where it ended the stop
+# after triggerTradeId (absent otherwise, so a sweep without a deadline prints exactly RESULT_KEYS).
+EXPIRY_KEYS = ("expired", "expiredAt", "expiredTradeId")
 # The outcome of each combination (trailingstop/outcome.py), after RESULT_KEYS in `--json`.
 OUTCOME_KEYS = ("exit", "exitPrice", "exitAt", "exitTradeId", "changePercent", "outcomePercent", "best")
 ORDERS = ("input", "outcome")  # --sort
@@ -59,6 +64,7 @@ class Combination:
     trailing_percent: Decimal | None
     activation_price: Decimal | None
     trailing_amount: Decimal | None = None
+    expires_at: int | None = None  # epoch ms (rounded up, as the spec's deadline is), one for the sweep
 
     @property
     def key(self) -> str:
@@ -102,15 +108,20 @@ class BacktestResult:
     prices: list[tuple[int, Decimal]] = field(default_factory=list)
     tracks: dict[str, Track] = field(default_factory=dict)
     last: LastTrade | None = None
+    # The trade that expired each expired combination (by key): the first at or after the deadline.
+    expiries: dict[str, LastTrade] = field(default_factory=dict)
     symbol: str | None = None  # for titles: what the trades are of
     source: str | None = None  # and where they came from (a file name, dates)
 
     def records(self) -> list[dict[str, Any]]:
-        return [result_record(c, self.states[c.key]) for c in self.combinations]
+        return [self.record(c) for c in self.combinations]
+
+    def record(self, combo: Combination) -> dict[str, Any]:
+        return result_record(combo, self.states[combo.key], self.expiries.get(combo.key))
 
     def outcomes(self) -> list[Outcome | None]:
         """Each combination's outcome, in combination order."""
-        return [outcome_of(self.states[c.key], self.last) for c in self.combinations]
+        return [outcome_of(self.states[c.key], self.last, self.expiries.get(c.key)) for c in self.combinations]
 
     def order(self, by: str = "input") -> list[int]:
         """Combination indices as listed (``input``) or best outcome first (``outcome``)."""
@@ -122,8 +133,8 @@ class BacktestResult:
         """The ``--json`` objects: :data:`RESULT_KEYS` then :data:`OUTCOME_KEYS`, in ``by`` order."""
         outcomes = self.outcomes()
         winners = best(outcomes)
-        return [{**result_record(self.combinations[i], self.states[self.combinations[i].key]),
-                 **outcome_record(outcomes[i], i in winners)} for i in self.order(by)]
+        return [{**self.record(self.combinations[i]), **outcome_record(outcomes[i], i in winners)}
+                for i in self.order(by)]
 
     def title(self) -> str:
         """``SYMBOL SOURCE: N trades`` (what the chart titles say)."""
@@ -132,18 +143,20 @@ class BacktestResult:
 
 
 def combinations(
-    side: Side, trails: Iterable[Decimal], activations: Iterable[Decimal | None], kind: TrailKind = "percent"
+    side: Side, trails: Iterable[Decimal], activations: Iterable[Decimal | None], kind: TrailKind = "percent",
+    expires_at: int | None = None,
 ) -> list[Combination]:
     """Every (trail, activation) pair once, in input order; ``trails`` are percents or, with
-    ``kind="amount"``, amounts (one sweep never mixes them: the CLI refuses both flags)."""
+    ``kind="amount"``, amounts (one sweep never mixes them: the CLI refuses both flags). Every
+    combination has the same deadline ``expires_at`` (epoch ms), if any."""
     unique: dict[str, Combination] = {}
     activations = list(activations)
     for trail in trails:
         for activation in activations:
             if kind == "amount":
-                combo = Combination(side, None, activation, trailing_amount=trail)
+                combo = Combination(side, None, activation, trailing_amount=trail, expires_at=expires_at)
             else:
-                combo = Combination(side, trail, activation)
+                combo = Combination(side, trail, activation, expires_at=expires_at)
             unique.setdefault(combo.key, combo)
     return list(unique.values())
 
@@ -153,8 +166,9 @@ def run_backtest(trades: Iterable[Trade], combos: list[Combination], record: boo
     engine = Engine()
     for combo in combos:
         engine.upsert(combo.key, combo.side, combo.trailing_percent, combo.activation_price,
-                      trailing_amount=combo.trailing_amount)
+                      trailing_amount=combo.trailing_amount, expires_at=combo.expires_at)
     tracks = {c.key: Track() for c in combos} if record else {}
+    expiries: dict[str, LastTrade] = {}
     prices = PriceSeries()  # bounded: a month of trades must not be kept for a chart
     count = 0
     first_time = last_time = None
@@ -166,6 +180,10 @@ def run_backtest(trades: Iterable[Trade], combos: list[Combination], record: boo
             first_time = trade.time
         last_time = trade.time
         happened = on_trade(trade.price, trade.trade_id, trade.time)
+        if happened:
+            for event in happened:
+                if event.kind == "expired":
+                    expiries[event.stop_id] = LastTrade(trade.price, trade.time, trade.trade_id)
         if record:
             prices.add(trade.time, trade.price)
             for event in (*happened, *engine.drain_reference_changes()):
@@ -176,13 +194,15 @@ def run_backtest(trades: Iterable[Trade], combos: list[Combination], record: boo
                     track.stops.append(event.stop_price)
     states = {c.key: engine.state(c.key) for c in combos}
     end = None if trade is None else LastTrade(trade.price, trade.time, trade.trade_id)
-    return BacktestResult(combos, states, count, first_time, last_time, prices.points(), tracks, end)
+    return BacktestResult(combos, states, count, first_time, last_time, prices.points(), tracks, end, expiries)
 
 
-def result_record(combo: Combination, state: StopState) -> dict[str, Any]:
+def result_record(combo: Combination, state: StopState, expiry: LastTrade | None = None) -> dict[str, Any]:
     """The JSON object of one combination: exactly :data:`RESULT_KEYS` for a percent; for an amount
-    the same with ``trailingPercent`` null and ``trailingAmount`` right after it."""
-    activated = state.phase != "armed"
+    the same with ``trailingPercent`` null and ``trailingAmount`` right after it; with a deadline,
+    ``expiresAt`` after ``activationPrice`` and :data:`EXPIRY_KEYS` after ``triggerTradeId``
+    (``expiry``: the trade that expired the stop, if one did)."""
+    activated = state.activated_price is not None  # an expired stop may never have activated
     triggered = state.phase == "triggered"
     record = {
         "side": combo.side,
@@ -200,11 +220,26 @@ def result_record(combo: Combination, state: StopState) -> dict[str, Any]:
         "stopPrice": _text(state.stop_price) if activated else None,
     }
     assert tuple(record) == RESULT_KEYS
-    if combo.trailing_amount is None:
-        return record
-    keys = list(RESULT_KEYS)
-    keys.insert(keys.index("trailingPercent") + 1, "trailingAmount")
-    return {key: to_wire(combo.trailing_amount) if key == "trailingAmount" else record[key] for key in keys}
+    if combo.trailing_amount is not None:
+        record = _insert_after(record, "trailingPercent", {"trailingAmount": to_wire(combo.trailing_amount)})
+    if combo.expires_at is not None:
+        record = _insert_after(record, "activationPrice", {"expiresAt": ms_to_rfc3339(combo.expires_at)})
+        record = _insert_after(record, "triggerTradeId", {
+            "expired": expiry is not None,
+            "expiredAt": None if expiry is None else expiry.time,
+            "expiredTradeId": None if expiry is None else expiry.trade_id,
+        })
+    return record
+
+
+def _insert_after(record: dict[str, Any], key: str, added: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with ``added``'s items right after ``key`` (the JSON's key order is its contract)."""
+    out: dict[str, Any] = {}
+    for name, value in record.items():
+        out[name] = value
+        if name == key:
+            out.update(added)
+    return out
 
 
 def outcome_record(outcome: Outcome | None, is_best: bool) -> dict[str, Any]:
@@ -234,7 +269,7 @@ def render_results(result: BacktestResult, order: str = "input") -> str:
     rows = []
     for index in result.order(order):
         combo = result.combinations[index]
-        rows.append(_row(result_record(combo, result.states[combo.key]), outcomes[index], index in winners))
+        rows.append(_row(result.record(combo), outcomes[index], index in winners))
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
@@ -243,22 +278,28 @@ def render_results(result: BacktestResult, order: str = "input") -> str:
         span = f" from {ms_to_rfc3339(result.first_time)} to {ms_to_rfc3339(result.last_time)}"
     lines.append("")
     lines.extend(_outcome_notes(result, name))
+    deadline = next((c.expires_at for c in result.combinations if c.expires_at is not None), None)
+    ends = "the trigger"
+    if deadline is not None:
+        lines.append(f"every stop expires at {ms_to_rfc3339(deadline)}: the first trade at or after it ends a stop "
+                     "not yet triggered, with no order; its exit is that trade's price")
+        ends = "the trigger or the expiry"
     lines.append(f"{result.trades:,} trades{span}; {len(rows)} combinations; "
-                 "reference/stop are at the trigger, else at the end of the data")
+                 f"reference/stop are at {ends}, else at the end of the data")
     return "\n".join(lines)
 
 
 def _row(record: dict[str, Any], outcome: Outcome | None, is_best: bool) -> list[str]:
     exit_price = "-"
     if outcome is not None:
-        exit_price = to_wire(outcome.price) + (" (open)" if outcome.exit == "end" else "")
+        exit_price = to_wire(outcome.price) + {"end": " (open)", "expired": " (expired)"}.get(outcome.exit, "")
     return [
         record["side"],
         record.get("trailingAmount") or record["trailingPercent"],
         record["activationPrice"] or "none",
         _when(record["activatedAt"]),
         record["activatedPrice"] or "-",
-        _when(record["triggeredAt"]) if record["triggered"] else "not triggered",
+        _ending(record),
         record["triggerPrice"] or "-",
         record["referencePrice"] or "-",
         record["stopPrice"] or "-",
@@ -266,6 +307,15 @@ def _row(record: dict[str, Any], outcome: Outcome | None, is_best: bool) -> list
         "-" if outcome is None else _signed(percent(outcome.value, TABLE_PLACES)),
         "<- best" if is_best else "",
     ]
+
+
+def _ending(record: dict[str, Any]) -> str:
+    """The TRIGGERED AT cell: when it triggered, or that it expired (and when), or neither."""
+    if record["triggered"]:
+        return _when(record["triggeredAt"])
+    if record.get("expired"):
+        return f"expired {_when(record['expiredAt'])}"
+    return "not triggered"
 
 
 def _signed(value: Decimal) -> str:

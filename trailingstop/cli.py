@@ -39,9 +39,10 @@ from trailingstop.core.contracts import (
     ActivationPrice,
     TrailingAmount,
     TrailingPercent,
+    deadline_ms,
     describe_errors,
 )
-from trailingstop.core.echo import printable, short_repr
+from trailingstop.core.echo import printable, quoted, short_repr
 from trailingstop.core.quote import Quote
 from trailingstop.core.trade import Trade
 from trailingstop.settings import SettingsError
@@ -157,6 +158,9 @@ def _parser() -> argparse.ArgumentParser:
                             "amount, BUY stop = low + amount)")
     backtest.add_argument("--activation-price", default="none",
                           help="comma-separated prices; 'none' = active from the first trade (default)")
+    backtest.add_argument("--expires-at", metavar="TIME",
+                          help="an RFC 3339 deadline for every combination, as spec.expiresAt: the first trade at or "
+                               "after it ends a stop not yet triggered (no order; exit at that trade's price)")
     backtest.add_argument("--sort", choices=["input", "outcome"], default="input",
                           help="row order: as given (default) or best outcome first")
     backtest.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
@@ -491,7 +495,7 @@ def _backtest(args: argparse.Namespace) -> int:
         trails = parse_decimal_list(args.trailing_percent, _TRAIL, "--trailing-percent", allow_none=False)
     activations = parse_decimal_list(args.activation_price, _ACTIVATION, "--activation-price", allow_none=True)
     combos = combinations(args.side, [t for t in trails if t is not None], activations,
-                          "amount" if args.trailing_amount is not None else "percent")
+                          "amount" if args.trailing_amount is not None else "percent", _deadline(args.expires_at))
     _check_data_url_use(args)
     if args.plot is not None:
         _check_plot_target(args.plot)  # before the work, not after it
@@ -516,6 +520,16 @@ def _backtest(args: argparse.Namespace) -> int:
         print(render_results(result, args.sort))
     _warn_skipped(skipped)
     return EXIT_OK
+
+
+def _deadline(text: str | None) -> int | None:
+    """``--expires-at`` as the engine's deadline (epoch ms, rounded up as the spec's is), or None."""
+    if text is None:
+        return None
+    try:
+        return deadline_ms(text)
+    except ValueError as exc:
+        raise UsageError(f"--expires-at: {exc}, got {quoted(text)}") from None
 
 
 def _check_plot_target(target: Path) -> None:

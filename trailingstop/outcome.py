@@ -4,9 +4,11 @@ Definitions (docs/DESIGN.md §8, README "Backtest outcome"):
 
 * **start price** ``B``: the price of the trade that activated the stop (``activatedPrice``). With
   no activation price that is the first trade's price.
-* **exit price** ``X``: the trigger price when the stop triggered (``exit: "trigger"``); else the
-  last trade's price, the position valued where the data ends (``exit: "end"``). A stop that never
-  activated has no exit and no outcome.
+* **exit price** ``X``: the trigger price when the stop triggered (``exit: "trigger"``); the price
+  of the trade that expired it when it expired (``exit: "expired"``, backtest ``--expires-at``: the
+  first trade at or after the deadline, the position valued when the stop stopped guarding it);
+  else the last trade's price, the position valued where the data ends (``exit: "end"``). A stop
+  that never activated has no exit and no outcome.
 * **change** ``(X - B) / B``: the move from the start to the exit.
 * **outcome**, the figure combinations are ranked by (higher is better for either side):
   SELL: the change, the share of the move kept (positive: sold above where trailing began);
@@ -27,7 +29,7 @@ from typing import Literal
 
 from trailingstop.core.engine import Side, StopState
 
-Exit = Literal["trigger", "end"]
+Exit = Literal["trigger", "expired", "end"]
 JSON_PLACES = 8
 TABLE_PLACES = 4
 
@@ -59,13 +61,16 @@ class Outcome:
         return self.change if self.side == "SELL" else -self.change
 
 
-def outcome_of(state: StopState, last: LastTrade | None) -> Outcome | None:
-    """The outcome of a stop's final state over data that ended with ``last``."""
+def outcome_of(state: StopState, last: LastTrade | None, expiry: LastTrade | None = None) -> Outcome | None:
+    """The outcome of a stop's final state over data that ended with ``last``; ``expiry``: the
+    trade that expired the stop, if one did."""
     if state.activated_price is None:
         return None
     if state.trigger_price is not None and state.triggered_at is not None and state.trigger_trade_id is not None:
         return Outcome(state.side, "trigger", state.trigger_price, state.triggered_at, state.trigger_trade_id,
                        state.activated_price)
+    if expiry is not None:
+        return Outcome(state.side, "expired", expiry.price, expiry.time, expiry.trade_id, state.activated_price)
     if last is None:
         return None
     return Outcome(state.side, "end", last.price, last.time, last.trade_id, state.activated_price)

@@ -19,6 +19,7 @@ from trailingstop.backtest import (
     result_record,
     run_backtest,
 )
+from trailingstop.core.contracts import deadline_ms
 from trailingstop.core.trade import Trade
 from trailingstop.plot import PlotError, write_chart
 from trailingstop.tradefiles import demo_trades_path, load_trades
@@ -320,3 +321,81 @@ def test_chart_of_a_long_day_is_thinned_but_complete(tmp_path: Path, demo: list[
     price_line = next(line for line in svg.splitlines() if 'stroke="#555"' in line and "polyline" in line)
     points = price_line.split('points="', 1)[1].split('"', 1)[0].split()
     assert 1000 < len(points) <= 4000 < len(demo)
+
+
+# --- --expires-at: one deadline for the sweep, judged as spec.expiresAt is ----------------------------
+
+
+def _timed(*points: tuple[int, str]) -> list[Trade]:
+    """Trades at ``T + ms`` with ids 1, 2, ..."""
+    return [Trade(trade_id, D(price), D("1"), trade_id, trade_id, T + ms, False)
+            for trade_id, (ms, price) in enumerate(points, start=1)]
+
+
+def _one(trades: list[Trade], trail: str, deadline_offset: int | None, activation: str | None = None) -> Any:
+    combo = Combination("SELL", D(trail), None if activation is None else D(activation),
+                        expires_at=None if deadline_offset is None else T + deadline_offset)
+    result = run_backtest(trades, [combo])
+    return result, {**result.report()[0]}
+
+
+def test_a_trade_at_the_deadline_expires_the_stop_and_is_not_applied() -> None:
+    # SELL 1 %: high 105 -> stop 103.95. The trade at the deadline (110, or 100 below the stop) is
+    # not applied: the stop expires first, keeping the reference 105, and never triggers.
+    for price in ("110", "100"):
+        _, record = _one(_timed((0, "100"), (1000, "105"), (2000, "104.5"), (3000, price), (4000, "90")), "1", 3000)
+        assert (record["expired"], record["expiredAt"], record["expiredTradeId"]) == (True, T + 3000, 4)
+        assert (record["triggered"], record["referencePrice"], record["stopPrice"]) == (False, "105", "103.95")
+        assert (record["exit"], record["exitPrice"], record["exitAt"], record["exitTradeId"]) == (
+            "expired", price, T + 3000, 4)
+
+
+def test_a_trade_just_before_the_deadline_still_counts() -> None:
+    _, record = _one(_timed((0, "100"), (1000, "105"), (2999, "103.95"), (3000, "90")), "1", 3000)
+    assert (record["triggered"], record["triggerTradeId"], record["expired"], record["exit"]) == (
+        True, 3, False, "trigger")
+    assert (record["expiredAt"], record["expiredTradeId"]) == (None, None)
+
+
+def test_a_sub_millisecond_deadline_is_rounded_up_as_the_spec_is() -> None:
+    # 00:00:02.0005 rounds up to ...002.001: the trade at 2.000 s is before it and triggers.
+    combos = combinations("SELL", [D("1")], [None], expires_at=deadline_ms("2023-11-14T22:13:22.0005Z"))
+    assert combos[0].expires_at == T + 2001
+    result = run_backtest(_timed((0, "100"), (1000, "105"), (2000, "103"), (2001, "90")), combos)
+    assert result.report()[0]["triggerTradeId"] == 3
+
+
+def test_a_deadline_after_the_data_leaves_the_stop_open() -> None:
+    _, record = _one(_timed((0, "100"), (1000, "105")), "1", 60_000)
+    assert (record["expired"], record["exit"], record["exitPrice"]) == (False, "end", "105")
+    assert record["expiresAt"] == "2023-11-14T22:14:20.000Z"
+
+
+def test_a_stop_that_expires_before_activating_has_no_outcome() -> None:
+    result, record = _one(_timed((0, "100"), (1000, "101"), (2000, "120")), "1", 1500, activation="110")
+    assert (record["activated"], record["expired"], record["expiredTradeId"]) == (False, True, 3)
+    assert record["exit"] is None and result.outcomes() == [None]
+
+
+def test_expiry_keys_only_with_a_deadline_in_their_order(sell_trades: list[Trade]) -> None:
+    plain = run_backtest(sell_trades, combinations("SELL", [D("1")], [None])).records()[0]
+    assert tuple(plain) == RESULT_KEYS
+    timed = run_backtest(sell_trades, combinations("SELL", [D("1")], [None], expires_at=T)).records()[0]
+    keys = list(RESULT_KEYS)
+    keys.insert(keys.index("activationPrice") + 1, "expiresAt")
+    keys[keys.index("triggerTradeId") + 1:keys.index("triggerTradeId") + 1] = ["expired", "expiredAt",
+                                                                               "expiredTradeId"]
+    assert list(timed) == keys
+    amount = run_backtest(sell_trades, combinations("SELL", [D("2")], [None], kind="amount", expires_at=T)).records()[0]
+    assert list(amount)[:5] == ["side", "trailingPercent", "trailingAmount", "activationPrice", "expiresAt"]
+
+
+def test_the_table_says_which_stops_expired_and_the_deadline() -> None:
+    trades = _timed((0, "100"), (1000, "105"), (2000, "103"), (3000, "104"))
+    result = run_backtest(trades, combinations("SELL", [D("1"), D("5")], [None], expires_at=T + 2500))
+    table = render_results(result)
+    rows = table.splitlines()[1:3]
+    assert "not triggered" not in table
+    assert "103.95" in rows[0] and "expired" not in rows[0]  # 1 %: triggered at 103 (stop 103.95)
+    assert "expired 2023-11-14T22:13:23.000Z" in rows[1] and "104 (expired)" in rows[1]
+    assert "every stop expires at 2023-11-14T22:13:22.500Z" in table

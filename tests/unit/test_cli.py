@@ -748,3 +748,24 @@ def test_run_refuses_bad_new_fields_in_one_line(capsys: pytest.CaptureFixture[st
     code, out, err = cli(capsys, "run", path, "--trades", DATA / "worked_sell.csv")
     assert (code, out) == (2, "")
     assert err == f"error: {path} (document 1) default/s1: {message}\n"
+
+
+def test_backtest_expires_at_json(capsys: pytest.CaptureFixture[str]) -> None:
+    # One deadline for both: the narrow trail triggers before it, the wide one expires at the
+    # first trade at or after it (the bundled day, 12:00 UTC: the trade at 12:01:04.103).
+    records = backtest_json(capsys, "--side", "SELL", "--trailing-percent", "0.5,2",
+                            "--expires-at", "2019-10-11T14:00:00+02:00")
+    assert [(r["expiresAt"], r["triggered"], r["expired"], r["exit"]) for r in records] == [
+        ("2019-10-11T12:00:00.000Z", True, False, "trigger"),
+        ("2019-10-11T12:00:00.000Z", False, True, "expired")]
+    assert records[1]["expiredAt"] == records[1]["exitAt"] == 1570795264103
+    assert records[1]["exitPrice"] == "0.00144908"
+
+
+@pytest.mark.parametrize("value", ["tomorrow", "2019-10-11", "2019-10-11T12:00:00", "2019-13-11T12:00:00Z",
+                                   "2019-10-11T25:00:00Z", "2019-10-11T12:00:00+24:00"])
+def test_backtest_refuses_a_bad_deadline(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    code, out, err = cli(capsys, "backtest", "--side", "SELL", "--trailing-percent", "1", "--expires-at", value)
+    assert (code, out) == (2, "")
+    assert err.startswith("error: --expires-at: expiresAt must be an RFC 3339 time") and err.count("\n") == 1
+    assert err.endswith(f", got \"{value}\"\n")
