@@ -108,7 +108,8 @@ def pod_memory(namespace: str, node: str) -> list[dict[str, Any]]:
         memory = pod.get("memory", {})
         rows.append({"pod": pod["podRef"]["name"],
                      "working set (MiB)": round(memory.get("workingSetBytes", 0) / MIB, 1),
-                     "rss (MiB)": round(memory.get("rssBytes", 0) / MIB, 1)})
+                     "rss (MiB)": round(memory.get("rssBytes", 0) / MIB, 1),
+                     "cpu (millicores)": round(pod.get("cpu", {}).get("usageNanoCores", 0) / 1e6, 1)})
     return sorted(rows, key=lambda row: row["pod"])
 
 

@@ -38,6 +38,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -113,6 +114,7 @@ class Seen:
     subscribed: dict[str, float] = dataclasses.field(default_factory=dict)  # symbol -> its stream opened
     first_trade: dict[str, float] = dataclasses.field(default_factory=dict)  # symbol -> a trade sent on it
     wrong: list[str] = dataclasses.field(default_factory=list)
+    unschedulable: set[str] = dataclasses.field(default_factory=set)  # pods the scheduler has no room for
     changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
     def note(self) -> None:
@@ -138,6 +140,10 @@ class Seen:
         states = {"started": bool(statuses) and all(s.state and s.state.running for s in statuses),
                   "ready": any(c.type == "Ready" and c.status == "True" for c in conditions)}
         key = self.pod_key(pod.metadata.name)
+        if any(c.type == "PodScheduled" and c.reason == "Unschedulable" for c in conditions):
+            self.unschedulable.add(pod.metadata.name)
+        elif pod.spec.node_name:
+            self.unschedulable.discard(pod.metadata.name)
         for state, reached in states.items():
             if key is not None and reached and (*key, state) not in self.pods:
                 self.pods[(*key, state)] = now
@@ -177,7 +183,8 @@ class Seen:
             if now > deadline:
                 raise TimeoutError(f"{what}: not after {timeout:.0f} s ({progress()})")
             if now > report:
-                print(f"      ... {what}: {progress()}", flush=True)
+                waiting = f"; unschedulable: {sorted(self.unschedulable)}" if self.unschedulable else ""
+                print(f"      ... {what}: {progress()}{waiting}", flush=True)
                 report = now + 15
             self.changed.clear()
             with contextlib.suppress(TimeoutError):
@@ -255,6 +262,7 @@ class Install:
     seen: Seen
     namespace: str = dataclasses.field(default_factory=lambda: f"ts-bench-{uuid.uuid4().hex[:6]}")
     release: str = "ts-bench"
+    worker_cpu: str = "10m"
     vhost: Vhost | None = None
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
 
@@ -281,6 +289,7 @@ class Install:
             "--set", f"rabbitmq.existingSecret={self.release}-amqp",
             "--set-json", f"watch.namespaces={json.dumps([self.namespace])}",
             "--set-json", f"workers.env={json.dumps(workers)}", "--set", "operator.replicas=1",
+            "--set", f"workers.resources.requests.cpu={self.worker_cpu}",
             "--wait", "--timeout", "600s", timeout=900)
         return time.monotonic() - started
 
@@ -432,21 +441,27 @@ async def part_b(install: Install, count: int, timeout: float) -> dict[str, Any]
 
 
 def print_memory(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    groups: dict[str, list[float]] = {}
+    """Per kind of pod: the working set (what the kubelet and the OOM killer count) and the CPU in
+    use (the kubelet's last sample, millicores)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         kind = next((c for c in ("marketdata", "orchestrator", "executor") if row["pod"].startswith(f"ts-{c}-")),
                     "operator")
-        groups.setdefault(kind, []).append(row["working set (MiB)"])
-    print("\n   memory after (working set, kubelet summary API):")
+        groups.setdefault(kind, []).append(row)
+    print("\n   after: working set (MiB) and CPU (millicores), kubelet summary API")
     summary = {}
-    for kind, values in sorted(groups.items()):
-        summary[kind] = {"pods": len(values), "min": min(values), "median": round(statistics.median(values), 1),
-                         "max": max(values)}
-        print(f"   {kind:13} {len(values):3} pod(s): min {min(values):6.1f}  median {statistics.median(values):6.1f}  "
-              f"max {max(values):6.1f} MiB")
-    total = round(sum(r["working set (MiB)"] for r in rows), 1)
-    print(f"   all {len(rows)} pods: {total} MiB")
-    return {"groups": summary, "total (MiB)": total, "pods": rows}
+    for kind, members in sorted(groups.items()):
+        summary[kind] = {"pods": len(members)}
+        line = f"   {kind:13} {len(members):3} pod(s):"
+        for column, unit in (("working set (MiB)", "MiB"), ("cpu (millicores)", "m")):
+            values = [m[column] for m in members]
+            figures = {"min": min(values), "median": round(statistics.median(values), 1), "max": max(values)}
+            summary[kind][column] = figures
+            line += f"  {unit} min {figures['min']:6.1f} median {figures['median']:6.1f} max {figures['max']:6.1f}"
+        print(line)
+    total = {column: round(sum(r[column] for r in rows), 1) for column in ("working set (MiB)", "cpu (millicores)")}
+    print(f"   all {len(rows)} pods: {total['working set (MiB)']} MiB, {total['cpu (millicores)']} millicores")
+    return {"groups": summary, "total": total, "pods": rows}
 
 
 # --- main --------------------------------------------------------------------------------------------------
@@ -454,7 +469,7 @@ def print_memory(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def run_part(name: str, api: client.ApiClient, fake: FakeBinance, symbols: list[str],
                    args: argparse.Namespace) -> dict[str, Any]:
-    install = Install(api, fake, Seen(symbols))
+    install = Install(api, fake, Seen(symbols), worker_cpu=args.worker_cpu)
     load = LoadAverage()
     sampler = asyncio.create_task(load.sample())
     try:
@@ -480,6 +495,8 @@ async def main() -> None:
     parser.add_argument("--stops", type=int, default=1000, help="stops of part (b)")
     parser.add_argument("--speed", type=float, default=2.0, help="trades per second per symbol")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for one stop of (a); (b) gets 3x")
+    parser.add_argument("--worker-cpu", default="10m",
+                        help="the workers' CPU request (the chart's 50m times 41 pods is more than 2 cores)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     for name in ("KUBECONFIG", "TESTENV_NODE_IP", "TESTENV_NODE_NAME", "TESTENV_IMAGE", "TESTENV_POD_AMQP_URL"):
@@ -511,5 +528,14 @@ async def main() -> None:
         print(json.dumps(results, indent=2, default=str))
 
 
+async def main_until_terminated() -> None:
+    """``main``, cancelled by SIGTERM or SIGINT (a background job ignores SIGINT) so that its cleanup runs."""
+    task = asyncio.current_task()
+    assert task is not None
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
+    await main()
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main_until_terminated())
