@@ -233,6 +233,23 @@ async def watch_streams(fake: FakeBinance, seen: Seen) -> None:
         await asyncio.sleep(0.05)
 
 
+class OperatorPeak:
+    """The operator pod's highest working set, from the kubelet's summary API every 5 s (its limit is
+    what the OOM killer holds it to), and its container restarts."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.peak = 0.0
+
+    async def sample(self) -> None:
+        while True:
+            rows = await asyncio.to_thread(pod_memory, self.namespace, os.environ["TESTENV_NODE_NAME"])
+            operators = [r["working set (MiB)"] for r in rows if not r["pod"].startswith("ts-")
+                         or "-operator-" in r["pod"]]
+            self.peak = max([self.peak, *operators])
+            await asyncio.sleep(5)
+
+
 class LoadAverage:
     """The 1-minute load average, sampled every 5 s while a part runs."""
 
@@ -263,6 +280,7 @@ class Install:
     namespace: str = dataclasses.field(default_factory=lambda: f"ts-bench-{uuid.uuid4().hex[:6]}")
     release: str = "ts-bench"
     worker_cpu: str = "10m"
+    values: list[str] = dataclasses.field(default_factory=list)  # more helm arguments (--set ...)
     vhost: Vhost | None = None
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
 
@@ -289,7 +307,7 @@ class Install:
             "--set", f"rabbitmq.existingSecret={self.release}-amqp",
             "--set-json", f"watch.namespaces={json.dumps([self.namespace])}",
             "--set-json", f"workers.env={json.dumps(workers)}", "--set", "operator.replicas=1",
-            "--set", f"workers.resources.requests.cpu={self.worker_cpu}",
+            "--set", f"workers.resources.requests.cpu={self.worker_cpu}", *self.values,
             "--wait", "--timeout", "600s", timeout=900)
         return time.monotonic() - started
 
@@ -472,7 +490,8 @@ def print_memory(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def run_part(name: str, api: client.ApiClient, fake: FakeBinance, symbols: list[str],
                    args: argparse.Namespace) -> dict[str, Any]:
-    install = Install(api, fake, Seen(symbols), worker_cpu=args.worker_cpu)
+    install = Install(api, fake, Seen(symbols), worker_cpu=args.worker_cpu,
+                      values=[f"--set={value}" for value in args.set])
     load = LoadAverage()
     sampler = asyncio.create_task(load.sample())
     try:
@@ -481,8 +500,15 @@ async def run_part(name: str, api: client.ApiClient, fake: FakeBinance, symbols:
         if name == "a":
             result = await part_a(install, args.timeout)
         else:
-            result = await part_b(install, args.stops, args.timeout * 3)
+            peak = OperatorPeak(install.namespace)
+            sampling = asyncio.create_task(peak.sample())
+            try:
+                result = await part_b(install, args.stops, args.timeout * 3)
+            finally:
+                sampling.cancel()
             result["memory"] = print_memory(await install.memory())
+            result["operator working set peak (MiB, 5 s samples)"] = peak.peak
+            print(f"   operator working set, highest 5 s sample during (b): {peak.peak} MiB")
         result["load average"] = load.summary()
         print(f"   load average (1 min) during ({name}): {result['load average']}", flush=True)
         return result
@@ -500,6 +526,8 @@ async def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for one stop of (a); (b) gets 3x")
     parser.add_argument("--worker-cpu", default="10m",
                         help="the workers' CPU request (the chart's 50m times 41 pods is more than 2 cores)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a chart value for helm install (repeatable), e.g. operator.resources.limits.memory=1Gi")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     for name in ("KUBECONFIG", "TESTENV_NODE_IP", "TESTENV_NODE_NAME", "TESTENV_IMAGE", "TESTENV_POD_AMQP_URL"):
