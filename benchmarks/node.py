@@ -12,7 +12,7 @@
    images`` does after a code change).
 4. Memory of every pod in NAMESPACE (default: the one ``make cluster-demo`` leaves installed),
    from the kubelet's summary API (``/api/v1/nodes/NODE/proxy/stats/summary``): the working set
-   (what the kubelet and the OOM killer count) and the RSS.
+   (what the kubelet and the OOM killer count) and the RSS; and the CPU in use (its last sample).
 
 The cold figures (an empty cache) are not taken here: they need the caches emptied, see
 docs/BENCHMARKS.md for the commands used.
@@ -136,7 +136,8 @@ def main() -> None:
             print(f"{key:48} {value}")
     print(f"\nmemory of the pods in {args.namespace} (kubelet summary API):")
     for row in figures["pods"]:
-        print(f"  {row['pod']:44} working set {row['working set (MiB)']:7.1f} MiB   rss {row['rss (MiB)']:7.1f} MiB")
+        print(f"  {row['pod']:44} working set {row['working set (MiB)']:7.1f} MiB   rss {row['rss (MiB)']:7.1f} MiB"
+              f"   cpu {row['cpu (millicores)']:6.1f} m")
 
 
 if __name__ == "__main__":
