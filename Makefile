@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: help venv demo test test-unit lint bench bench-engine bench-workers bench-operator bench-history \
-	bench-manifests bench-node testenv-up testenv-down image images cluster-demo manifests manifests-check lint-install \
+	bench-manifests bench-node bench-node-stops testenv-up testenv-down image images cluster-demo manifests manifests-check lint-install \
 	crd clean
 
 help:
@@ -72,6 +72,13 @@ bench-node: venv
 	scripts/testenv up
 	scripts/testenv images
 	eval "$$(scripts/testenv env)" && $(BIN)/python benchmarks/node.py
+
+# Stops on the node (issue 16): apply -> Tracking while a symbol's pods start, and 1,000 stops over 20
+# symbols with real pods (BENCH_ARGS: --part a|b, --symbols N, --stops N, --speed TRADES_PER_S, --json).
+bench-node-stops: venv
+	scripts/testenv up
+	scripts/testenv images
+	eval "$$(scripts/testenv env)" && $(BIN)/python benchmarks/node_stops.py $(BENCH_ARGS)
 
 # The CRD is generated from the contracts; the chart's copy and manifests/ follow it.
 crd: venv

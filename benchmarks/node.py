@@ -12,7 +12,7 @@
    images`` does after a code change).
 4. Memory of every pod in NAMESPACE (default: the one ``make cluster-demo`` leaves installed),
    from the kubelet's summary API (``/api/v1/nodes/NODE/proxy/stats/summary``): the working set
-   (what the kubelet and the OOM killer count) and the RSS.
+   (what the kubelet and the OOM killer count) and the RSS; and the CPU in use (its last sample).
 
 The cold figures (an empty cache) are not taken here: they need the caches emptied, see
 docs/BENCHMARKS.md for the commands used.
@@ -108,7 +108,8 @@ def pod_memory(namespace: str, node: str) -> list[dict[str, Any]]:
         memory = pod.get("memory", {})
         rows.append({"pod": pod["podRef"]["name"],
                      "working set (MiB)": round(memory.get("workingSetBytes", 0) / MIB, 1),
-                     "rss (MiB)": round(memory.get("rssBytes", 0) / MIB, 1)})
+                     "rss (MiB)": round(memory.get("rssBytes", 0) / MIB, 1),
+                     "cpu (millicores)": round(pod.get("cpu", {}).get("usageNanoCores", 0) / 1e6, 1)})
     return sorted(rows, key=lambda row: row["pod"])
 
 
@@ -135,7 +136,8 @@ def main() -> None:
             print(f"{key:48} {value}")
     print(f"\nmemory of the pods in {args.namespace} (kubelet summary API):")
     for row in figures["pods"]:
-        print(f"  {row['pod']:44} working set {row['working set (MiB)']:7.1f} MiB   rss {row['rss (MiB)']:7.1f} MiB")
+        print(f"  {row['pod']:44} working set {row['working set (MiB)']:7.1f} MiB   rss {row['rss (MiB)']:7.1f} MiB"
+              f"   cpu {row['cpu (millicores)']:6.1f} m")
 
 
 if __name__ == "__main__":
