@@ -217,7 +217,7 @@ async def test_tenancy_upgrade_from_the_shared_layout_loses_no_stop_and_doubles_
     for name in stops:
         await eventually(functools.partial(_phase_in, cluster, name, ("Armed", "Tracking")), timeout=120,
                          what=f"{name} armed")
-    old_workers = await _workers(cluster)
+    old_workers = await worker_deployments(cluster)
     # 0.1's workers: its image, its templates (no per-namespace broker credentials yet)
     assert len(old_workers) == 4 and all(_image(d) == LEGACY_IMAGE for d in old_workers.values()), old_workers
     assert not any(BROKER_CREDENTIALS_ANNOTATION in _annotations(d) for d in old_workers.values())
@@ -273,7 +273,7 @@ def _offline_levels(stop: tuple[str, str, str | None], upto: int) -> tuple[str, 
     return to_wire(state.reference), to_wire(state.stop_price)  # type: ignore[arg-type]
 
 
-async def _workers(cluster: Cluster) -> dict[str, Any]:
+async def worker_deployments(cluster: Cluster) -> dict[str, dict[str, Any]]:
     """The worker Deployments the operator made in the test's namespace, by name."""
     deployments = await cluster.deployments()
     return {name: d for name, d in deployments.items()
@@ -295,7 +295,7 @@ def _no_pods(release: Release) -> bool:
 async def _rolled(cluster: Cluster) -> bool:
     """Four worker Deployments on today's image and templates, each rolled out to one Ready pod,
     and no pod of 0.1 left in the namespace (a terminating one may still be reading its queue)."""
-    workers = await _workers(cluster)
+    workers = await worker_deployments(cluster)
     if len(workers) != 4:
         return False
     for deployment in workers.values():

@@ -31,7 +31,7 @@ import pytest
 
 from tests.conftest import Tool, missing
 from tests.e2e.conftest import REPO, Cluster, Release, create_namespace
-from tests.e2e.test_tenancy import FAST, keys_secret, stop_manifest, wait_status
+from tests.e2e.test_tenancy import FAST, keys_secret, stop_manifest, wait_status, worker_deployments
 from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET
 from tests.harness import eventually
 from tests.integration.test_workers import expected_triggers
@@ -271,7 +271,7 @@ async def test_tenancy_topology_operator_user_made_again_when_the_password_chang
     assert cluster.apply(stop_manifest("protect", FAST)).returncode == 0
     await wait_status(cluster, cluster.namespace, "protect", "Armed")
     old_url, old_user = worker_url(cluster), _uid(topology_home, "User")
-    before = await _workers(cluster)
+    before = await worker_deployments(cluster)
     assert len(before) == 3, sorted(before)
 
     await stop_operator(operator)
@@ -380,13 +380,6 @@ def _url_changed(cluster: Cluster, old: str) -> str | None:
     return url if url and url != old else None
 
 
-async def _workers(cluster: Cluster) -> dict[str, dict[str, Any]]:
-    """The worker Deployments in the test's namespace, by name."""
-    deployments = await cluster.deployments()
-    return {name: d for name, d in deployments.items()
-            if d["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by") == "trailingstop-operator"}
-
-
 def _credentials(deployment: dict[str, Any]) -> str:
     return str((deployment["spec"]["template"]["metadata"].get("annotations") or {}).get(BROKER_CREDENTIALS_ANNOTATION))
 
@@ -394,7 +387,7 @@ def _credentials(deployment: dict[str, Any]) -> str:
 async def _restarted(cluster: Cluster, before: dict[str, dict[str, Any]]) -> bool:
     """Every worker's template changed once, to the new credentials' digest, and rolled out: one
     Ready pod of the new template, none of the old left (not even terminating)."""
-    now = await _workers(cluster)
+    now = await worker_deployments(cluster)
     if set(now) != set(before):
         return False
     for name, deployment in now.items():
