@@ -310,13 +310,14 @@ async def test_tenancy_topology_operator_waits_for_a_complete_connection_secret(
     topology_home.kubectl("delete", "secret", CONNECTION_SECRET, "-n", home)
     operator = await start_operator(cluster, topology_home, wait=False)
     absent = f"the connection Secret {home}/{CONNECTION_SECRET} (TRAILINGSTOP_RABBITMQ_CONNECTION_SECRET) does not"
-    await eventually(lambda: absent in operator.log_text(), timeout=180, interval=0.5, what="the missing Secret named")
+    await eventually(lambda: absent in _log_so_far(operator), timeout=180, interval=0.5,
+                     what="the missing Secret named")
 
     whole = json.loads(connection_secret(management_url, amqp_url))
     partial = {**whole, "data": {"uri": whole["data"]["uri"]}}
     topology_home.kubectl("apply", "-n", home, "-f", "-", input=json.dumps(partial))
     lacking = f"the connection Secret {home}/{CONNECTION_SECRET} lacks the key(s) password, username"
-    await eventually(lambda: lacking in operator.log_text(), timeout=60, interval=0.5, what="the missing keys named")
+    await eventually(lambda: lacking in _log_so_far(operator), timeout=60, interval=0.5, what="the missing keys named")
 
     topology_home.kubectl("apply", "-n", home, "-f", "-", input=json.dumps(whole))
     await operator.wait_operator_ready()
@@ -378,6 +379,11 @@ async def _tenant_gone(cluster: Cluster, home: TopologyHome, tenant: str) -> boo
 def _url_changed(cluster: Cluster, old: str) -> str | None:
     url = worker_url(cluster)
     return url if url and url != old else None
+
+
+def _log_so_far(release: Release) -> str:
+    """The operator's log, "" while its pod is not there yet (helm install did not wait for it)."""
+    return release.log_text() if release.operator_pods() else ""
 
 
 def _credentials(deployment: dict[str, Any]) -> str:
