@@ -226,11 +226,18 @@ async def test_tenancy_upgrade_from_the_shared_layout_loses_no_stop_and_doubles_
     # The old operator goes before the upgrade (0.1's Deployment is Recreate), its executor too.
     cluster.kubectl("scale", "deployment", release.fullname, "-n", cluster.namespace, "--replicas=0")
     await eventually(lambda: _no_pods(release), timeout=120, what="0.1's operator pod gone")
+    executor = old_workers["ts-executor-testnet-binance-keys"]["spec"]["selector"]["matchLabels"]
     cluster.kubectl("delete", "deployment", "ts-executor-testnet-binance-keys", "-n", cluster.namespace)
+    # gone, not only terminating: a pod in its grace period may still take the order
+    await eventually(lambda: _no_pods_of(cluster, executor), timeout=120, what="0.1's testnet executor pod gone")
     await advance(cluster, 1500, streams=1)  # fills-unseen fills, order-stuck's order waits in its queue
     legacy_vhost = cluster.vhost.name
-    await eventually(lambda: _in_flight(cluster, legacy_vhost), timeout=60,
-                     what="the stuck order and the unwritten events waiting in the old queues")
+    depths: dict[str, int] = {}
+    try:
+        await eventually(lambda: _in_flight(cluster, legacy_vhost, depths), timeout=60,
+                         what="the stuck order and the unwritten events waiting in the old queues")
+    except AssertionError as failed:
+        raise AssertionError(f"{failed}; the queues' depths: {depths}") from None
 
     # helm upgrade while trades go on; the old workers may still run a while, as pods roll
     grace = json.dumps([{"name": "TRAILINGSTOP_LEGACY_QUEUE_GRACE", "value": "3"}])
@@ -310,8 +317,16 @@ async def _rolled(cluster: Cluster) -> bool:
     return not any(container.image == LEGACY_IMAGE for pod in pods.items for container in pod.spec.containers)
 
 
-async def _in_flight(cluster: Cluster, vhost: str) -> bool:
-    depths = {queue["name"]: queue.get("messages", 0) for queue in await cluster.vhost.queues(vhost)}
+async def _no_pods_of(cluster: Cluster, labels: dict[str, str]) -> bool:
+    selector = ",".join(f"{key}={value}" for key, value in labels.items())
+    pods = await client.CoreV1Api(cluster.kube).list_namespaced_pod(cluster.namespace, label_selector=selector)
+    return not pods.items
+
+
+async def _in_flight(cluster: Cluster, vhost: str, depths: dict[str, int]) -> bool:
+    """``depths``: the queues' message counts, as last seen (for the failure's message)."""
+    depths.clear()
+    depths.update({queue["name"]: queue.get("messages", 0) for queue in await cluster.vhost.queues(vhost)})
     return bool(depths.get("executor.testnet-binance-keys.orders") == 1 and depths.get("operator.order-events")
                 and depths.get("operator.stop-events"))
 
