@@ -225,6 +225,18 @@ class Release:
         return str(done.stdout + done.stderr)
 
 
+CRD_NAME = "trailingstops.trailingstop.dev"
+
+
+def adopt_crd(kubectl: Tool, release: str, namespace: str) -> None:
+    """Helm installs the templated CRD, but this shared test cluster may already have it (the
+    ``crd`` fixture applies crds/): let the release adopt it, as a user moving to the chart would."""
+    if kubectl("get", "crd", CRD_NAME, check=False).returncode == 0:
+        kubectl("annotate", "--overwrite", "crd", CRD_NAME, f"meta.helm.sh/release-name={release}",
+                f"meta.helm.sh/release-namespace={namespace}")
+        kubectl("label", "--overwrite", "crd", CRD_NAME, "app.kubernetes.io/managed-by=Helm")
+
+
 def pod_ready(pod: dict[str, Any]) -> bool:
     conditions = pod.get("status", {}).get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
@@ -281,7 +293,7 @@ class Cluster:
     async def install(
         self, *values: str, namespace: str = "", watch: list[str] | None = None, name: str = "",
         chart: Path = CHART, image: str = "", amqp_url: str = "", workers: dict[str, str] | None = None,
-        replicas: int = 1, timeout: float = 240,
+        replicas: int | None = 1, crds: bool = False, wait: bool = True, timeout: float = 240,
     ) -> Release:
         """``helm install`` of the chart into ``namespace`` (the test's by default), watching
         ``watch`` (that namespace by default), the operator and workers on ``image`` (the one
@@ -289,30 +301,42 @@ class Cluster:
 
         One operator replica unless a test is about the election (one pod to find, half the CPU
         of this 2-core machine's tests); with two, this waits for the Lease's holder to be Ready
-        (the pod the tests talk to), not only for the Deployment."""
+        (the pod the tests talk to), not only for the Deployment. ``replicas=None``: the chart's
+        own (a chart from before ``operator.replicas``). ``crds``: the release installs the CRD
+        (adopting the cluster's). ``wait=False``: returns once Helm has created the objects."""
         release = Release(name or f"ts-{uuid.uuid4().hex[:6]}", namespace or self.namespace, self.kubectl, self.helm)
         secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{release.name}-amqp"},
                   "stringData": {"url": amqp_url or self.vhost.url}}
         self.kubectl("apply", "-n", release.namespace, "-f", "-", input=json.dumps(secret))
-        settings = [
-            "--set", "crds.install=false",
+        if crds:
+            adopt_crd(self.kubectl, release.name, release.namespace)
+        settings = self.values(release, watch=watch, image=image, workers=workers, replicas=replicas, crds=crds)
+        self.releases.append(release)
+        waits = wait and replicas in (1, None)
+        flags = ["--wait", "--timeout", f"{timeout:.0f}s"] if waits else []
+        await asyncio.to_thread(self.helm, "install", release.name, str(chart), "-n", release.namespace, *settings,
+                                *values, *flags, timeout=timeout + 60)
+        if wait and not waits:
+            await release.wait_operator_ready(timeout)
+        return release
+
+    def values(
+        self, release: Release, watch: list[str] | None = None, image: str = "",
+        workers: dict[str, str] | None = None, replicas: int | None = 1, crds: bool = False,
+    ) -> list[str]:
+        """The chart's settings of :meth:`install` (for a ``helm upgrade`` to give them again)."""
+        return [
+            "--set", f"crds.install={'true' if crds else 'false'}",
             *image_values("image", image or self.node.image),
             "--set", f"rabbitmq.existingSecret={release.name}-amqp",
             "--set-json", f"watch.namespaces={json.dumps(watch or [release.namespace])}",
             "--set-json", f"workers.env={json.dumps(workers if workers is not None else worker_env(self.fake))}",
-            "--set", "operator.statusInterval=1", "--set", f"operator.replicas={replicas}",
+            "--set", "operator.statusInterval=1",
+            *(["--set", f"operator.replicas={replicas}"] if replicas is not None else []),
             # Ready (and so `helm install --wait` done) soon after /healthz answers
             "--set", "operator.readinessProbe.initialDelaySeconds=1",
             "--set", "operator.readinessProbe.periodSeconds=1",
-            *values,
         ]
-        self.releases.append(release)
-        wait = ["--wait", "--timeout", f"{timeout:.0f}s"] if replicas == 1 else []
-        await asyncio.to_thread(self.helm, "install", release.name, str(chart), "-n", release.namespace, *settings,
-                                *wait, timeout=timeout + 60)
-        if replicas > 1:
-            await release.wait_operator_ready(timeout)
-        return release
 
     def apply(self, manifest: str | Path, namespace: str = "") -> Any:
         text = manifest.read_text() if isinstance(manifest, Path) else manifest

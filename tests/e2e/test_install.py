@@ -41,6 +41,7 @@ import yaml
 
 import trailingstop
 from tests.conftest import Tool, missing
+from tests.e2e.conftest import CRD_NAME, adopt_crd
 from tests.e2e.node import Node
 from tests.harness import Vhost, WorkerProcess, wait_until, worker_env
 from tests.unit.test_chart import VARIANTS
@@ -54,7 +55,6 @@ MANIFESTS = REPO / "manifests"
 LINT_TOOLS = REPO / "scripts" / "lint-tools"
 STAND_INS = Path(__file__).resolve().parent / "install" / "stand-in-crds.yaml"
 EXAMPLE = REPO / "examples" / "trailingstop.yaml"
-CRD_NAME = "trailingstops.trailingstop.dev"
 RUN = uuid.uuid4().hex[:6]
 WORKER_DEPLOYMENTS = ("ts-marketdata-xrpeth", "ts-orchestrator-xrpeth", "ts-executor-simulate")
 
@@ -348,15 +348,6 @@ def test_every_variant_passes_a_server_side_dry_run(
         assert len(accepted) == len(documents), (name, done.stdout)
 
 
-def _adopt_crd_for(kubectl: Tool, release: str, namespace: str) -> None:
-    """Helm installs the templated CRD, but this shared test cluster may already have it (the e2e
-    `crd` fixture applies crds/): let the release adopt it, as a user moving to the chart would."""
-    if kubectl("get", "crd", CRD_NAME, check=False).returncode == 0:
-        kubectl("annotate", "--overwrite", "crd", CRD_NAME, f"meta.helm.sh/release-name={release}",
-                f"meta.helm.sh/release-namespace={namespace}")
-        kubectl("label", "--overwrite", "crd", CRD_NAME, "app.kubernetes.io/managed-by=Helm")
-
-
 def test_helm_install_upgrade_test_and_uninstall(helm: Tool, kubectl: Tool, fresh_namespace: Any) -> None:
     """The quickstart on the node: the chart's RabbitMQ (the Debian-built image, through the chart's
     image values) and the operator (the project's image) run as pods; `helm test` runs its pod to
@@ -366,7 +357,7 @@ def test_helm_install_upgrade_test_and_uninstall(helm: Tool, kubectl: Tool, fres
     namespace = fresh_namespace()
     release = f"ts-{RUN}"
     fullname = f"{release}-trailingstop-operator"
-    _adopt_crd_for(kubectl, release, namespace)
+    adopt_crd(kubectl, release, namespace)
     helm("install", release, str(CHART), "--namespace", namespace, "--set", "rabbitmq.deploy=true",
          *image_values("image", image), *image_values("rabbitmq.image", broker),
          "--wait", "--timeout", "240s", timeout=300)

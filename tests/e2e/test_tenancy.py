@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
+import functools
 import json
 import os
 import subprocess
-import sys
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,14 +20,10 @@ from typing import Any
 import aio_pika
 import aiormq
 import pytest
+from kubernetes_asyncio import client
 
-from tests.conftest import missing
-from tests.e2e.conftest import CRD, REPO, Cluster, Release
-from tests.e2e.podrunner import (
-    PodRunner,
-    PodRunnerCluster,
-    podrunner_cluster,  # noqa: F401 (a fixture: the upgrade test is still on it)
-)
+from tests.conftest import Tool, missing
+from tests.e2e.conftest import CRD, CRD_NAME, REPO, Cluster, Release
 from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET, DEFAULT_BALANCES
 from tests.fakebinance.market import Account
 from tests.harness import eventually
@@ -40,8 +36,6 @@ from trailingstop.operator.tenancy import amqp_url, tenant_name
 from trailingstop.tradefiles import demo_trades_path, load_trades
 
 pytestmark = pytest.mark.timeout(300)
-
-AnyCluster = Cluster | PodRunnerCluster
 
 SYMBOL = "XRPETH"
 TRADES = load_trades(demo_trades_path())
@@ -65,7 +59,7 @@ def keys_secret(key: str, secret: str) -> str:
 
 
 async def wait_status(
-    cluster: AnyCluster, namespace: str, name: str, phase: str, timeout: float = 90
+    cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 90
 ) -> dict[str, Any]:
     async def reached() -> dict[str, Any] | None:
         resource = await cluster.stop_resource(name, namespace)
@@ -77,7 +71,7 @@ async def wait_status(
     return dict(await eventually(reached, timeout=timeout, interval=0.2, what=f"{namespace}/{name} {phase}"))
 
 
-async def advance(cluster: AnyCluster, upto: int, streams: int) -> None:
+async def advance(cluster: Cluster, upto: int, streams: int) -> None:
     await cluster.fake.wait_for_stream_connections(streams, timeout=60)
     tape = cluster.fake.tape(SYMBOL)
     while tape.position < upto:
@@ -171,60 +165,49 @@ async def _gone(cluster: Cluster, name: str) -> bool:
 
 # The last commit of the pre-tenancy layout: every namespace's queues in the operator's vhost.
 LEGACY_COMMIT = "3d595f4"
+# Its package in an image (`scripts/testenv images legacy`: 0.1's code, today's Dockerfile)
+LEGACY_IMAGE = os.environ.get("TESTENV_LEGACY_IMAGE") or "trailingstop.local/trailingstop:0.1"
 TRACKING = ("SELL", "2", None)  # never triggers in the first 5,000 trades
 ORDER_STUCK = ("BUY", "0.5", "0.0014")  # triggers at offset 1320, while the old executor is gone
-
-
-def _legacy_crd() -> str:
-    path = f"{LEGACY_COMMIT}:crds/trailingstops.trailingstop.dev.yaml"
-    shown = subprocess.run(["git", "-C", str(REPO), "show", path], capture_output=True, text=True, check=True)
-    return shown.stdout
-
-
-def _apply_crd(cluster: PodRunnerCluster, text: str, replace: bool = False) -> None:
-    """``replace``: the whole CRD (server-side apply keeps the fields other managers own, such as a
-    release of the chart's, and today's priceSource with its default would stay)."""
-    verb = ["replace"] if replace else ["apply", "--server-side", "--force-conflicts"]
-    cluster.kubectl(*verb, "-f", "-", input=text)
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trailingstops.trailingstop.dev")
+WORKERS = "app.kubernetes.io/managed-by=trailingstop-operator"
 
 
 @pytest.fixture
-def legacy_code(tmp_path: Path) -> Path:
-    """The 0.1 package, from the repository's history (the way an installed 0.1 image runs it)."""
-    target = tmp_path / "legacy-code"
-    target.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", LEGACY_COMMIT, "trailingstop"],
+def legacy_chart(tmp_path: Path) -> Path:
+    """The 0.1 chart, from the repository's history (what a user of 0.1 installed)."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", LEGACY_COMMIT, "charts/trailingstop-operator"],
                              capture_output=True, check=False)
     if archive.returncode != 0:
         missing(f"git history with commit {LEGACY_COMMIT} (a clone of the repository): {archive.stderr.decode()}")
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    return target
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
+    return tmp_path / "charts" / "trailingstop-operator"
 
 
+@pytest.fixture
+def restore_crd(kubectl: Tool) -> Iterator[None]:
+    """The upgrade test's releases install the shared CRD: afterwards it is crds/'s again, owned by
+    no release (a release in a deleted namespace would otherwise hold it)."""
+    yield
+    kubectl("annotate", "crd", CRD_NAME, "meta.helm.sh/release-name-", "meta.helm.sh/release-namespace-", check=False)
+    kubectl("label", "crd", CRD_NAME, "app.kubernetes.io/managed-by-", check=False)
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+
+
+@pytest.mark.timeout(600)
 async def test_tenancy_upgrade_from_the_shared_layout_loses_no_stop_and_doubles_no_order(
-    podrunner_cluster: PodRunnerCluster, legacy_code: Path  # noqa: F811 (the fixture imported above)
+    cluster: Cluster, legacy_chart: Path, restore_crd: None
 ) -> None:
-    """0.1 runs four stops; its operator goes away for the upgrade (Recreate) while trades go on:
-    one stop fills with nobody to write it down, another triggers with its executor gone. The new
-    operator moves everything into the namespace's tenant: each stop ends where the engine says,
-    with exactly one order on the exchange, and the old queues are removed."""
-    cluster = podrunner_cluster  # still on the pod runner: the 0.1 workers need an image of the 0.1 code
-
-    def code_for(template: dict[str, Any]) -> Path | None:
-        return None if BROKER_CREDENTIALS_ANNOTATION in template["metadata"].get("annotations", {}) else legacy_code
-
-    assert cluster.pods is not None
-    await cluster.pods.stop()
-    cluster.pods = await PodRunner(cluster.kube, cluster.namespace, cluster.log_dir, cluster.pods.host_env,
-                                   code_for=code_for).start()
+    """0.1 (its chart, its image) runs four stops; its operator goes away before the upgrade while
+    trades go on: one stop fills with nobody to write it down, another triggers with its executor
+    gone. `helm upgrade` to today's chart and image, with trades still going: the new operator
+    moves everything into the namespace's tenant, each stop ends where the engine says, with
+    exactly one order on the exchange, and the old queues are removed. Each release brings its
+    CRD (crds.install=true), as a user's does."""
+    cluster.node.require_image(LEGACY_IMAGE)
     assert cluster.apply(keys_secret(DEFAULT_API_KEY, DEFAULT_API_SECRET)).returncode == 0
-    # 0.1's CRD while 0.1 runs, as on a cluster before `helm upgrade` (today's CRD defaults fields,
-    # such as priceSource, that 0.1's operator refuses as unknown)
-    _apply_crd(cluster, _legacy_crd(), replace=True)
-    old = cluster.start_operator(code=legacy_code)
-    await old.wait_healthy()
-    assert await asyncio.to_thread(_imported_from, legacy_code) == str(legacy_code / "trailingstop" / "__init__.py")
+    release = await cluster.install(chart=legacy_chart, image=LEGACY_IMAGE, replicas=None, crds=True)
+    operator = release.operator_pod()
+    assert [c["image"] for c in operator["spec"]["containers"]] == [LEGACY_IMAGE]
 
     testnet = {"mode": "Testnet", "credentialsSecretRef": {"name": "binance-keys"}}
     stops = {"fills-unseen": (FAST, {}), "order-stuck": (ORDER_STUCK, testnet), "fills-later": (SLOW, testnet),
@@ -232,21 +215,36 @@ async def test_tenancy_upgrade_from_the_shared_layout_loses_no_stop_and_doubles_
     for name, (stop, extra) in stops.items():
         assert cluster.apply(stop_manifest(name, stop, **extra)).returncode == 0
     for name in stops:
-        await eventually(lambda n=name: _phase_in(cluster, n, ("Armed", "Tracking")), timeout=60, what=f"{name} armed")
+        await eventually(functools.partial(_phase_in, cluster, name, ("Armed", "Tracking")), timeout=120,
+                         what=f"{name} armed")
+    old_workers = await worker_deployments(cluster)
+    # 0.1's workers: its image, its templates (no per-namespace broker credentials yet)
+    assert len(old_workers) == 4 and all(_image(d) == LEGACY_IMAGE for d in old_workers.values()), old_workers
+    assert not any(BROKER_CREDENTIALS_ANNOTATION in _annotations(d) for d in old_workers.values())
 
     await advance(cluster, 200, streams=1)
-    await old.stop()  # helm upgrade: the old operator pod goes first
+    # The old operator goes before the upgrade (0.1's Deployment is Recreate), its executor too.
+    cluster.kubectl("scale", "deployment", release.fullname, "-n", cluster.namespace, "--replicas=0")
+    await eventually(lambda: _no_pods(release), timeout=120, what="0.1's operator pod gone")
+    executor = old_workers["ts-executor-testnet-binance-keys"]["spec"]["selector"]["matchLabels"]
     cluster.kubectl("delete", "deployment", "ts-executor-testnet-binance-keys", "-n", cluster.namespace)
+    # gone, not only terminating: a pod in its grace period may still take the order
+    await eventually(lambda: _no_pods_of(cluster, executor), timeout=120, what="0.1's testnet executor pod gone")
     await advance(cluster, 1500, streams=1)  # fills-unseen fills, order-stuck's order waits in its queue
     legacy_vhost = cluster.vhost.name
-    await eventually(lambda: _in_flight(cluster, legacy_vhost), timeout=30,
-                     what="the stuck order and the unwritten events waiting in the old queues")
+    depths: dict[str, int] = {}
+    try:
+        await eventually(lambda: _in_flight(cluster, legacy_vhost, depths), timeout=60,
+                         what="the stuck order and the unwritten events waiting in the old queues")
+    except AssertionError as failed:
+        raise AssertionError(f"{failed}; the queues' depths: {depths}") from None
 
-    _apply_crd(cluster, CRD.read_text())  # the upgrade brings the new CRD with the new operator
-    new = cluster.start_operator(TRAILINGSTOP_LEGACY_QUEUE_GRACE="3")
-    await new.wait_healthy()
-    await advance(cluster, 2500, streams=1)  # the old workers may still run a while, as pods roll
-    await eventually(lambda: _rolled(cluster), timeout=60, what="every worker replaced by the new version")
+    # helm upgrade while trades go on; the old workers may still run a while, as pods roll
+    grace = json.dumps([{"name": "TRAILINGSTOP_LEGACY_QUEUE_GRACE", "value": "3"}])
+    upgrade = release.upgrade(*cluster.values(release, crds=True), "--set-json", f"operator.extraEnv={grace}")
+    await asyncio.gather(upgrade, advance(cluster, 2500, streams=1))
+    await eventually(lambda: _rolled(cluster), timeout=180, interval=0.5,
+                     what="every worker replaced by the new version")
     await advance(cluster, 5000, streams=1)
 
     offline = {name: expected_triggers([stop], 5000)[0] for name, (stop, _) in stops.items()}
@@ -255,26 +253,19 @@ async def test_tenancy_upgrade_from_the_shared_layout_loses_no_stop_and_doubles_
         assert final["status"]["triggerTradeId"] == offline[name], name
         orders = cluster.fake.orders(client_order_id(final["metadata"]["uid"]))
         assert len(orders) == (0 if name == "fills-unseen" else 1), (name, orders)
-    tracking = await eventually(lambda: _status_at(cluster, "tracking", FIRST_ID + 4999), timeout=30,
+    tracking = await eventually(lambda: _status_at(cluster, "tracking", FIRST_ID + 4999), timeout=60,
                                 what=f"the tracking stop at trade {FIRST_ID + 4999}")
     reference, stop_price = _offline_levels(TRACKING, 5000)
     assert (tracking["referencePrice"], tracking["stopPrice"]) == (reference, stop_price)
     await eventually(lambda: _legacy_queues_gone(cluster, legacy_vhost), timeout=60, what="the old queues deleted")
-    assert "handed to executor" in new.log_text()
+    assert "handed to executor" in release.log_text()
 
 
-def _imported_from(code: Path) -> str:
-    """Where a process started like WorkerProcess(code=...) finds the package."""
-    probe = [sys.executable, "-c", "import trailingstop, sys; sys.stdout.write(trailingstop.__file__)"]
-    env = {**os.environ, "PYTHONPATH": str(code)}
-    return subprocess.run(probe, env=env, cwd=code, capture_output=True, text=True, check=True).stdout
-
-
-async def _phase_in(cluster: PodRunnerCluster, name: str, phases: tuple[str, ...]) -> bool:
+async def _phase_in(cluster: Cluster, name: str, phases: tuple[str, ...]) -> bool:
     return (await cluster.stop_resource(name)).get("status", {}).get("phase") in phases
 
 
-async def _status_at(cluster: PodRunnerCluster, name: str, trade_id: int) -> dict[str, Any] | None:
+async def _status_at(cluster: Cluster, name: str, trade_id: int) -> dict[str, Any] | None:
     status = (await cluster.stop_resource(name)).get("status", {})
     return dict(status) if status.get("lastTradeId") == trade_id and status.get("referencePrice") else None
 
@@ -289,26 +280,57 @@ def _offline_levels(stop: tuple[str, str, str | None], upto: int) -> tuple[str, 
     return to_wire(state.reference), to_wire(state.stop_price)  # type: ignore[arg-type]
 
 
-async def _rolled(cluster: PodRunnerCluster) -> bool:
-    """Each worker Deployment runs the new code, healthy (the pod runner's processes)."""
-    assert cluster.pods is not None
-    running = [process for _, process in cluster.pods.running.values()]
-    if len(running) != 4 or any(process.code is not None for process in running):
-        return False
-    for process in running:
-        with contextlib.suppress(AssertionError):
-            await process.wait_healthy(timeout=0.5)
-            continue
-        return False
-    return True
+async def worker_deployments(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """The worker Deployments the operator made in the test's namespace, by name."""
+    deployments = await cluster.deployments()
+    return {name: d for name, d in deployments.items()
+            if d["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by") == "trailingstop-operator"}
 
 
-async def _in_flight(cluster: PodRunnerCluster, vhost: str) -> bool:
-    depths = {queue["name"]: queue.get("messages", 0) for queue in await cluster.vhost.queues(vhost)}
+def _image(deployment: dict[str, Any]) -> str:
+    return str(deployment["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+def _annotations(deployment: dict[str, Any]) -> dict[str, str]:
+    return dict(deployment["spec"]["template"]["metadata"].get("annotations") or {})
+
+
+def _no_pods(release: Release) -> bool:
+    return not release.operator_pods()
+
+
+async def _rolled(cluster: Cluster) -> bool:
+    """Four worker Deployments on today's image and templates, each rolled out to one Ready pod,
+    and no pod of 0.1 left in the namespace (a terminating one may still be reading its queue)."""
+    workers = await worker_deployments(cluster)
+    if len(workers) != 4:
+        return False
+    for deployment in workers.values():
+        status = deployment["status"]
+        if _image(deployment) != cluster.node.image or BROKER_CREDENTIALS_ANNOTATION not in _annotations(deployment):
+            return False
+        if status.get("observedGeneration") != deployment["metadata"]["generation"] or not all(
+            status.get(count) == 1 for count in ("replicas", "updatedReplicas", "readyReplicas")
+        ):
+            return False
+    pods = await client.CoreV1Api(cluster.kube).list_namespaced_pod(cluster.namespace, label_selector=WORKERS)
+    return not any(container.image == LEGACY_IMAGE for pod in pods.items for container in pod.spec.containers)
+
+
+async def _no_pods_of(cluster: Cluster, labels: dict[str, str]) -> bool:
+    selector = ",".join(f"{key}={value}" for key, value in labels.items())
+    pods = await client.CoreV1Api(cluster.kube).list_namespaced_pod(cluster.namespace, label_selector=selector)
+    return not pods.items
+
+
+async def _in_flight(cluster: Cluster, vhost: str, depths: dict[str, int]) -> bool:
+    """``depths``: the queues' message counts, as last seen (for the failure's message)."""
+    depths.clear()
+    depths.update({queue["name"]: queue.get("messages", 0) for queue in await cluster.vhost.queues(vhost)})
     return bool(depths.get("executor.testnet-binance-keys.orders") == 1 and depths.get("operator.order-events")
                 and depths.get("operator.stop-events"))
 
 
-async def _legacy_queues_gone(cluster: PodRunnerCluster, vhost: str) -> bool:
+async def _legacy_queues_gone(cluster: Cluster, vhost: str) -> bool:
     left = {queue["name"] for queue in await cluster.vhost.queues(vhost)}
     return not any(name.startswith(("operator.", "executor.", "orchestrator.")) for name in left)

@@ -1,11 +1,13 @@
-"""Tenancy through the real RabbitMQ messaging-topology-operator (TRAILINGSTOP_BROKER_ADMIN=topology-operator).
+"""Tenancy through the real RabbitMQ messaging-topology-operator (the chart's
+``rabbitmq.tenancy.admin=topologyOperator``).
 
-The topology operator is built from the Go module proxy by ``scripts/topology-operator`` (once,
-cached; a session fixture) and runs out of cluster against the test API server, one per test,
-watching only that test's "operator namespace": the namespace our operator calls its own, where
-it creates the tenants' Vhost, User and Permission objects. They refer to the test broker through
-a connection Secret (``uri``, ``username``, ``password``: the test broker's management API and
-its guest account, which RabbitMQ accepts from loopback).
+Our operator is a release of the chart on the node (``Cluster.install``), in its own namespace
+and watching the test's; its workers are pods. The topology operator is built from the Go module
+proxy by ``scripts/topology-operator`` (once, cached; a session fixture) and runs out of cluster
+against the test API server, one per test, watching only our operator's namespace, where our
+operator creates the tenants' Vhost, User and Permission objects. They refer to the test broker
+through a connection Secret (``uri``, ``username``, ``password``: the test broker's management API
+and its guest account, which RabbitMQ accepts from loopback, where the topology operator runs).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import json
 import os
 import signal
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +30,14 @@ import aiormq
 import pytest
 
 from tests.conftest import Tool, missing
-from tests.e2e.conftest import REPO, create_namespace
-from tests.e2e.podrunner import PodRunnerCluster as Cluster
-from tests.e2e.podrunner import podrunner_cluster  # noqa: F401 (a fixture)
-from tests.e2e.test_tenancy import FAST, keys_secret, stop_manifest, wait_status
+from tests.e2e.conftest import REPO, Cluster, Release, create_namespace
+from tests.e2e.test_tenancy import FAST, keys_secret, stop_manifest, wait_status, worker_deployments
 from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET
 from tests.harness import eventually
 from tests.integration.test_workers import expected_triggers
 from trailingstop.bus import worker_permissions
 from trailingstop.core.contracts import client_order_id
-from trailingstop.operator.builders import USER_CREDENTIALS_SUFFIX
+from trailingstop.operator.builders import BROKER_CREDENTIALS_ANNOTATION, USER_CREDENTIALS_SUFFIX
 from trailingstop.operator.tenancy import tenant_name
 
 # Measured without the fixtures: a cold build of the topology operator takes minutes (see
@@ -53,12 +52,6 @@ TOPOLOGY_KINDS = "vhosts.rabbitmq.com,users.rabbitmq.com,permissions.rabbitmq.co
 
 
 # --- the topology operator ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cluster(podrunner_cluster: Cluster) -> Cluster:  # noqa: F811 (the fixture imported above)
-    """Still on the pod runner (the topology operator's tests have not moved onto the node)."""
-    return podrunner_cluster
 
 
 @pytest.fixture(scope="session")
@@ -113,14 +106,12 @@ class TopologyHome:
         listed = self.kubectl("get", TOPOLOGY_KINDS, "-n", namespace or self.namespace, "-o", "json").stdout
         return list(json.loads(listed)["items"])
 
-    def operator_env(self) -> dict[str, str]:
-        """Our operator's settings for this home."""
-        env = {"POD_NAMESPACE": self.namespace, "TRAILINGSTOP_BROKER_ADMIN": "topology-operator"}
+    def chart_values(self) -> list[str]:
+        """Our operator's settings for this home (the chart's ``rabbitmq.tenancy``)."""
+        values = ["--set", "rabbitmq.tenancy.admin=topologyOperator"]
         if "connectionSecret" in self.reference:
-            env["TRAILINGSTOP_RABBITMQ_CONNECTION_SECRET"] = self.reference["connectionSecret"]["name"]
-        else:
-            env["TRAILINGSTOP_RABBITMQ_CLUSTER"] = self.reference["name"]
-        return env
+            return [*values, "--set", f"rabbitmq.tenancy.connectionSecret={self.reference['connectionSecret']['name']}"]
+        return [*values, "--set", f"rabbitmq.tenancy.clusterName={self.reference['name']}"]
 
     def log_tail(self) -> str:
         processes = [self.topology, *([self.cluster_operator] if self.cluster_operator else [])]
@@ -141,7 +132,7 @@ def connection_secret(management_url: str, amqp_url: str) -> str:
 def rabbitmq_cluster(management_url: str) -> str:
     """A RabbitmqCluster whose default user is the connection Secret's account (an external
     Secret), and whose management API the topology operator is told is the test broker's: its
-    own pods never run here (no kubelet)."""
+    own pods never run (the Cluster Operator runs out of cluster, and the broker is the host's)."""
     return json.dumps({
         "apiVersion": "rabbitmq.com/v1beta1", "kind": "RabbitmqCluster",
         "metadata": {"name": CLUSTER_NAME, "annotations": {"rabbitmq.com/operator-connection-uri": management_url}},
@@ -163,7 +154,8 @@ def topology_home(
     management_url: str, tmp_path: Path,
 ) -> Iterator[TopologyHome]:
     """Parametrize indirectly with "connection-secret" (the default) or "rabbitmq-cluster". Request
-    it before ``cluster``: it is then torn down after our operator has stopped."""
+    it before ``cluster``: it is then torn down after our operator's namespace (this one) is
+    deleted, while the topology operator still runs to remove what is left."""
     by_cluster = getattr(request, "param", "connection-secret") == "rabbitmq-cluster"
     namespace = create_namespace(kubectl)
     kubectl("apply", "-n", namespace, "-f", "-", input=connection_secret(management_url, amqp_url))
@@ -201,8 +193,17 @@ def _tear_down(home: TopologyHome) -> None:
     home.kubectl("delete", "namespace", home.namespace, "--wait=false", check=False)
 
 
-def start_operator(cluster: Cluster, home: TopologyHome, instance: str) -> Any:
-    return cluster.start_operator(instance=instance, **home.operator_env())
+async def start_operator(cluster: Cluster, home: TopologyHome, wait: bool = True) -> Release:
+    """Our operator: a release of the chart in ``home``'s namespace, watching the test's."""
+    return await cluster.install(*home.chart_values(), namespace=home.namespace, watch=[cluster.namespace],
+                                 wait=wait)
+
+
+async def stop_operator(release: Release) -> None:
+    """Our operator's Deployment scaled to none, its pod gone."""
+    release.kubectl("scale", "deployment", release.fullname, "-n", release.namespace, "--replicas=0")
+    await eventually(lambda: not release.operator_pods(), timeout=120, interval=0.5,
+                     what=f"{release.fullname}'s pod gone")
 
 
 # --- the tests ------------------------------------------------------------------------------------------
@@ -215,11 +216,9 @@ async def test_tenancy_through_the_topology_operator_from_first_stop_to_last(
     """A stop makes the namespace's tenant through the real topology operator; the workers run on
     its least-privilege user; the stop fills with the namespace's keys; deleting it removes the
     objects, and with them the broker's user and vhost."""
-    instance = f"e2e{uuid.uuid4().hex[:6]}.trailingstop"
-    tenant = tenant_name(instance, cluster.namespace)
     assert cluster.apply(keys_secret(DEFAULT_API_KEY, DEFAULT_API_SECRET)).returncode == 0
-    operator = start_operator(cluster, topology_home, instance)
-    await operator.wait_healthy()
+    operator = await start_operator(cluster, topology_home)
+    tenant = tenant_name(operator.instance, cluster.namespace)
     testnet = {"mode": "Testnet", "credentialsSecretRef": {"name": "binance-keys"}}
     assert cluster.apply(stop_manifest("protect", FAST, **testnet)).returncode == 0
     await wait_status(cluster, cluster.namespace, "protect", "Armed")
@@ -243,7 +242,7 @@ async def test_tenancy_through_the_topology_operator_from_first_stop_to_last(
     url = worker_url(cluster)
     assert unquote(urlsplit(url).username or "") == tenant
     workers = {"marketdata-XRPETH", "orchestrator-XRPETH", "executor-testnet-binance-keys"}
-    await eventually(lambda: _connected_as(cluster, tenant, workers), timeout=30, interval=0.5,
+    await eventually(lambda: _connected_as(cluster, tenant, workers), timeout=120, interval=0.5,
                      what="the three workers connected to the tenant's vhost as its user")
 
     await advance_all(cluster)
@@ -256,7 +255,8 @@ async def test_tenancy_through_the_topology_operator_from_first_stop_to_last(
     cluster.kubectl("delete", "trailingstop", "protect", "-n", cluster.namespace)
     await eventually(lambda: _tenant_gone(cluster, topology_home, tenant), timeout=60, interval=0.5,
                      what="the tenant's objects, Secrets, broker user and vhost removed")
-    assert "Traceback" not in operator.log_text(), operator.log_tail()
+    log = operator.log_text()
+    assert "Traceback" not in log, log[-4000:]
 
 
 async def test_tenancy_topology_operator_user_made_again_when_the_password_changes(
@@ -266,18 +266,18 @@ async def test_tenancy_topology_operator_user_made_again_when_the_password_chang
     new password, and the User (which the topology operator imports only once) and the workers'
     Permission are made again with it. The old password is refused, the workers roll onto the new
     one and the stop still fills."""
-    instance = f"e2e{uuid.uuid4().hex[:6]}.trailingstop"
-    tenant = tenant_name(instance, cluster.namespace)
-    first = start_operator(cluster, topology_home, instance)
-    await first.wait_healthy()
+    operator = await start_operator(cluster, topology_home)
+    tenant = tenant_name(operator.instance, cluster.namespace)
     assert cluster.apply(stop_manifest("protect", FAST)).returncode == 0
     await wait_status(cluster, cluster.namespace, "protect", "Armed")
     old_url, old_user = worker_url(cluster), _uid(topology_home, "User")
+    before = await worker_deployments(cluster)
+    assert len(before) == 3, sorted(before)
 
-    await first.stop()
+    await stop_operator(operator)
     cluster.kubectl("delete", "secret", "ts-amqp", "-n", cluster.namespace)
-    second = start_operator(cluster, topology_home, instance)
-    await second.wait_healthy()
+    operator.kubectl("scale", "deployment", operator.fullname, "-n", operator.namespace, "--replicas=1")
+    await operator.wait_operator_ready()
     new_url = await eventually(lambda: _url_changed(cluster, old_url), timeout=90, interval=0.5,
                                what="a new ts-amqp URL")
     assert _uid(topology_home, "User") != old_user
@@ -293,11 +293,8 @@ async def test_tenancy_topology_operator_user_made_again_when_the_password_chang
         "user": tenant, "vhost": tenant, **worker_permissions()}
 
     # Trades only once the new workers run: the old ones lost their user and may not see them.
-    await eventually(lambda: _restarted(cluster), timeout=60, interval=0.5,
-                     what="the workers restarted with the new URL")
-    assert cluster.pods is not None
-    for _, process in cluster.pods.running.values():
-        await process.wait_healthy()
+    await eventually(lambda: _restarted(cluster, before), timeout=180, interval=0.5,
+                     what="the workers restarted with the new URL, Ready")
     await advance_all(cluster)
     final = await wait_status(cluster, cluster.namespace, "protect", "Filled")
     assert final["status"]["triggerTradeId"] == expected_triggers([FAST], 5000)[0]
@@ -311,18 +308,19 @@ async def test_tenancy_topology_operator_waits_for_a_complete_connection_secret(
     starts and serves stops."""
     home = topology_home.namespace
     topology_home.kubectl("delete", "secret", CONNECTION_SECRET, "-n", home)
-    operator = start_operator(cluster, topology_home, f"e2e{uuid.uuid4().hex[:6]}.trailingstop")
+    operator = await start_operator(cluster, topology_home, wait=False)
     absent = f"the connection Secret {home}/{CONNECTION_SECRET} (TRAILINGSTOP_RABBITMQ_CONNECTION_SECRET) does not"
-    await eventually(lambda: absent in operator.log_text(), timeout=60, interval=0.5, what="the missing Secret named")
+    await eventually(lambda: absent in _log_so_far(operator), timeout=180, interval=0.5,
+                     what="the missing Secret named")
 
     whole = json.loads(connection_secret(management_url, amqp_url))
     partial = {**whole, "data": {"uri": whole["data"]["uri"]}}
     topology_home.kubectl("apply", "-n", home, "-f", "-", input=json.dumps(partial))
     lacking = f"the connection Secret {home}/{CONNECTION_SECRET} lacks the key(s) password, username"
-    await eventually(lambda: lacking in operator.log_text(), timeout=60, interval=0.5, what="the missing keys named")
+    await eventually(lambda: lacking in _log_so_far(operator), timeout=60, interval=0.5, what="the missing keys named")
 
     topology_home.kubectl("apply", "-n", home, "-f", "-", input=json.dumps(whole))
-    await operator.wait_healthy(timeout=60)
+    await operator.wait_operator_ready()
     assert cluster.apply(stop_manifest("protect", FAST)).returncode == 0
     await wait_status(cluster, cluster.namespace, "protect", "Armed")
     assert "address already in use" not in operator.log_text()  # each failed start released its port
@@ -383,11 +381,34 @@ def _url_changed(cluster: Cluster, old: str) -> str | None:
     return url if url and url != old else None
 
 
-def _restarted(cluster: Cluster) -> bool:
-    """Every worker is at its second start: the template with the new credentials' digest."""
-    assert cluster.pods is not None
-    starts = cluster.pods.starts
-    return len(cluster.pods.running) == 3 and len(starts) == 3 and all(count == 2 for count in starts.values())
+def _log_so_far(release: Release) -> str:
+    """The operator's log, "" while its pod is not there yet (helm install did not wait for it)."""
+    return release.log_text() if release.operator_pods() else ""
+
+
+def _credentials(deployment: dict[str, Any]) -> str:
+    return str((deployment["spec"]["template"]["metadata"].get("annotations") or {}).get(BROKER_CREDENTIALS_ANNOTATION))
+
+
+async def _restarted(cluster: Cluster, before: dict[str, dict[str, Any]]) -> bool:
+    """Every worker's template changed once, to the new credentials' digest, and rolled out: one
+    Ready pod of the new template, none of the old left (not even terminating)."""
+    now = await worker_deployments(cluster)
+    if set(now) != set(before):
+        return False
+    for name, deployment in now.items():
+        old = before[name]
+        if _credentials(deployment) == _credentials(old):
+            return False
+        assert deployment["metadata"]["generation"] == old["metadata"]["generation"] + 1, (name, "changed twice")
+        status = deployment["status"]
+        if status.get("observedGeneration") != deployment["metadata"]["generation"] or not all(
+            status.get(count) == 1 for count in ("replicas", "updatedReplicas", "readyReplicas")
+        ):
+            return False
+        if len(await cluster.pods_of(name)) != 1:
+            return False
+    return True
 
 
 def _item(home: TopologyHome, kind: str) -> dict[str, Any]:

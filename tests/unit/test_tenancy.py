@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,7 @@ from trailingstop.bus import (
 )
 from trailingstop.core.contracts import ROUTE_MAX, StopEvent, TrailingStopSpec, executor_route
 from trailingstop.operator import builders
+from trailingstop.operator.brokeradmin import TopologyOperator
 from trailingstop.operator.builders import BROKER_CREDENTIALS_ANNOTATION, Owner
 from trailingstop.operator.config import OperatorConfig
 from trailingstop.operator.events import EventRouter, StatusWriter
@@ -211,6 +213,59 @@ def test_tenancy_operator_refuses_a_bad_broker_setting_in_one_line() -> None:
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: TRAILINGSTOP_BROKER_ADMIN=topology-operator needs "
                                   "exactly one of TRAILINGSTOP_RABBITMQ_CLUSTER"), done.stderr
+
+
+class TopologyOperatorStandIn:
+    """A Kube holding objects in memory, with the messaging-topology-operator's behaviour that
+    matters here: a User is declared at once (Ready) with the password of a ``<name>-user-credentials``
+    Secret it generates from its import Secret, or adopts when one of that name is there already;
+    deleting the User leaves that Secret to the garbage collector, which has not come yet."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+
+    async def read(self, desired: dict[str, Any]) -> dict[str, Any] | None:
+        return self.objects.get((desired["kind"], desired["metadata"]["name"]))
+
+    async def apply(self, desired: dict[str, Any]) -> bool:
+        kind, name = desired["kind"], desired["metadata"]["name"]
+        stored = {**desired, "metadata": {**desired["metadata"], "generation": 1}}
+        if kind != "Secret":
+            stored["status"] = {"conditions": [{"type": "Ready", "status": "True"}], "observedGeneration": 1}
+        if kind == "User":
+            generated = f"{name}-user-credentials"
+            if ("Secret", generated) not in self.objects:  # else adopted as it is
+                imported = self.objects[("Secret", desired["spec"]["importCredentialsSecret"]["name"])]
+                self.objects[("Secret", generated)] = {"kind": "Secret", "metadata": {"name": generated},
+                                                       "data": dict(imported["data"])}
+            stored["status"]["credentials"] = {"name": generated}
+        self.objects[(kind, name)] = stored
+        return True
+
+    async def delete(self, desired: dict[str, Any]) -> bool:
+        return self.objects.pop((desired["kind"], desired["metadata"]["name"]), None) is not None
+
+    async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        found = self.objects.get(("Secret", name))
+        return base64.b64decode(found["data"][key]).decode() if found else None
+
+
+async def test_tenancy_topology_operator_new_password_reaches_the_users_generated_secret() -> None:
+    """A tenant's password changes (its ts-amqp was lost): the User is made again with the new one,
+    and its generated Secret, which the garbage collector would remove only later, is deleted
+    before that, so the new User does not adopt it with the old password."""
+    kube = TopologyOperatorStandIn()
+    admin = TopologyOperator(kube, "ops", {"connectionSecret": {"name": "rabbitmq-admin"}}, "admin",  # type: ignore[arg-type]
+                             ready_timeout=5, poll_interval=0.01)
+    await admin.put_tenant("ts.x.a", "ts.x.a", "old-password")
+    user = next(o for (kind, _), o in kube.objects.items() if kind == "User")
+    generated = user["status"]["credentials"]["name"]
+    assert await kube.secret_value("ops", generated, "password") == "old-password"
+
+    await admin.put_tenant("ts.x.a", "ts.x.a", "new-password")
+    assert await kube.secret_value("ops", generated, "password") == "new-password"
+    await admin.put_tenant("ts.x.a", "ts.x.a", "new-password")  # the same password: nothing is remade
+    assert await kube.secret_value("ops", generated, "password") == "new-password"
 
 
 # --- the router: a tenant's events touch only its namespace --------------------------------------------

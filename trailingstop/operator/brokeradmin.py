@@ -109,7 +109,8 @@ class TopologyOperator:
     It imports the User's password once, into its own ``<user>-user-credentials`` Secret. When
     the tenant's password changes (a new ``ts-amqp``), the User and the workers' Permission are
     made again: deleting the broker user drops its permissions, and new objects are Ready only
-    once declared with the new password.
+    once declared with the new password. That generated Secret is deleted too (after the User,
+    before the new one): a new User would otherwise adopt it with the old password.
 
     Definitions the broker loses later (a broker without persistence, restarted) come back with
     the topology operator's own periodic reconcile (its ``SYNC_PERIOD``), not from here.
@@ -179,6 +180,13 @@ class TopologyOperator:
         for desired in (workers, user):
             await self.kube.delete(desired)
         await self._wait_gone([workers, user], deadline)
+        # Then the User's generated Secret, before the User is made again: the garbage collector
+        # removes it only some time after the User, and a new User of the same name that finds it
+        # adopts it, old password and all (the broker user keeps the old password, and the
+        # workers' new URL is refused).
+        stale = {"apiVersion": "v1", "kind": "Secret", "metadata": {"namespace": self.namespace, "name": generated}}
+        await self.kube.delete(stale)
+        await self._wait_gone([stale], deadline)
 
     async def _terminating(self, desired: dict[str, Any]) -> bool:
         current = await self.kube.read(desired)
