@@ -17,6 +17,7 @@ import time
 import pytest
 
 from tests.e2e.conftest import Cluster
+from tests.e2e.node import frozen
 from tests.e2e.stops import (
     FIRST_ID,
     advance,
@@ -30,12 +31,14 @@ from tests.e2e.stops import (
 )
 from tests.harness import eventually
 from trailingstop.core.contracts import client_order_id, ms_to_rfc3339
+from trailingstop.workers.orchestrator import EXPIRY_GRACE_MS
 
 pytestmark = pytest.mark.timeout(420)
 
 # Until the symbol's pods are up (each starts in 5-20 s on a loaded 2-core node, and a Recreate
 # or a busy kubelet can add to that).
 PODS_UP = 240
+ORCHESTRATOR = "ts-orchestrator-xrpeth"
 
 
 async def test_an_amount_stop_runs_to_filled_and_kubectl_shows_its_amount(cluster: Cluster) -> None:
@@ -162,5 +165,103 @@ async def test_a_limit_stop_on_a_thin_book_ends_partially_filled_with_one_order(
     assert (await cluster.stop_resource("zz-keeper"))["status"]["phase"] == "Tracking"
 
 
+async def test_a_limit_stop_with_no_price_in_its_bound_ends_unfilled_and_a_refused_order_shows_binances_error(
+    cluster: Cluster,
+) -> None:
+    # Offline: BUY 0.5 % with no activation price triggers at offset 110, price 0.00141866; the
+    # bound is 0.00141866 x 1.005 = 0.0014257533, down to the tick (a BUY pays no more): 0.00142575.
+    # The book's only ask is one tick above it, so the IOC fills nothing. SELL 0.5 % triggers at
+    # offset 311, a market SELL of 100 XRP from an account holding 10: Binance refuses it.
+    assert cluster.apply(keys_secret()).returncode == 0
+    cluster.fake.account().set_balances({"XRP": "10", "ETH": "100"})
+    cluster.fake.set_book("XRPETH", bids=[["0.00140000", "100000"]], asks=[["0.00142576", "100000"]])
+    await cluster.install()
+    limit = {"type": "Limit", "maxSlippagePercent": "0.5"}
+    stops = {"unfilled": keyed_stop("unfilled", side="BUY", trail="0.5", activation=None, execution=limit),
+             "refused": keyed_stop("refused", trail="0.5", activation=None),
+             "zz-keeper": keyed_stop("zz-keeper", trail="10", activation=None)}  # never triggers: see above
+    for body in stops.values():
+        assert cluster.apply(body).returncode == 0
+    for name in stops:
+        await wait_phase(cluster, name, "Armed", timeout=PODS_UP)
+    await advance(cluster, 400)
+
+    unfilled = await wait_phase(cluster, "unfilled", "Unfilled")
+    cid = client_order_id(unfilled["metadata"]["uid"])
+    order = unfilled["status"]["order"]
+    assert (order["status"], order["type"], order["price"]) == ("EXPIRED", "LIMIT", "0.00142575")
+    assert (order["origQty"], order["executedQty"], order["remainingQty"]) == ("100", "0", "100")
+    assert unfilled["status"]["message"] == ("LIMIT order expired (limit 0.00142575) with nothing filled; "
+                                             "no further order")
+    ready = {c["type"]: c for c in unfilled["status"]["conditions"]}["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "Unfilled")
+    placed = cluster.fake.orders(cid)
+    assert [(o.side, o.type, o.time_in_force, str(o.price)) for o in placed] == [("BUY", "LIMIT", "IOC", "0.00142575")]
+    await wait_event(cluster, "unfilled", "Unfilled")
+
+    refused = await wait_phase(cluster, "refused", "Rejected")
+    refused_cid = client_order_id(refused["metadata"]["uid"])
+    error = refused["status"]["order"]["error"]
+    assert (error["code"], error["message"]) == (-2010, "Account has insufficient balance for requested action.")
+    assert refused["status"]["message"] == "Binance -2010: Account has insufficient balance for requested action."
+    assert cluster.fake.order_count(refused_cid) == 0
+    await wait_event(cluster, "refused", "Rejected")
+
+    rows = {row["NAME"]: row for row in table_rows(cluster, "-o", "wide")}
+    assert (rows["unfilled"]["PHASE"], rows["unfilled"]["EXECUTION"], rows["unfilled"]["ORDER"]) == (
+        "Unfilled", "Limit", "EXPIRED")
+    assert rows["refused"]["PHASE"] == "Rejected"
+    # Neither tries again: more trades reach the running workers (the keeper's), and no order follows.
+    await advance(cluster, 600)
+    await eventually(lambda: _last_trade_is(cluster, "zz-keeper", FIRST_ID + 599), what="the trades up to 600 heard")
+    assert (cluster.fake.order_count(cid), cluster.fake.order_posts(cid)) == (1, 1)
+    assert cluster.fake.order_count(refused_cid) == 0
+    phases = [(await cluster.stop_resource(name))["status"]["phase"] for name in stops]
+    assert phases == ["Unfilled", "Rejected", "Tracking"]
+
+
+async def test_an_expiry_reached_while_the_orchestrator_is_frozen_and_the_operator_restarts_still_ends_expired(
+    cluster: Cluster,
+) -> None:
+    """The deadline lives in the spec, not in a timer: it passes while the symbol's orchestrator is
+    frozen (SIGSTOP) and then deleted, and the operator's pod is deleted too; the new orchestrator
+    expires the stop from its spec, the new operator writes the status and the Event."""
+    release = await cluster.install()
+    assert cluster.apply(manifest("expiring", activation=None, expiresAt="2099-01-01T00:00:00Z")).returncode == 0
+    await wait_phase(cluster, "expiring", "Armed", timeout=PODS_UP)
+    old = await cluster.worker(ORCHESTRATOR, timeout=PODS_UP)
+    deadline_ms = int(time.time() * 1000) + 3000
+    deadline = ms_to_rfc3339(deadline_ms)
+    with frozen(old):
+        moved = cluster.kubectl("patch", "ts", "expiring", "-n", cluster.namespace, "--type=merge",
+                                "-p", json.dumps({"spec": {"expiresAt": deadline}}), check=False)
+        assert moved.returncode == 0, moved.stderr
+        # The deadline and the orchestrator's grace pass with nobody to act on them.
+        await eventually(lambda: time.time() * 1000 > deadline_ms + EXPIRY_GRACE_MS + 1000, timeout=30,
+                         interval=0.2, what="the deadline passed")
+        operator = release.operator_pod()["metadata"]["name"]
+        cluster.kubectl("delete", "pod", operator, "-n", release.namespace, "--wait=false")
+        cluster.kubectl("delete", "pod", old["metadata"]["name"], "-n", cluster.namespace, "--grace-period=0",
+                        "--force")
+        await eventually(lambda: _gone(cluster, old["metadata"]["name"]), timeout=PODS_UP, interval=0.5,
+                         what="the frozen orchestrator's pod gone")
+
+    final = await wait_phase(cluster, "expiring", "Expired", timeout=PODS_UP)
+    status = final["status"]
+    assert status["message"] == (f"expired at {deadline} (no trade reached the stop by then); "
+                                 "no order was placed")
+    assert "order" not in status
+    assert cluster.fake.order_count(client_order_id(final["metadata"]["uid"])) == 0
+    await wait_event(cluster, "expiring", "Expired")
+    assert release.operator_pod()["metadata"]["name"] != operator
+    (row,) = table_rows(cluster, "-o", "wide")
+    assert (row["PHASE"], row["EXPIRES"]) == ("Expired", deadline)
+
+
+async def _gone(cluster: Cluster, pod: str) -> bool:
+    return pod not in {p["metadata"]["name"] for p in await cluster.pods_of(ORCHESTRATOR)}
+
+
 async def _last_trade_is(cluster: Cluster, name: str, trade_id: int) -> bool:
     return (await cluster.stop_resource(name)).get("status", {}).get("lastTradeId") == trade_id
+
