@@ -36,7 +36,7 @@ async def status_of(cluster: Cluster, name: str) -> dict[str, Any]:
     return dict((await cluster.stop_resource(name)).get("status") or {})
 
 
-async def wait_status(cluster: Cluster, name: str, check: Any, what: str, timeout: float = 60) -> dict[str, Any]:
+async def wait_status(cluster: Cluster, name: str, check: Any, what: str, timeout: float = 120) -> dict[str, Any]:
     async def probe() -> dict[str, Any] | None:
         status = await status_of(cluster, name)
         return status if check(status) else None
@@ -85,13 +85,14 @@ async def test_a_book_stop_streams_the_book_fills_at_the_bid_and_reports_a_gap(c
     fake = cluster.fake
     assert cluster.apply(book_stop("on-trades", trail="50")).returncode == 0
     base = ["worker", "marketdata", "--symbol", SYMBOL]
-    await eventually(lambda: args_are(cluster, base), what="marketdata without the book")
+    await eventually(lambda: args_are(cluster, base), timeout=120, what="marketdata without the book")
 
     assert cluster.apply(book_stop("on-bid", priceSource="BestBidAsk")).returncode == 0
-    await eventually(lambda: args_are(cluster, [*base, "--book"]), what="marketdata told to stream the book")
+    await eventually(lambda: args_are(cluster, [*base, "--book"]), timeout=120,
+                     what="marketdata told to stream the book")
     await both_sockets(cluster)
     await wait_status(cluster, "on-bid", lambda s: s.get("phase") == "Armed" and s.get("priceSource") == "BestBid",
-                      what="armed, following the best bid")
+                      what="armed, following the best bid", timeout=PODS_UP)
 
     sent = fake.set_quotes(SYMBOL, [{"bid": "0.00145", "ask": "0.00146"}, {"bid": "0.00150", "ask": "0.00151"}])
     await wait_status(cluster, "on-bid", lambda s: s.get("lastUpdateId") == sent[-1]["u"], what="the last quote")
