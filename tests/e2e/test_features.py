@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -232,7 +233,7 @@ async def test_an_expiry_reached_while_the_orchestrator_is_frozen_and_the_operat
     old = await cluster.worker(ORCHESTRATOR, timeout=PODS_UP)
     deadline_ms = int(time.time() * 1000) + 3000
     deadline = ms_to_rfc3339(deadline_ms)
-    with frozen(old):
+    with frozen(old) as pids:
         moved = cluster.kubectl("patch", "ts", "expiring", "-n", cluster.namespace, "--type=merge",
                                 "-p", json.dumps({"spec": {"expiresAt": deadline}}), check=False)
         assert moved.returncode == 0, moved.stderr
@@ -243,8 +244,9 @@ async def test_an_expiry_reached_while_the_orchestrator_is_frozen_and_the_operat
         cluster.kubectl("delete", "pod", operator, "-n", release.namespace, "--wait=false")
         cluster.kubectl("delete", "pod", old["metadata"]["name"], "-n", cluster.namespace, "--grace-period=0",
                         "--force")
-        await eventually(lambda: _gone(cluster, old["metadata"]["name"]), timeout=PODS_UP, interval=0.5,
-                         what="the frozen orchestrator's pod gone")
+        # Killed while still stopped (SIGKILL needs no SIGCONT), so it never acts on the deadline.
+        await eventually(lambda: not any(map(_alive, pids)), timeout=PODS_UP, interval=0.5,
+                         what="the frozen orchestrator's processes gone")
 
     final = await wait_phase(cluster, "expiring", "Expired", timeout=PODS_UP)
     status = final["status"]
@@ -258,8 +260,13 @@ async def test_an_expiry_reached_while_the_orchestrator_is_frozen_and_the_operat
     assert (row["PHASE"], row["EXPIRES"]) == ("Expired", deadline)
 
 
-async def _gone(cluster: Cluster, pod: str) -> bool:
-    return pod not in {p["metadata"]["name"] for p in await cluster.pods_of(ORCHESTRATOR)}
+def _alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie (its state is the field after ``(comm)``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 async def _last_trade_is(cluster: Cluster, name: str, trade_id: int) -> bool:
