@@ -2,8 +2,8 @@
 
 The operator is a pod installed by ``helm install`` (tests/e2e/conftest.py), the workers are the
 pods it creates, run by the kubelet; the API server (CRD schema and CEL rules), the controllers and
-RabbitMQ are real; Binance is the fake on the node address (with a configured book for the
-partial fill), its tape driven from the test.
+RabbitMQ are real; Binance is the fake on the node address, its tape driven from the test, its
+book and balances set for the limit orders and the refusal.
 
 Expected figures come from the engine over the same bundled XRPETH trades (computed offline with
 ``trailingstop.backtest``), so a wrong trigger shows as a wrong trade id or price, not a timeout.
@@ -21,6 +21,7 @@ from tests.e2e.conftest import Cluster
 from tests.e2e.node import frozen
 from tests.e2e.stops import (
     FIRST_ID,
+    SYMBOL,
     advance,
     keyed_stop,
     keys_secret,
@@ -131,7 +132,7 @@ async def test_a_limit_stop_on_a_thin_book_ends_partially_filled_with_one_order(
     # bound is 0.00141249 x 0.995 = 0.0014054275, up to the tick: 0.00140543. The book holds 40 XRP
     # at the trigger price and the rest below the bound: 40 fill, 60 expire, and nothing more.
     assert cluster.apply(keys_secret()).returncode == 0
-    cluster.fake.set_book("XRPETH", bids=[["0.00141249", "40"], ["0.00140542", "100000"]])
+    cluster.fake.set_book(SYMBOL, bids=[["0.00141249", "40"], ["0.00140542", "100000"]])
     await cluster.install()
     body = keyed_stop("limit", trail="0.5", activation=None, execution={"type": "Limit", "maxSlippagePercent": "0.5"})
     assert cluster.apply(body).returncode == 0
@@ -175,7 +176,7 @@ async def test_a_limit_stop_with_no_price_in_its_bound_ends_unfilled_and_a_refus
     # offset 311, a market SELL of 100 XRP from an account holding 10: Binance refuses it.
     assert cluster.apply(keys_secret()).returncode == 0
     cluster.fake.account().set_balances({"XRP": "10", "ETH": "100"})
-    cluster.fake.set_book("XRPETH", bids=[["0.00140000", "100000"]], asks=[["0.00142576", "100000"]])
+    cluster.fake.set_book(SYMBOL, bids=[["0.00140000", "100000"]], asks=[["0.00142576", "100000"]])
     await cluster.install()
     limit = {"type": "Limit", "maxSlippagePercent": "0.5"}
     stops = {"unfilled": keyed_stop("unfilled", side="BUY", trail="0.5", activation=None, execution=limit),
