@@ -301,6 +301,10 @@ class Cluster:
             "--set-json", f"watch.namespaces={json.dumps(watch or [release.namespace])}",
             "--set-json", f"workers.env={json.dumps(workers if workers is not None else worker_env(self.fake))}",
             "--set", "operator.statusInterval=1", "--set", f"operator.replicas={replicas}",
+            # Small CPU requests: several checkouts' tests (and benchmarks) share the node's 2 CPUs,
+            # the scheduler counts requests, not use, and the chart's 50m a pod once filled the node
+            # (a test's pods Pending for minutes: "0/1 nodes are available: 1 Insufficient cpu").
+            "--set", "operator.resources.requests.cpu=10m", "--set", "workers.resources.requests.cpu=10m",
             # Ready (and so `helm install --wait` done) soon after /healthz answers
             "--set", "operator.readinessProbe.initialDelaySeconds=1",
             "--set", "operator.readinessProbe.periodSeconds=1",

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.timeout(420)
 
 # Until the symbol's pods are up (each starts in 5-20 s on a loaded 2-core node, and a Recreate
 # or a busy kubelet can add to that).
-PODS_UP = 240
+PODS_UP = 300
 ORCHESTRATOR = "ts-orchestrator-xrpeth"
 
 

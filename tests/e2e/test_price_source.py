@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(420)
 MARKETDATA = "ts-marketdata-xrpeth"
 # Until a marketdata pod is up (5-20 s on a loaded 2-core node; a Recreate first waits for the old
 # pod to stop).
-PODS_UP = 240
+PODS_UP = 300
 
 
 def book_stop(name: str, trail: str = "1", **spec: Any) -> str:
