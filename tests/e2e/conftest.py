@@ -116,13 +116,16 @@ def create_namespace(kubectl: Tool, prefix: str = "ts-e2e") -> str:
 
 
 def delete_namespace(kubectl: Tool, name: str) -> None:
-    """Deleted without waiting. The stops get their deletionTimestamp first, so an operator still
-    running never puts its finalizer back; then the finalizers go, in case no operator is left to
-    remove them (otherwise the namespace would stay Terminating)."""
-    kubectl("delete", "namespace", name, "--wait=false", check=False)
+    """Deleted without waiting. The stops get their deletionTimestamp first, from a delete of their
+    own (the namespace's delete sets it only later, from the namespace controller: finalizers
+    removed before that were put back by the operator still running, and the namespace stayed
+    Terminating for ever once the operator's pod was gone); an operator still running then never
+    puts its finalizer back. Then the finalizers go, in case no operator is left to remove them."""
+    kubectl("delete", "trailingstops", "--all", "-n", name, "--wait=false", check=False)
     listed = kubectl("get", "trailingstops", "-n", name, "-o", "name", check=False).stdout.split()
     for resource in listed:
         kubectl("patch", resource, "-n", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture
