@@ -116,13 +116,16 @@ def create_namespace(kubectl: Tool, prefix: str = "ts-e2e") -> str:
 
 
 def delete_namespace(kubectl: Tool, name: str) -> None:
-    """Deleted without waiting. The stops get their deletionTimestamp first, so an operator still
-    running never puts its finalizer back; then the finalizers go, in case no operator is left to
-    remove them (otherwise the namespace would stay Terminating)."""
-    kubectl("delete", "namespace", name, "--wait=false", check=False)
+    """Deleted without waiting. The stops get their deletionTimestamp first, from a delete of their
+    own (the namespace's delete sets it only later, from the namespace controller: finalizers
+    removed before that were put back by the operator still running, and the namespace stayed
+    Terminating for ever once the operator's pod was gone); an operator still running then never
+    puts its finalizer back. Then the finalizers go, in case no operator is left to remove them."""
+    kubectl("delete", "trailingstops", "--all", "-n", name, "--wait=false", check=False)
     listed = kubectl("get", "trailingstops", "-n", name, "-o", "name", check=False).stdout.split()
     for resource in listed:
         kubectl("patch", resource, "-n", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture
@@ -333,6 +336,10 @@ class Cluster:
             "--set-json", f"workers.env={json.dumps(workers if workers is not None else worker_env(self.fake))}",
             "--set", "operator.statusInterval=1",
             *(["--set", f"operator.replicas={replicas}"] if replicas is not None else []),
+            # Small CPU requests: the scheduler counts requests, not use, and at the chart's 50m a
+            # pod a node shared with other suites or benchmarks can fill up (pods Pending for
+            # minutes: "0/1 nodes are available: 1 Insufficient cpu").
+            "--set", "operator.resources.requests.cpu=10m", "--set", "workers.resources.requests.cpu=10m",
             # Ready (and so `helm install --wait` done) soon after /healthz answers
             "--set", "operator.readinessProbe.initialDelaySeconds=1",
             "--set", "operator.readinessProbe.periodSeconds=1",

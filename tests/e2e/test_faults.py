@@ -13,8 +13,7 @@ import pytest
 
 from tests.e2e.conftest import Cluster, pod_ready
 from tests.e2e.node import frozen
-from tests.e2e.test_operator import advance, wait_phase
-from tests.e2e.test_production import keyed_stop, keys_secret
+from tests.e2e.stops import advance, keyed_stop, keys_secret, wait_phase
 from tests.harness import eventually
 from trailingstop.core.contracts import client_order_id
 

@@ -1,9 +1,9 @@
-"""Issue 14 on the real control plane: trailingAmount, Limit execution with a slippage bound, expiresAt.
+"""Issue 14 on the real node: trailingAmount, Limit execution with a slippage bound, expiresAt.
 
-The API server (CRD schema and CEL rules), etcd and the controller-manager are real, RabbitMQ is
-real, the worker pods run through the current ``cluster`` fixture's pod runner, Binance is the
-fake (with a configured book for the partial fill). Self-contained: the helpers are here, so the
-file can move with the e2e tests onto a real node.
+The operator is a pod installed by ``helm install`` (tests/e2e/conftest.py), the workers are the
+pods it creates, run by the kubelet; the API server (CRD schema and CEL rules), the controllers and
+RabbitMQ are real; Binance is the fake on the node address, its tape driven from the test, its
+book and balances set for the limit orders and the refusal.
 
 Expected figures come from the engine over the same bundled XRPETH trades (computed offline with
 ``trailingstop.backtest``), so a wrong trigger shows as a wrong trade id or price, not a timeout.
@@ -11,102 +11,45 @@ Expected figures come from the engine over the same bundled XRPETH trades (compu
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
 import time
-from typing import Any
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import Tool
-from tests.e2e.conftest import CRD
-from tests.e2e.podrunner import PodRunnerCluster as Cluster
-from tests.e2e.podrunner import podrunner_cluster  # noqa: F401 (a fixture)
-from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET
+from tests.e2e.conftest import Cluster
+from tests.e2e.node import frozen
+from tests.e2e.stops import (
+    FIRST_ID,
+    SYMBOL,
+    advance,
+    keyed_stop,
+    keys_secret,
+    manifest,
+    table_rows,
+    wait_event,
+    wait_phase,
+    with_trigger,
+)
 from tests.harness import eventually
 from trailingstop.core.contracts import client_order_id, ms_to_rfc3339
-from trailingstop.tradefiles import demo_trades_path, load_trades
+from trailingstop.workers.orchestrator import EXPIRY_GRACE_MS
 
+pytestmark = pytest.mark.timeout(420)
 
-@pytest.fixture
-def cluster(podrunner_cluster: Cluster) -> Cluster:  # noqa: F811 (the fixture imported above)
-    """The workers as processes through the pod runner (like test_tenancy_topology.py): these
-    tests drive the fake Binance's tape from the test process."""
-    return podrunner_cluster
-
-
-pytestmark = pytest.mark.timeout(240)
-
-SYMBOL = "XRPETH"
-FIRST_ID = load_trades(demo_trades_path())[0].trade_id
-
-
-@pytest.fixture(autouse=True)
-def this_branch_crd(kubectl: Tool) -> None:
-    """This tree's CRD, applied again before each test: the control plane is shared, and a branch
-    without these fields may have applied its own CRD since the session began."""
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trailingstops.trailingstop.dev")
-    path = "{.spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.trailingAmount.type}"
-    assert kubectl("get", "crd", "trailingstops.trailingstop.dev", "-o", f"jsonpath={path}").stdout == "string"
-
-
-def manifest(name: str, **spec: Any) -> str:
-    body: dict[str, Any] = {"symbol": SYMBOL, "side": "SELL", "quantity": "100", **spec}
-    return json.dumps({"apiVersion": "trailingstop.dev/v1", "kind": "TrailingStop", "metadata": {"name": name},
-                       "spec": body})
-
-
-async def advance(cluster: Cluster, upto: int, step: int = 100, pause: float = 0.02) -> None:
-    """Trades happen up to offset ``upto``, once the marketdata "pod" is connected to hear them."""
-    await cluster.fake.wait_for_stream_connections(1, timeout=30)
-    tape = cluster.fake.tape(SYMBOL)
-    while tape.position < upto:
-        await cluster.fake.advance(SYMBOL, min(step, upto - tape.position))
-        await asyncio.sleep(pause)
-
-
-async def wait_phase(cluster: Cluster, name: str, wanted: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        resource = await cluster.stop_resource(name)
-        if resource.get("status", {}).get("phase") == wanted:
-            return resource
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{name} not {wanted} after {timeout}s: {resource.get('status')}")
-        await asyncio.sleep(0.1)
-
-
-def event_reasons(cluster: Cluster, name: str) -> list[str]:
-    return cluster.kubectl("get", "events", "-n", cluster.namespace, "--field-selector",
-                           f"involvedObject.kind=TrailingStop,involvedObject.name={name}",
-                           "-o", "jsonpath={.items[*].reason}").stdout.split()
-
-
-async def with_trigger(cluster: Cluster, name: str) -> dict[str, Any] | None:
-    resource = await cluster.stop_resource(name)
-    return resource if "triggerTradeId" in resource.get("status", {}) else None
-
-
-def table_rows(cluster: Cluster, *extra: str) -> list[dict[str, str]]:
-    """``kubectl get`` as dicts, cut at the header's column starts (kubectl pads every column)."""
-    lines = cluster.kubectl("get", "trailingstops", "-n", cluster.namespace, *extra).stdout.splitlines()
-    header = lines[0]
-    starts = [i for i, ch in enumerate(header) if ch != " " and (i == 0 or header[i - 1] == " ")]
-    names = header.split()
-    ends = [*starts[1:], None]
-    return [{n: line[a:b].strip() for n, a, b in zip(names, starts, ends, strict=True)} for line in lines[1:]]
+# Until the symbol's pods are up (each starts in 5-20 s on a loaded 2-core node, and a Recreate
+# or a busy kubelet can add to that).
+PODS_UP = 300
+ORCHESTRATOR = "ts-orchestrator-xrpeth"
 
 
 async def test_an_amount_stop_runs_to_filled_and_kubectl_shows_its_amount(cluster: Cluster) -> None:
     # Offline: SELL 0.0000148 from 0.00145 activates at offset 3307; the high 0.00149267 puts the
     # stop at 0.00147787, which offset 4847 (0.00147777) passes.
-    operator = cluster.start_operator()
-    await operator.wait_healthy()
-    body = manifest("amount", trailingAmount="0.0000148", activationPrice="0.00145")
+    await cluster.install()
+    body = manifest("amount", trail=None, trailingAmount="0.0000148", activation="0.00145")
     assert cluster.apply(body).returncode == 0
-    await wait_phase(cluster, "amount", "Armed")
+    await wait_phase(cluster, "amount", "Armed", timeout=PODS_UP)
     await advance(cluster, 5000)
     await wait_phase(cluster, "amount", "Filled")
     final = await eventually(lambda: with_trigger(cluster, "amount"), what="the trigger details")
@@ -117,7 +60,8 @@ async def test_an_amount_stop_runs_to_filled_and_kubectl_shows_its_amount(cluste
     (row,) = table_rows(cluster)
     assert row["TRAILAMOUNT"] == "0.0000148" and row["TRAIL%"] in ("", "<none>")
     assert (row["PHASE"], row["STOP"]) == ("Filled", "0.00147787")
-    assert {"Activated", "Triggered", "Filled"} <= set(event_reasons(cluster, "amount"))
+    reasons = await wait_event(cluster, "amount", "Filled")
+    assert {"Activated", "Triggered", "Filled"} <= set(reasons)
 
 
 async def test_the_crd_refuses_bad_combinations_with_readable_messages(cluster: Cluster) -> None:
@@ -141,15 +85,15 @@ async def test_the_crd_refuses_bad_combinations_with_readable_messages(cluster: 
         json.dumps({"trailingPercent": "1", "expiresAt": "2026-02-30T00:00:00Z"}): "expiresAt",
     }
     for spec, message in cases.items():
-        result = cluster.apply(manifest("bad", **json.loads(spec)))
+        result = cluster.apply(manifest("bad", trail=None, activation=None, **json.loads(spec)))
         assert result.returncode != 0, spec
         assert message in result.stderr, (spec, result.stderr)
     assert cluster.kubectl("get", "ts", "-n", cluster.namespace).stdout == ""
     # The exact rule in the other direction: one unit in the 20th decimal above the amount is enough,
     # and a BUY has no such rule (its stop is above the reference).
-    fine = [manifest("sell-just-above", trailingAmount=big, activationPrice=big + ".00000000000000000001"),
-            manifest("buy-any", side="BUY", trailingAmount="5", activationPrice="1"),
-            manifest("limit-zero", trailingPercent="1", execution={"type": "Limit", "maxSlippagePercent": "0"},
+    fine = [manifest("sell-just-above", trail=None, trailingAmount=big, activation=big + ".00000000000000000001"),
+            manifest("buy-any", side="BUY", trail=None, trailingAmount="5", activation="1"),
+            manifest("limit-zero", activation=None, execution={"type": "Limit", "maxSlippagePercent": "0"},
                      expiresAt="2030-01-01T00:00:00.123456789+05:30")]
     for body in fine:
         result = cluster.apply(body)
@@ -157,16 +101,16 @@ async def test_the_crd_refuses_bad_combinations_with_readable_messages(cluster: 
 
 
 async def test_a_quiet_stop_expires_by_its_deadline_with_no_order_and_an_event(cluster: Cluster) -> None:
-    operator = cluster.start_operator()
-    await operator.wait_healthy()
-    assert cluster.apply(manifest("expiring", trailingPercent="1", expiresAt="2099-01-01T00:00:00Z")).returncode == 0
-    await wait_phase(cluster, "expiring", "Armed")
+    await cluster.install()
+    body = manifest("expiring", activation=None, expiresAt="2099-01-01T00:00:00Z")
+    assert cluster.apply(body).returncode == 0
+    await wait_phase(cluster, "expiring", "Armed", timeout=PODS_UP)
     # Moved sooner while it has not fired: allowed (the frozen-spec rule only holds after a trigger).
     deadline = ms_to_rfc3339(int(time.time() * 1000) + 3000)
     moved = cluster.kubectl("patch", "ts", "expiring", "-n", cluster.namespace, "--type=merge",
                             "-p", json.dumps({"spec": {"expiresAt": deadline}}), check=False)
     assert moved.returncode == 0, moved.stderr
-    final = await wait_phase(cluster, "expiring", "Expired", timeout=60)
+    final = await wait_phase(cluster, "expiring", "Expired")
     status = final["status"]
     assert status["message"] == (f"expired at {deadline} (no trade reached the stop by then); "
                                  "no order was placed")
@@ -174,7 +118,7 @@ async def test_a_quiet_stop_expires_by_its_deadline_with_no_order_and_an_event(c
     ready = {c["type"]: c for c in status["conditions"]}["Ready"]
     assert (ready["status"], ready["reason"]) == ("False", "Expired")
     assert cluster.fake.order_count(client_order_id(final["metadata"]["uid"])) == 0
-    assert "Expired" in await eventually(lambda: _reasons_with(cluster, "expiring", "Expired"), what="the Event")
+    await wait_event(cluster, "expiring", "Expired")
     refused = cluster.kubectl("patch", "ts", "expiring", "-n", cluster.namespace, "--type=merge",
                               "-p", '{"spec": {"expiresAt": "2099-01-01T00:00:00Z"}}', check=False)
     assert refused.returncode != 0
@@ -187,20 +131,17 @@ async def test_a_limit_stop_on_a_thin_book_ends_partially_filled_with_one_order(
     # Offline: SELL 0.5 % with no activation price triggers at offset 311, price 0.00141249; the
     # bound is 0.00141249 x 0.995 = 0.0014054275, up to the tick: 0.00140543. The book holds 40 XRP
     # at the trigger price and the rest below the bound: 40 fill, 60 expire, and nothing more.
-    secret = {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "binance-testnet-keys"},
-        "data": {"apiKey": base64.b64encode(DEFAULT_API_KEY.encode()).decode(),
-                 "apiSecret": base64.b64encode(DEFAULT_API_SECRET.encode()).decode()},
-    }
-    assert cluster.apply(json.dumps(secret)).returncode == 0
+    assert cluster.apply(keys_secret()).returncode == 0
     cluster.fake.set_book(SYMBOL, bids=[["0.00141249", "40"], ["0.00140542", "100000"]])
-    operator = cluster.start_operator()
-    await operator.wait_healthy()
-    body = manifest("limit", trailingPercent="0.5", mode="Testnet",
-                    credentialsSecretRef={"name": "binance-testnet-keys"},
-                    execution={"type": "Limit", "maxSlippagePercent": "0.5"})
+    await cluster.install()
+    body = keyed_stop("limit", trail="0.5", activation=None, execution={"type": "Limit", "maxSlippagePercent": "0.5"})
     assert cluster.apply(body).returncode == 0
-    await wait_phase(cluster, "limit", "Armed")
+    # A stop of the same symbol and keys that never triggers (10 % wide): the symbol's workers and
+    # the executor stay after "limit" is final (its last workers would be retired), so the trades
+    # after it reach a running orchestrator and executor that must still place nothing more.
+    assert cluster.apply(keyed_stop("zz-keeper", trail="10", activation=None)).returncode == 0
+    await wait_phase(cluster, "limit", "Armed", timeout=PODS_UP)
+    await wait_phase(cluster, "zz-keeper", "Armed", timeout=PODS_UP)
     await advance(cluster, 400)
     final = await wait_phase(cluster, "limit", "PartiallyFilled")
     cid = client_order_id(final["metadata"]["uid"])
@@ -213,17 +154,122 @@ async def test_a_limit_stop_on_a_thin_book_ends_partially_filled_with_one_order(
     assert (cluster.fake.order_count(cid), cluster.fake.order_posts(cid)) == (1, 1)
     assert final["status"]["message"] == ("LIMIT order expired (limit 0.00140543) after filling SELL 40 XRPETH "
                                           "at 0.00141249; 60 remaining; no further order")
-    assert "PartiallyFilled" in await eventually(lambda: _reasons_with(cluster, "limit", "PartiallyFilled"),
-                                                 what="the Event")
-    (row,) = table_rows(cluster, "-o", "wide")
-    assert (row["PHASE"], row["EXECUTION"], row["ORDER"]) == ("PartiallyFilled", "Limit", "EXPIRED")
-    # More trades change nothing: the stop is final, no second order for the 60 left.
+    await wait_event(cluster, "limit", "PartiallyFilled")
+    rows = {row["NAME"]: row for row in table_rows(cluster, "-o", "wide")}
+    assert (rows["limit"]["PHASE"], rows["limit"]["EXECUTION"], rows["limit"]["ORDER"]) == (
+        "PartiallyFilled", "Limit", "EXPIRED")
+    # More trades change nothing: the stop is final, no second order for the 60 left. The keeper's
+    # status at the last of them says the orchestrator has heard them all.
     await advance(cluster, 600)
-    await asyncio.sleep(1)
+    await eventually(lambda: _last_trade_is(cluster, "zz-keeper", FIRST_ID + 599), what="the trades up to 600 heard")
     assert (cluster.fake.order_count(cid), cluster.fake.order_posts(cid)) == (1, 1)
     assert (await cluster.stop_resource("limit"))["status"]["phase"] == "PartiallyFilled"
+    assert (await cluster.stop_resource("zz-keeper"))["status"]["phase"] == "Tracking"
 
 
-async def _reasons_with(cluster: Cluster, name: str, reason: str) -> list[str] | None:
-    reasons = event_reasons(cluster, name)
-    return reasons if reason in reasons else None
+async def test_a_limit_stop_with_no_price_in_its_bound_ends_unfilled_and_a_refused_order_shows_binances_error(
+    cluster: Cluster,
+) -> None:
+    # Offline: BUY 0.5 % with no activation price triggers at offset 110, price 0.00141866; the
+    # bound is 0.00141866 x 1.005 = 0.0014257533, down to the tick (a BUY pays no more): 0.00142575.
+    # The book's only ask is one tick above it, so the IOC fills nothing. SELL 0.5 % triggers at
+    # offset 311, a market SELL of 100 XRP from an account holding 10: Binance refuses it.
+    assert cluster.apply(keys_secret()).returncode == 0
+    cluster.fake.account().set_balances({"XRP": "10", "ETH": "100"})
+    cluster.fake.set_book(SYMBOL, bids=[["0.00140000", "100000"]], asks=[["0.00142576", "100000"]])
+    await cluster.install()
+    limit = {"type": "Limit", "maxSlippagePercent": "0.5"}
+    stops = {"unfilled": keyed_stop("unfilled", side="BUY", trail="0.5", activation=None, execution=limit),
+             "refused": keyed_stop("refused", trail="0.5", activation=None),
+             "zz-keeper": keyed_stop("zz-keeper", trail="10", activation=None)}  # never triggers: see above
+    for body in stops.values():
+        assert cluster.apply(body).returncode == 0
+    for name in stops:
+        await wait_phase(cluster, name, "Armed", timeout=PODS_UP)
+    await advance(cluster, 400)
+
+    unfilled = await wait_phase(cluster, "unfilled", "Unfilled")
+    cid = client_order_id(unfilled["metadata"]["uid"])
+    order = unfilled["status"]["order"]
+    assert (order["status"], order["type"], order["price"]) == ("EXPIRED", "LIMIT", "0.00142575")
+    assert (order["origQty"], order["executedQty"], order["remainingQty"]) == ("100", "0", "100")
+    assert unfilled["status"]["message"] == ("LIMIT order expired (limit 0.00142575) with nothing filled; "
+                                             "no further order")
+    ready = {c["type"]: c for c in unfilled["status"]["conditions"]}["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "Unfilled")
+    placed = cluster.fake.orders(cid)
+    assert [(o.side, o.type, o.time_in_force, str(o.price)) for o in placed] == [("BUY", "LIMIT", "IOC", "0.00142575")]
+    await wait_event(cluster, "unfilled", "Unfilled")
+
+    refused = await wait_phase(cluster, "refused", "Rejected")
+    refused_cid = client_order_id(refused["metadata"]["uid"])
+    error = refused["status"]["order"]["error"]
+    assert (error["code"], error["message"]) == (-2010, "Account has insufficient balance for requested action.")
+    assert refused["status"]["message"] == "Binance -2010: Account has insufficient balance for requested action."
+    assert cluster.fake.order_count(refused_cid) == 0
+    await wait_event(cluster, "refused", "Rejected")
+
+    rows = {row["NAME"]: row for row in table_rows(cluster, "-o", "wide")}
+    assert (rows["unfilled"]["PHASE"], rows["unfilled"]["EXECUTION"], rows["unfilled"]["ORDER"]) == (
+        "Unfilled", "Limit", "EXPIRED")
+    assert rows["refused"]["PHASE"] == "Rejected"
+    # Neither tries again: more trades reach the running workers (the keeper's), and no order follows.
+    await advance(cluster, 600)
+    await eventually(lambda: _last_trade_is(cluster, "zz-keeper", FIRST_ID + 599), what="the trades up to 600 heard")
+    assert (cluster.fake.order_count(cid), cluster.fake.order_posts(cid)) == (1, 1)
+    assert cluster.fake.order_count(refused_cid) == 0
+    phases = [(await cluster.stop_resource(name))["status"]["phase"] for name in stops]
+    assert phases == ["Unfilled", "Rejected", "Tracking"]
+
+
+async def test_an_expiry_reached_while_the_orchestrator_is_frozen_and_the_operator_restarts_still_ends_expired(
+    cluster: Cluster,
+) -> None:
+    """The deadline lives in the spec, not in a timer: it passes while the symbol's orchestrator is
+    frozen (SIGSTOP) and then deleted, and the operator's pod is deleted too; the new orchestrator
+    expires the stop from its spec, the new operator writes the status and the Event."""
+    release = await cluster.install()
+    assert cluster.apply(manifest("expiring", activation=None, expiresAt="2099-01-01T00:00:00Z")).returncode == 0
+    await wait_phase(cluster, "expiring", "Armed", timeout=PODS_UP)
+    old = await cluster.worker(ORCHESTRATOR, timeout=PODS_UP)
+    deadline_ms = int(time.time() * 1000) + 3000
+    deadline = ms_to_rfc3339(deadline_ms)
+    with frozen(old) as pids:
+        moved = cluster.kubectl("patch", "ts", "expiring", "-n", cluster.namespace, "--type=merge",
+                                "-p", json.dumps({"spec": {"expiresAt": deadline}}), check=False)
+        assert moved.returncode == 0, moved.stderr
+        # The deadline and the orchestrator's grace pass with nobody to act on them.
+        await eventually(lambda: time.time() * 1000 > deadline_ms + EXPIRY_GRACE_MS + 1000, timeout=30,
+                         interval=0.2, what="the deadline passed")
+        operator = release.operator_pod()["metadata"]["name"]
+        cluster.kubectl("delete", "pod", operator, "-n", release.namespace, "--wait=false")
+        cluster.kubectl("delete", "pod", old["metadata"]["name"], "-n", cluster.namespace, "--grace-period=0",
+                        "--force")
+        # Killed while still stopped (SIGKILL needs no SIGCONT), so it never acts on the deadline.
+        await eventually(lambda: not any(map(_alive, pids)), timeout=PODS_UP, interval=0.5,
+                         what="the frozen orchestrator's processes gone")
+
+    final = await wait_phase(cluster, "expiring", "Expired", timeout=PODS_UP)
+    status = final["status"]
+    assert status["message"] == (f"expired at {deadline} (no trade reached the stop by then); "
+                                 "no order was placed")
+    assert "order" not in status
+    assert cluster.fake.order_count(client_order_id(final["metadata"]["uid"])) == 0
+    await wait_event(cluster, "expiring", "Expired")
+    assert release.operator_pod()["metadata"]["name"] != operator
+    (row,) = table_rows(cluster, "-o", "wide")
+    assert (row["PHASE"], row["EXPIRES"]) == ("Expired", deadline)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie (its state is the field after ``(comm)``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+async def _last_trade_is(cluster: Cluster, name: str, trade_id: int) -> bool:
+    return (await cluster.stop_resource(name)).get("status", {}).get("lastTradeId") == trade_id
+

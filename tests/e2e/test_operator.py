@@ -9,7 +9,6 @@ address.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from typing import Any
 
@@ -17,52 +16,18 @@ import pytest
 from kubernetes_asyncio import client, watch
 
 from tests.e2e.conftest import REPO, Cluster, Release, http_get
-from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET
+from tests.e2e.stops import FIRST_ID, SYMBOL, advance, keyed_stop, keys_secret, manifest, wait_phase, with_trigger
+from tests.fakebinance import DEFAULT_API_SECRET
 from tests.harness import eventually, metric_total
 from trailingstop.core.contracts import client_order_id
-from trailingstop.tradefiles import demo_trades_path, load_trades
 
 pytestmark = pytest.mark.timeout(360)
 
 EXAMPLE = REPO / "examples" / "trailingstop.yaml"
-FIRST_ID = load_trades(demo_trades_path())[0].trade_id
-SYMBOL = "XRPETH"
 DEPLOYMENTS = ("ts-marketdata-xrpeth", "ts-orchestrator-xrpeth", "ts-executor-simulate")
 # The example's status once the first 3,600 trades are in (the engine over the same trades).
 MANAGER = "trailingstop-operator"  # the workers' app.kubernetes.io/managed-by
 EXAMPLE_AT_3600 = {"lastTradeId": FIRST_ID + 3599, "referencePrice": "0.00145699", "stopPrice": "0.0014424201"}
-
-
-def manifest(name: str, side: str = "SELL", trail: str = "1", activation: str | None = "0.00145", **spec: Any) -> str:
-    body: dict[str, Any] = {"symbol": SYMBOL, "side": side, "quantity": "100", "trailingPercent": trail, **spec}
-    if activation:
-        body["activationPrice"] = activation
-    return json.dumps({"apiVersion": "trailingstop.dev/v1", "kind": "TrailingStop", "metadata": {"name": name},
-                       "spec": body})
-
-
-async def advance(cluster: Cluster, upto: int, step: int = 100, pause: float = 0.02) -> None:
-    """Trades happen up to offset ``upto``, once the marketdata pod is connected to hear them."""
-    await cluster.fake.wait_for_stream_connections(1, timeout=120)
-    tape = cluster.fake.tape(SYMBOL)
-    while tape.position < upto:
-        await cluster.fake.advance(SYMBOL, min(step, upto - tape.position))
-        await asyncio.sleep(pause)
-
-
-async def phase(cluster: Cluster, name: str) -> str | None:
-    return (await cluster.stop_resource(name)).get("status", {}).get("phase")
-
-
-async def wait_phase(cluster: Cluster, name: str, wanted: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        resource = await cluster.stop_resource(name)
-        if resource.get("status", {}).get("phase") == wanted:
-            return resource
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{name} not {wanted} after {timeout}s: {resource.get('status')}")
-        await asyncio.sleep(0.1)
 
 
 async def record_phases(cluster: Cluster, name: str, into: list[str]) -> None:
@@ -109,7 +74,7 @@ async def test_apply_example_runs_the_stop_to_filled_and_kubectl_shows_every_col
         await wait_phase(cluster, "zz-keeper", "Armed")
         await advance(cluster, 5000)
         await wait_phase(cluster, "xrp-take-profit", "Filled")
-        final = await eventually(lambda: _with_trigger(cluster, "xrp-take-profit"), what="the trigger details")
+        final = await eventually(lambda: with_trigger(cluster, "xrp-take-profit"), what="the trigger details")
     finally:
         watcher.cancel()
     assert phases == ["Pending", "Armed", "Tracking", "Triggered", "Filled"]
@@ -218,7 +183,7 @@ async def test_operator_restart_loses_nothing_and_writes_nothing_twice(cluster: 
 
     await advance(cluster, 5000)
     await wait_phase(cluster, "xrp-take-profit", "Filled")
-    final = await eventually(lambda: _with_trigger(cluster, "xrp-take-profit"), what="the trigger details")
+    final = await eventually(lambda: with_trigger(cluster, "xrp-take-profit"), what="the trigger details")
     assert final["status"]["triggerTradeId"] == FIRST_ID + 4848
 
 
@@ -258,7 +223,7 @@ async def test_editing_a_tracking_stop_keeps_its_reference_and_deleting_one_canc
 
     await advance(cluster, 5000)
     await wait_phase(cluster, "xrp-take-profit", "Filled")
-    final = await eventually(lambda: _with_trigger(cluster, "xrp-take-profit"), what="the trigger details")
+    final = await eventually(lambda: with_trigger(cluster, "xrp-take-profit"), what="the trigger details")
     assert (final["status"]["triggerTradeId"], final["status"]["triggerPrice"]) == (FIRST_ID + 4054, "0.00145965")
     triggered = [r["message"] for r in cluster.pod_records(orchestrator) if "triggered at" in r["message"]]
     assert len(triggered) == 1 and "/xrp-take-profit " in triggered[0], triggered
@@ -267,15 +232,9 @@ async def test_editing_a_tracking_stop_keeps_its_reference_and_deleting_one_canc
 
 
 async def test_testnet_stop_trades_with_keys_from_its_secret(cluster: Cluster) -> None:
-    secret = {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "binance-testnet-keys"},
-        "data": {"apiKey": base64.b64encode(DEFAULT_API_KEY.encode()).decode(),
-                 "apiSecret": base64.b64encode(DEFAULT_API_SECRET.encode()).decode()},
-    }
-    assert cluster.apply(json.dumps(secret)).returncode == 0
+    assert cluster.apply(keys_secret()).returncode == 0
     await cluster.install()
-    body = manifest("testnet", trail="0.5", activation=None, mode="Testnet",
-                    credentialsSecretRef={"name": "binance-testnet-keys"})
+    body = keyed_stop("testnet", trail="0.5", activation=None)
     assert cluster.apply(body).returncode == 0
     children = await eventually(lambda: _present(cluster, "ts-executor-testnet-binance-testnet-keys"),
                                       what="the Testnet executor")
@@ -327,12 +286,6 @@ async def _status_has(cluster: Cluster, name: str, fields: dict[str, Any], worke
 
 async def _filled_gauge(operator: Release) -> bool:
     return metric_total(await operator.metrics(), 'trailingstop_operator_stops{phase="Filled"}') == 1
-
-
-async def _with_trigger(cluster: Cluster, name: str) -> dict[str, Any] | None:
-    """The resource once its trigger details are in (they may follow the order's result)."""
-    resource = await cluster.stop_resource(name)
-    return resource if "triggerTradeId" in resource.get("status", {}) else None
 
 
 async def _all_present(cluster: Cluster) -> dict[str, Any] | None:

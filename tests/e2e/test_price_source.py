@@ -1,58 +1,42 @@
-"""priceSource BestBidAsk on the real control plane (issue 14, item 2): the CRD's rules, the
-operator giving marketdata ``--book`` only while a stop needs the book, a SELL filled at the best
-bid with the book's updateId in its status, SOURCE in ``kubectl get -o wide``, and a lost book
-stream as status.lastGap and a PriceGap Warning Event.
+"""priceSource BestBidAsk on the real node (issue 14, item 2): the CRD's rules, the operator giving
+marketdata ``--book`` only while a stop needs the book, a SELL filled at the best bid with the
+book's updateId in its status, SOURCE in ``kubectl get -o wide``, and a lost book stream as
+status.lastGap and a PriceGap Warning Event.
 
-Self-contained on purpose (its helpers are its own), so it can move to the real node as it is.
+The operator is a pod installed by ``helm install`` (tests/e2e/conftest.py); marketdata is a pod
+the operator's Deployment runs, replaced (strategy Recreate) when its arguments change; its
+sockets go to the fake Binance on the node address, whose quotes the test sends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client
 
-from tests.e2e.conftest import CRD
-from tests.e2e.podrunner import PodRunnerCluster as Cluster
-from tests.e2e.podrunner import podrunner_cluster  # noqa: F401 (a fixture)
+from tests.e2e.conftest import Cluster
+from tests.e2e.stops import SYMBOL, manifest, wait_event
 from tests.harness import eventually
 
+pytestmark = pytest.mark.timeout(420)
 
-@pytest.fixture
-def cluster(podrunner_cluster: Cluster) -> Cluster:  # noqa: F811 (the fixture imported above)
-    """The workers as processes through the pod runner (like test_tenancy_topology.py): these
-    tests drive the fake Binance's tape from the test process."""
-    return podrunner_cluster
-
-
-pytestmark = pytest.mark.timeout(240)
-
-SYMBOL = "XRPETH"
 MARKETDATA = "ts-marketdata-xrpeth"
+# Until a marketdata pod is up (5-20 s on a loaded 2-core node; a Recreate first waits for the old
+# pod to stop).
+PODS_UP = 300
 
 
-@pytest.fixture(autouse=True)
-def this_crd(cluster: Cluster) -> None:
-    """The CRD of this tree, applied again before each test: the CRD is cluster-wide and the test
-    control plane is shared, so another checkout's run may have applied one without priceSource."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/trailingstops.trailingstop.dev")
-
-
-def manifest(name: str, side: str = "SELL", trail: str = "1", **spec: Any) -> str:
-    body: dict[str, Any] = {"symbol": SYMBOL, "side": side, "quantity": "100", "trailingPercent": trail, **spec}
-    return json.dumps({"apiVersion": "trailingstop.dev/v1", "kind": "TrailingStop", "metadata": {"name": name},
-                       "spec": body})
+def book_stop(name: str, trail: str = "1", **spec: Any) -> str:
+    """A SELL of ``trail`` percent from the first price it hears."""
+    return manifest(name, trail=trail, activation=None, **spec)
 
 
 async def status_of(cluster: Cluster, name: str) -> dict[str, Any]:
     return dict((await cluster.stop_resource(name)).get("status") or {})
 
 
-async def wait_status(cluster: Cluster, name: str, check: Any, what: str, timeout: float = 60) -> dict[str, Any]:
+async def wait_status(cluster: Cluster, name: str, check: Any, what: str, timeout: float = 120) -> dict[str, Any]:
     async def probe() -> dict[str, Any] | None:
         status = await status_of(cluster, name)
         return status if check(status) else None
@@ -61,34 +45,31 @@ async def wait_status(cluster: Cluster, name: str, check: Any, what: str, timeou
 
 
 async def marketdata_args(cluster: Cluster) -> list[str] | None:
-    apps = client.AppsV1Api(cluster.kube)
-    listed = await apps.list_namespaced_deployment(cluster.namespace)
-    for deployment in listed.items:
-        if deployment.metadata.name == MARKETDATA:
-            return list(deployment.spec.template.spec.containers[0].args)
-    return None
+    found = (await cluster.deployments()).get(MARKETDATA)
+    return list(found["spec"]["template"]["spec"]["containers"][0]["args"]) if found else None
 
 
 async def args_are(cluster: Cluster, wanted: list[str]) -> bool:
     return await marketdata_args(cluster) == wanted
 
 
-async def both_sockets(cluster: Cluster, timeout: float = 90) -> None:
-    """The marketdata "pod" with --book has its trade socket and its book socket open (and no
-    other process has one); on failure, say what the Deployment and the fake looked like."""
+async def both_sockets(cluster: Cluster, timeout: float = PODS_UP) -> None:
+    """The marketdata pod with --book has its trade socket and its book socket open (and no other
+    pod has one); on failure, say what the Deployment, its pods and the fake looked like."""
     try:
         await cluster.fake.wait_for_stream_connections(2, timeout=timeout)
     except TimeoutError:
         args = await marketdata_args(cluster)
+        pods = [(p["metadata"]["name"], p["status"].get("phase")) for p in await cluster.pods_of(MARKETDATA)]
         raise AssertionError(f"not 2 stream connections after {timeout}s: {cluster.fake.stream_connections} open, "
-                             f"marketdata args {args}") from None
+                             f"marketdata args {args}, its pods {pods}") from None
 
 
 async def test_the_crd_refuses_a_bad_or_changed_price_source(cluster: Cluster) -> None:
-    refused = cluster.apply(manifest("bad", priceSource="BestBid"))
+    refused = cluster.apply(book_stop("bad", priceSource="BestBid"))
     assert refused.returncode != 0 and 'spec.priceSource: Unsupported value: "BestBid"' in refused.stderr, (
         refused.stderr)
-    assert cluster.apply(manifest("defaulted")).returncode == 0
+    assert cluster.apply(book_stop("defaulted")).returncode == 0
     resource = await cluster.stop_resource("defaulted")
     assert resource["spec"]["priceSource"] == "LastTrade", "the default is written by the API server"
     changed = cluster.kubectl("patch", "ts", "defaulted", "-n", cluster.namespace, "--type=merge",
@@ -100,18 +81,18 @@ async def test_the_crd_refuses_a_bad_or_changed_price_source(cluster: Cluster) -
 
 
 async def test_a_book_stop_streams_the_book_fills_at_the_bid_and_reports_a_gap(cluster: Cluster) -> None:
-    operator = cluster.start_operator()
-    await operator.wait_healthy()
+    await cluster.install()
     fake = cluster.fake
-    assert cluster.apply(manifest("on-trades", trail="50")).returncode == 0
+    assert cluster.apply(book_stop("on-trades", trail="50")).returncode == 0
     base = ["worker", "marketdata", "--symbol", SYMBOL]
-    await eventually(lambda: args_are(cluster, base), what="marketdata without the book")
+    await eventually(lambda: args_are(cluster, base), timeout=120, what="marketdata without the book")
 
-    assert cluster.apply(manifest("on-bid", priceSource="BestBidAsk")).returncode == 0
-    await eventually(lambda: args_are(cluster, [*base, "--book"]), what="marketdata told to stream the book")
+    assert cluster.apply(book_stop("on-bid", priceSource="BestBidAsk")).returncode == 0
+    await eventually(lambda: args_are(cluster, [*base, "--book"]), timeout=120,
+                     what="marketdata told to stream the book")
     await both_sockets(cluster)
     await wait_status(cluster, "on-bid", lambda s: s.get("phase") == "Armed" and s.get("priceSource") == "BestBid",
-                      what="armed, following the best bid")
+                      what="armed, following the best bid", timeout=PODS_UP)
 
     sent = fake.set_quotes(SYMBOL, [{"bid": "0.00145", "ask": "0.00146"}, {"bid": "0.00150", "ask": "0.00151"}])
     await wait_status(cluster, "on-bid", lambda s: s.get("lastUpdateId") == sent[-1]["u"], what="the last quote")
@@ -125,7 +106,7 @@ async def test_a_book_stop_streams_the_book_fills_at_the_bid_and_reports_a_gap(c
     # the feed's silence check, losing a quote sent meanwhile.
     fresh: list[dict[str, Any]] = []
     gapped: dict[str, Any] = {}
-    deadline = asyncio.get_running_loop().time() + 90
+    deadline = asyncio.get_running_loop().time() + 120
     while not gapped.get("gapCount") and asyncio.get_running_loop().time() < deadline:
         fresh += fake.set_quotes(SYMBOL, [{"bid": "0.00149", "ask": "0.0015"}])
         await asyncio.sleep(1)
@@ -134,8 +115,7 @@ async def test_a_book_stop_streams_the_book_fills_at_the_bid_and_reports_a_gap(c
     gap = gapped["lastGap"]
     assert gap["fromUpdateId"] == sent[-1]["u"] and gap["toUpdateId"] in {q["u"] for q in fresh}
     assert gapped["phase"] == "Tracking" and gapped["lastPrice"] == "0.00149", "the fresh quote, not the lost one"
-    reasons = await eventually(lambda: _event_reasons(cluster, "on-bid", "PriceGap"), what="the PriceGap Event")
-    assert "PriceGap" in reasons
+    await wait_event(cluster, "on-bid", "PriceGap")
 
     # 0.0015 * 0.99 = 0.001485 exactly, inclusive.
     last = fake.set_quotes(SYMBOL, [{"bid": "0.001486", "ask": "0.0015"}, {"bid": "0.001485", "ask": "0.0015"}])
@@ -151,13 +131,6 @@ async def test_a_book_stop_streams_the_book_fills_at_the_bid_and_reports_a_gap(c
     assert "BestBidAsk" in wide[1].split() and "0.001485" in wide[1].split()
 
     # The book stop has fired: only the LastTrade stop is left, so the book goes.
-    await eventually(lambda: args_are(cluster, base), timeout=60, what="marketdata no longer streaming the book")
+    await eventually(lambda: args_are(cluster, base), timeout=120, what="marketdata no longer streaming the book")
     on_trades = await status_of(cluster, "on-trades")
     assert on_trades.get("priceSource") == "LastTrade" and "lastGap" not in on_trades
-
-
-async def _event_reasons(cluster: Cluster, name: str, reason: str) -> list[str] | None:
-    listed = cluster.kubectl("get", "events", "-n", cluster.namespace, "--field-selector",
-                             f"involvedObject.name={name},reason={reason}", "-o", "jsonpath={.items[*].reason}")
-    reasons = listed.stdout.split()
-    return reasons or None

@@ -10,7 +10,6 @@ the broker.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 from typing import Any
@@ -19,32 +18,18 @@ import pytest
 
 from tests.e2e.conftest import Cluster, Release, pod_ready
 from tests.e2e.node import broker_cut, frozen
-from tests.e2e.test_operator import advance, manifest, wait_phase
-from tests.fakebinance import DEFAULT_API_KEY, DEFAULT_API_SECRET
+from tests.e2e.stops import advance, keyed_stop, keys_secret, manifest, wait_phase
 from tests.harness import eventually
 from trailingstop.core.contracts import client_order_id
 
 pytestmark = pytest.mark.timeout(600)
 
 WORKERS = ("ts-marketdata-xrpeth", "ts-orchestrator-xrpeth", "ts-executor-simulate")
-KEYS = "binance-testnet-keys"
 
 
 def wide(name: str) -> str:
     """A stop that starts trailing at its first trade and, 10 % wide, never triggers on the tape."""
     return manifest(name, trail="10", activation=None)
-
-
-def keys_secret(name: str = KEYS) -> str:
-    return json.dumps({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
-        "data": {"apiKey": base64.b64encode(DEFAULT_API_KEY.encode()).decode(),
-                 "apiSecret": base64.b64encode(DEFAULT_API_SECRET.encode()).decode()},
-    })
-
-
-def keyed_stop(name: str, secret: str = KEYS, **options: Any) -> str:
-    return manifest(name, mode="Testnet", credentialsSecretRef={"name": secret}, **options)
 
 
 # --- (a) leader failover ---------------------------------------------------------------------------
