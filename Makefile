@@ -64,9 +64,9 @@ bench-workers: venv
 	scripts/testenv up
 	eval "$$(scripts/testenv env)" && $(BIN)/python benchmarks/workers.py
 
+# The operator with 1,000 stops, its workers real pods: bench-node-stops' part (b).
 bench-operator: venv
-	scripts/testenv up
-	eval "$$(scripts/testenv env)" && $(BIN)/python benchmarks/operator.py
+	$(MAKE) bench-node-stops BENCH_ARGS="--part b"
 
 bench-node: venv
 	scripts/testenv up

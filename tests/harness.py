@@ -178,17 +178,11 @@ def worker_env(amqp_url: str, fake: Any = None, **extra: str) -> dict[str, str]:
 class WorkerProcess:
     """``trailingstop <args>`` as a child process with its own health port and log file."""
 
-    def __init__(
-        self, args: list[str], env: dict[str, str], log_dir: Path, name: str | None = None, code: Path | None = None
-    ) -> None:
-        """``code``: run the ``trailingstop`` package found there (another version) instead of ours."""
+    def __init__(self, args: list[str], env: dict[str, str], log_dir: Path, name: str | None = None) -> None:
         self.args = args
-        self.code = code
         self.name = name or "-".join(a.lstrip("-") for a in args[:3])
         self.port = free_port()
         self.env = {**env, "TRAILINGSTOP_HEALTH_PORT": str(self.port)}
-        if code is not None:  # `python -m` puts the working directory first on sys.path
-            self.env["PYTHONPATH"] = str(code)
         self.log_path = log_dir / f"{self.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -200,7 +194,6 @@ class WorkerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            cwd=self.code,
         )
         log.close()
         return self
