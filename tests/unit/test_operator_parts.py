@@ -24,7 +24,7 @@ from trailingstop.operator.builders import Owner
 from trailingstop.operator.config import OperatorConfig
 from trailingstop.operator.events import StatusWriter
 from trailingstop.operator.kube import contains, status_patch
-from trailingstop.operator.reconcile import Reconciler
+from trailingstop.operator.reconcile import Reconciler, record_from_body
 from trailingstop.operator.stops import StopRecord, StopStore
 
 CONFIG = OperatorConfig(
@@ -292,6 +292,27 @@ async def test_a_spec_change_after_the_trigger_is_refused_with_a_condition_and_s
     assert (refused.status, refused.reason, refused.observed_generation) == ("False", "SpecChangeRefused", 3)
     assert "create a new TrailingStop" in refused.message
     assert (status.phase, str(status.trigger_price)) == ("Filled", "99")
+
+
+async def test_a_default_the_api_server_adds_is_no_spec_change_of_a_fired_stop() -> None:
+    """After an upgrade whose CRD defaults a new field (priceSource), kopf sees a stop that fired
+    under the old version change (its last-handled spec lacks the field): the same stop, not a
+    change to refuse. Found by the 0.1 upgrade test on the node ("spec change ... refused")."""
+    store = RecordingStore()
+    writer = StatusWriter(store, interval=3600)
+    bus = CommandLog()
+    tenants = SimpleNamespace(get=lambda namespace: SimpleNamespace(bus=bus))
+    reconciler = Reconciler(CONFIG, None, store, writer, bus, tenants)  # type: ignore[arg-type]  # kube is not reached
+    spec = {"symbol": "BTCUSDT", "side": "SELL", "quantity": "1", "trailingPercent": "2"}
+    body = {
+        "metadata": {"uid": "uid-1", "namespace": "trading", "name": "s", "generation": 1},
+        "spec": spec,
+        "status": {"phase": "Filled", "observedGeneration": 1, "triggerPrice": "99"},
+    }
+    store.put(record_from_body(body), body["status"])  # as load() reads it at start
+    await reconciler.spec_changed({**body, "spec": {**spec, "priceSource": "LastTrade"}})
+    await writer.flush(force=True)
+    assert (bus.commands, store.statuses) == ([], []), "nothing to refuse, nothing to write"
 
 
 # --- coalescing ---------------------------------------------------------------------------------

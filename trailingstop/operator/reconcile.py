@@ -126,9 +126,13 @@ class Reconciler:
     async def spec_changed(self, body: Mapping[str, Any]) -> None:
         self._require_broker()
         known = self.store.get(body["metadata"]["uid"])
-        previous_route = known.spec.route if known is not None else None
+        previous_spec = known.spec if known is not None else None
         record = self.store.put(record_from_body(body), body.get("status"))
         now = ms_to_rfc3339(now_ms())
+        if is_frozen(record.status.phase) and record.spec == previous_spec:
+            # Not a change: kopf compared with a last-handled spec that lacked a field the API
+            # server now defaults (a CRD upgrade, e.g. priceSource); the parsed spec is the same.
+            return
         if is_frozen(record.status.phase):
             # The stop fired (its order exists) or ended (expired): a new spec would be a new stop;
             # say so, change nothing.
@@ -138,9 +142,9 @@ class Reconciler:
             return
         await self.writer.submit(record, spec_accepted(record.status, record.generation, now))
         await self.apply_workloads(record)
-        if previous_route is not None and previous_route != record.spec.route:
+        if previous_spec is not None and previous_spec.route != record.spec.route:
             # Another mode or Secret: the old executor loses this stop, and goes if it was its last.
-            await self._request(("route", record.namespace, previous_route))
+            await self._request(("route", record.namespace, previous_spec.route))
         await self._tenant_bus(record).publish_command(StopCommand.upsert(record.definition()))
 
     async def deleted(self, body: Mapping[str, Any]) -> None:
