@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     # --- workers ---------------------------------------------------------------------------------------
     flush_interval: float = _setting(1.0, "seconds: reference and price events are coalesced this long",
                                      "orchestrator", gt=0)
-    sync_timeout: float = _setting(10.0, "seconds to wait for the operator's answer to a sync request at start",
+    sync_timeout: float = _setting(10.0, "seconds to wait for the operator's answer to a sync request at start "
+                                   "before asking again (no tick is applied until it answers)",
                                    "orchestrator", gt=0)
     max_gap: int = _setting(1_000_000, "at most this many missing trades are refilled over REST", "orchestrator",
                             ge=0)

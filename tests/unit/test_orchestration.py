@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
@@ -15,6 +16,8 @@ from trailingstop.core.contracts import (
 )
 from trailingstop.core.filters import SymbolFilters
 from trailingstop.core.stopbook import Outcome, StopBook
+from trailingstop.settings import Settings
+from trailingstop.workers.orchestrator import OrchestratorWorker
 
 D = Decimal
 UID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
@@ -507,3 +510,31 @@ def test_a_restored_expired_stop_never_fires() -> None:
     results = feed(orch, ["100", "50"], first_id=5)
     assert all_events(first, results) == []
     assert not any(out.orders for _, out in results)
+
+
+# --- the worker's start-up: no tick before the operator's answer ---------------------------------------
+
+
+async def test_the_worker_asks_for_its_stops_until_the_operator_answers() -> None:
+    """A stop restored after ticks were applied would miss them (its trigger among them): the
+    worker asks again after each timeout and returns only on ``synced`` (found by test_faults in
+    the cold CI run: an orchestrator that went on after 3 s missed a Tracking stop's trigger)."""
+    class Requests:
+        def __init__(self) -> None:
+            self.sent: list[StopEvent] = []
+
+        async def publish_stop_event(self, event: StopEvent) -> None:
+            self.sent.append(event)
+
+    bus = Requests()
+    worker = OrchestratorWorker(bus, StopBook("XRPETH", clock=lambda: CLOCK), Settings(sync_timeout=0.05))  # type: ignore[arg-type]
+    waiting = asyncio.create_task(worker.wait_for_sync())
+    while len(bus.sent) < 3:
+        await asyncio.sleep(0.01)
+    assert not waiting.done(), "no answer: still waiting, however long"
+    assert {(event.type, event.symbol) for event in bus.sent} == {("sync", "XRPETH")}
+    await worker.on_command(StopCommand(op="synced", symbol="XRPETH"), {})
+    await asyncio.wait_for(waiting, 1)
+    asked = len(bus.sent)
+    await asyncio.sleep(0.15)
+    assert len(bus.sent) == asked, "answered: no more requests"

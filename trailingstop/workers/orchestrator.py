@@ -5,7 +5,10 @@ Start-up (DESIGN §6, the CR status is the durable state):
 1. declare the symbol's tick and book queues (ticks and quotes wait there, bounded) and consume
    its command queue;
 2. publish a ``sync`` request; the operator answers with an upsert per stop, carrying the state
-   saved in its status, then ``synced`` (or, with no operator answering, go on after a timeout);
+   saved in its status, then ``synced``. With no answer in ``TRAILINGSTOP_SYNC_TIMEOUT`` seconds
+   (the operator restarting too, or slow) ask again, and keep waiting: a stop restored after ticks
+   were applied would never see those trades (its trigger among them), so no tick is consumed
+   before the answer; they wait in their queue, and what overflows it is refilled by id;
 3. consume ticks. Aggregate trade ids are consecutive per symbol, so a tick whose id jumps past
    the last one applied means trades were missed (a restart, a broker restart, a full queue):
    they are fetched over REST and applied first. Each restored stop resumes after its own saved
@@ -75,13 +78,7 @@ class OrchestratorWorker:
         await self.bus.declare(ticks)
         await self.bus.declare(book)  # quotes wait there too while the stops are restored
         await self.bus.consume(command_queue(self.symbol), StopCommand, self.on_command, prefetch=100)
-        await self.bus.publish_stop_event(self.orchestrator.sync_request())
-        try:
-            await asyncio.wait_for(self.synced.wait(), self.settings.sync_timeout)
-        except TimeoutError:
-            log.warning("no sync answer in %.0fs; starting with the stops received so far",
-                        self.settings.sync_timeout, extra=self._metrics_symbol)
-            self.synced.set()
+        await self.wait_for_sync()
         self.orchestrator.resume_after_restore()
         log.info("%s: %d stops restored; consuming ticks", self.symbol, len(self.orchestrator.stops),
                  extra=self._metrics_symbol)
@@ -91,6 +88,17 @@ class OrchestratorWorker:
             await asyncio.sleep(self.settings.flush_interval)
             await self.expire_by_clock()
             await self.flush()
+
+    async def wait_for_sync(self) -> None:
+        """Ask the operator for every stop of the symbol until it answers (see step 2 above)."""
+        while True:
+            await self.bus.publish_stop_event(self.orchestrator.sync_request())
+            try:
+                await asyncio.wait_for(self.synced.wait(), self.settings.sync_timeout)
+                return
+            except TimeoutError:
+                log.warning("no sync answer in %.0fs; asking the operator again (no tick is applied before it "
+                            "answers)", self.settings.sync_timeout, extra=self._metrics_symbol)
 
     async def expire_by_clock(self) -> None:
         """Expire the stops whose deadline passed (plus the grace) with no trade to say so."""
