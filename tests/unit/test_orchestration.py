@@ -520,11 +520,16 @@ async def test_the_worker_asks_for_its_stops_until_the_operator_answers() -> Non
     worker asks again after each timeout and returns only on ``synced`` (found by test_faults in
     the cold CI run: an orchestrator that went on after 3 s missed a Tracking stop's trigger)."""
     class Requests:
-        def __init__(self) -> None:
+        def __init__(self, consumers: list[int] | None = None) -> None:
             self.sent: list[StopEvent] = []
+            self.consumers = consumers or [1]  # of the command queue, as each look finds them
 
         async def publish_stop_event(self, event: StopEvent) -> None:
             self.sent.append(event)
+
+        async def queue_state(self, name: str) -> tuple[int, int]:
+            assert name == "orchestrator.XRPETH.commands"
+            return 0, self.consumers.pop(0) if len(self.consumers) > 1 else self.consumers[0]
 
     bus = Requests()
     worker = OrchestratorWorker(bus, StopBook("XRPETH", clock=lambda: CLOCK), Settings(sync_timeout=0.05))  # type: ignore[arg-type]
@@ -538,3 +543,27 @@ async def test_the_worker_asks_for_its_stops_until_the_operator_answers() -> Non
     asked = len(bus.sent)
     await asyncio.sleep(0.15)
     assert len(bus.sent) == asked, "answered: no more requests"
+
+
+async def test_the_worker_syncs_only_once_no_other_orchestrator_reads_its_commands() -> None:
+    """Two orchestrators on one command queue would split the operator's answer between them (found
+    by test_production in the cold CI run: a deleted Deployment put back, its old pod terminating
+    beside the new one, which started with 0 of its 1 stop)."""
+
+    class Requests:
+        def __init__(self) -> None:
+            self.sent: list[StopEvent] = []
+            self.looks = 0
+
+        async def publish_stop_event(self, event: StopEvent) -> None:
+            self.sent.append(event)
+
+        async def queue_state(self, name: str) -> tuple[int, int]:
+            self.looks += 1
+            return 0, 2 if self.looks <= 3 else 1  # the old one goes after three looks
+
+    bus = Requests()
+    worker = OrchestratorWorker(bus, StopBook("XRPETH", clock=lambda: CLOCK), Settings(sync_timeout=5))  # type: ignore[arg-type]
+    waiting = asyncio.create_task(worker.wait_until_alone(poll=0.01))
+    await asyncio.wait_for(waiting, 1)
+    assert (bus.looks, bus.sent) == (4, []), "no sync request while the other one reads the queue"

@@ -90,7 +90,12 @@ class OrchestratorWorker:
             await self.flush()
 
     async def wait_for_sync(self) -> None:
-        """Ask the operator for every stop of the symbol until it answers (see step 2 above)."""
+        """Ask the operator for every stop of the symbol until it answers (see step 2 above), once
+        this is the only orchestrator of the symbol: while another still consumes the command
+        queue (its pod terminating beside this one, after a deleted Deployment was put back), the
+        broker would split the answer between the two, the upserts to one and ``synced`` to the
+        other, and this one would start without its stops."""
+        await self.wait_until_alone()
         while True:
             await self.bus.publish_stop_event(self.orchestrator.sync_request())
             try:
@@ -99,6 +104,16 @@ class OrchestratorWorker:
             except TimeoutError:
                 log.warning("no sync answer in %.0fs; asking the operator again (no tick is applied before it "
                             "answers)", self.settings.sync_timeout, extra=self._metrics_symbol)
+
+    async def wait_until_alone(self, poll: float = 0.5) -> None:
+        queue = command_queue(self.symbol).name
+        waited = False
+        while (state := await self.bus.queue_state(queue)) is not None and state[1] > 1:
+            if not waited:
+                log.warning("another orchestrator of %s still reads its commands; syncing once it is gone",
+                            self.symbol, extra=self._metrics_symbol)
+                waited = True
+            await asyncio.sleep(poll)
 
     async def expire_by_clock(self) -> None:
         """Expire the stops whose deadline passed (plus the grace) with no trade to say so."""
